@@ -1,0 +1,101 @@
+"""The models file: which model serves each kind, on what device, with what limits.
+
+``MLQ_MODELS`` is a path to a TOML file or the name of a bundled profile
+(``demo``, ``production``). Both the API (limits, /v1/models) and the workers
+(what to load) read it, so it lives in the contract.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from jobs.kinds import KINDS
+
+PROFILES_DIR = Path(__file__).with_name("profiles")
+DEFAULT_PROFILE = "demo"
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    model: str = Field(
+        description="builtin:<name> (built locally by mlq), package:<module> "
+        "(weights shipped in a Python package), a local path, or a hub id"
+    )
+    revision: str | None = None  # pinned hub revision; required in production
+    group: str = "default"  # worker group: `mlq standalone` runs one worker per group
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_wait_ms: float = Field(default=2.0, ge=0)  # how long a partial batch waits for company
+    time_limit_s: float = Field(default=120.0, gt=0)  # a job running longer is killed
+    max_attempts: int = Field(default=3, ge=1)  # claims before the job is dead-lettered
+    limits: dict[str, int] = Field(default_factory=dict)  # checked at submission (422)
+    options: dict[str, Any] = Field(default_factory=dict)  # adapter-specific settings
+
+
+class ModelsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: str
+    source: str
+    kinds: dict[str, ModelSpec]
+
+    def spec(self, kind: str) -> ModelSpec | None:
+        return self.kinds.get(kind)
+
+    def groups(self) -> dict[str, list[str]]:
+        """Worker groups and the kinds each serves."""
+        groups: dict[str, list[str]] = {}
+        for kind, spec in sorted(self.kinds.items()):
+            groups.setdefault(spec.group, []).append(kind)
+        return groups
+
+
+class ModelsFileError(ValueError):
+    """The models file is missing, not TOML, or names an unknown kind or field."""
+
+
+def resolve_path(ref: str | Path | None) -> Path:
+    if ref is None or str(ref) == "":
+        return PROFILES_DIR / f"{DEFAULT_PROFILE}.toml"
+    candidate = PROFILES_DIR / f"{ref}.toml"
+    if "/" not in str(ref) and candidate.exists():
+        return candidate
+    return Path(ref)
+
+
+def load_models_file(ref: str | Path | None = None) -> ModelsConfig:
+    path = resolve_path(ref)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelsFileError(
+            f"models file {path} does not exist; set MLQ_MODELS to a TOML file or to "
+            "one of the bundled profiles: demo, production"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelsFileError(f"models file {path} is not valid TOML: {exc}") from None
+    return parse_models(raw, source=str(path))
+
+
+def parse_models(raw: dict[str, Any], *, source: str) -> ModelsConfig:
+    defaults = raw.get("defaults", {})
+    kinds: dict[str, ModelSpec] = {}
+    for kind, entry in (raw.get("kinds") or {}).items():
+        if kind not in KINDS:
+            raise ModelsFileError(
+                f"{source}: [kinds.{kind}] is not a job kind; known: {', '.join(sorted(KINDS))}"
+            )
+        merged = {**defaults, **entry, "kind": kind}
+        merged["limits"] = {**defaults.get("limits", {}), **entry.get("limits", {})}
+        try:
+            kinds[kind] = ModelSpec.model_validate(merged)
+        except ValidationError as exc:
+            raise ModelsFileError(f"{source}: [kinds.{kind}] {exc}") from None
+    return ModelsConfig(profile=str(raw.get("profile", "custom")), source=source, kinds=kinds)

@@ -1,0 +1,29 @@
+"""Names on the broker, shared by the producer (which publishes) and the workers.
+
+A message is only a wake-up: ``{"job_ids": [...]}``. The input stays in
+PostgreSQL, so a redelivered or replayed message can do no harm.
+"""
+
+from __future__ import annotations
+
+QUEUE_PREFIX = "mlq"
+
+
+def queue_name(kind: str) -> str:
+    """One queue per kind: workers subscribe to the kinds they serve."""
+    return f"{QUEUE_PREFIX}.{kind}"
+
+
+def task_name(kind: str) -> str:
+    """One task name per kind, so Flower and logs show the kind."""
+    return f"mlq.run.{kind}"
+
+
+DEFAULT_PRIORITY = 5  # 0 (lowest) .. 9 (highest); single jobs default here, bulk runs go lower
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+
+
+def broker_priority(priority: int) -> int:
+    """Our priority (9 most urgent, as users expect) to kombu's Redis priority (0 most urgent)."""
+    return MAX_PRIORITY - max(MIN_PRIORITY, min(MAX_PRIORITY, priority))

@@ -1,0 +1,57 @@
+"""Settings, one object, read from ``MLQ_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLQ_", extra="ignore")
+
+    # Unset URLs mean: `mlq standalone` starts the embedded servers under data_dir.
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".mlq")
+    artifacts_dir: Path | None = None  # defaults to <data_dir>/artifacts
+    models: Path | None = None  # models file (TOML); defaults to the bundled demo profile
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    lease_s: float = 300.0  # how long a claim holds before the reconciler may take it back
+    max_wait_s: float = 60.0  # longest ?wait a client may ask for on GET /v1/jobs/{id}
+    max_request_bytes: int = 1_000_000  # largest JSON body accepted by POST /v1/jobs
+    page_size_max: int = 200  # largest page of GET /v1/jobs
+    publish_timeout_s: float = 2.0  # give up publishing a wake-up after this; the job stays queued
+    db_pool_size: int = 10
+
+    worker_name: str | None = Field(default=None, description="Celery node name of this worker")
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.artifacts_dir or self.data_dir / "artifacts"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError(
+                "MLQ_DATABASE_URL is not set: set it (postgresql+psycopg://user@host/db) "
+                "or run `mlq standalone`, which starts an embedded PostgreSQL"
+            )
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "MLQ_REDIS_URL is not set: set it (redis://host:6379/0) "
+                "or run `mlq standalone`, which starts an embedded Redis"
+            )
+        return self.redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,385 @@
+"""Store functions: everything mlq reads or writes in PostgreSQL.
+
+Keyword-only beyond the session, free of HTTP and Celery. Every tenant-facing
+query filters by tenant. Worker-facing writes are fenced: a claim only takes
+``queued`` rows, and a final write only lands for the attempt that claimed
+the row, so a redelivered message can never store a second result.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from jobs.db import NOTIFY_CHANNEL
+from jobs.status import TERMINAL, JobStatus
+from jobs.artifacts import StoredArtifact
+from jobs.tables import ApiKey, Artifact, Job, Tenant
+
+SCOPES = ("submit", "read", "admin")
+KEY_PREFIX = "mlq"
+NOTIFY_IDS_PER_MESSAGE = 200  # 200 uuids stay well under PostgreSQL's 8000-byte payload limit
+
+
+# --- tenants and keys ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: uuid.UUID
+    tenant_name: str
+    key_id: uuid.UUID
+    scopes: frozenset[str]
+
+
+def ensure_tenant(session: Session, *, name: str) -> uuid.UUID:
+    stmt = (
+        pg_insert(Tenant)
+        .values(id=uuid.uuid4(), name=name)
+        .on_conflict_do_nothing(index_elements=[Tenant.name])
+    )
+    session.execute(stmt)
+    return session.execute(select(Tenant.id).where(Tenant.name == name)).scalar_one()
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(
+    session: Session, *, tenant: str, scopes: Sequence[str] = SCOPES
+) -> tuple[str, uuid.UUID]:
+    """Create a key for ``tenant`` (created if new). Returns the key, shown only now, and its id.
+
+    Keys carry 256 random bits, so a SHA-256 of the key is safe to store and
+    compare; the prefix is public and only finds the row.
+    """
+    unknown = set(scopes) - set(SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scopes {sorted(unknown)}; known: {', '.join(SCOPES)}")
+    tenant_id = ensure_tenant(session, name=tenant)
+    prefix = secrets.token_hex(6)
+    secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    key = f"{KEY_PREFIX}_{prefix}_{secret}"
+    key_id = uuid.uuid4()
+    session.execute(
+        insert(ApiKey).values(
+            id=key_id, tenant_id=tenant_id, prefix=prefix, key_hash=hash_key(key), scopes=list(scopes)
+        )
+    )
+    return key, key_id
+
+
+def authenticate(session: Session, *, key: str) -> Principal | None:
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        return None
+    row = session.execute(
+        select(ApiKey.id, ApiKey.key_hash, ApiKey.scopes, ApiKey.revoked_at, Tenant.id, Tenant.name)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.prefix == parts[1])
+    ).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    if not hmac.compare_digest(row.key_hash, hash_key(key)):
+        return None
+    return Principal(tenant_id=row[4], tenant_name=row.name, key_id=row.id, scopes=frozenset(row.scopes))
+
+
+def revoke_api_key(session: Session, *, prefix: str) -> bool:
+    result = session.execute(
+        update(ApiKey)
+        .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --- submission and reads ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewJob:
+    kind: str
+    model: str
+    profile: str
+    input: dict[str, Any]
+    priority: int
+    metadata: dict[str, Any]
+    max_attempts: int
+    idempotency_key: str | None = None
+
+
+def insert_job(session: Session, *, tenant_id: uuid.UUID, job: NewJob) -> tuple[Job, bool]:
+    """Insert one queued job. Returns (job, created); with an idempotency key that
+    was used before, returns the earlier job and created=False."""
+    stmt = (
+        pg_insert(Job)
+        .values(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            kind=job.kind,
+            model=job.model,
+            profile=job.profile,
+            status=JobStatus.queued.value,
+            priority=job.priority,
+            input=job.input,
+            metadata_=job.metadata,
+            attempt=0,
+            max_attempts=job.max_attempts,
+            idempotency_key=job.idempotency_key,
+        )
+        .on_conflict_do_nothing(constraint="jobs_tenant_idempotency_key")
+        .returning(Job)
+    )
+    created = session.execute(stmt).scalar_one_or_none()
+    if created is not None:
+        return created, True
+    existing = session.execute(
+        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == job.idempotency_key)
+    ).scalar_one()
+    return existing, False
+
+
+def get_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
+    return session.execute(
+        select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    ).scalar_one_or_none()
+
+
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), str(job.id)])
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Raises ValueError on a cursor this API did not make."""
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except Exception as exc:  # any garbage is the caller's mistake
+        raise ValueError("cursor is not one this API returned") from exc
+
+
+def list_jobs(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    status: JobStatus | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """Newest first. Returns the page and the cursor of the next page (None at the end)."""
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status.value)
+    if kind is not None:
+        stmt = stmt.where(Job.kind == kind)
+    if cursor is not None:
+        created, last_id = decode_cursor(cursor)
+        stmt = stmt.where(
+            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id))
+        )
+    rows = list(
+        session.execute(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).scalars()
+    )
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def cancel_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
+    """Cancel a queued job at once; ask a running one to stop (it ends ``cancelled``).
+    A finished job is returned unchanged."""
+    queued = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == JobStatus.queued.value)
+        .values(status=JobStatus.cancelled.value, finished_at=func.now(), updated_at=func.now())
+        .returning(Job.id)
+    ).first()
+    if queued is not None:
+        notify_finished(session, job_ids=[job_id])
+    else:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == JobStatus.running.value)
+            .values(cancel_requested_at=func.now(), updated_at=func.now())
+        )
+    session.expire_all()
+    return get_job(session, tenant_id=tenant_id, job_id=job_id)
+
+
+# --- the worker side -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: uuid.UUID
+    attempt: int
+    input: dict[str, Any]
+    tenant_id: uuid.UUID
+
+
+def claim(
+    session: Session, *, job_ids: Sequence[uuid.UUID], kind: str, worker: str, lease_s: float
+) -> list[Claimed]:
+    """Take the still-queued jobs among ``job_ids`` in one statement."""
+    rows = session.execute(
+        update(Job)
+        .where(
+            Job.id.in_(list(job_ids)),
+            Job.status == JobStatus.queued.value,
+            Job.kind == kind,
+        )
+        .values(
+            status=JobStatus.running.value,
+            attempt=Job.attempt + 1,
+            worker=worker,
+            started_at=func.now(),
+            updated_at=func.now(),
+            lease_expires_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, lease_s),
+        )
+        .returning(Job.id, Job.attempt, Job.input, Job.tenant_id)
+    ).all()
+    return [Claimed(id=r.id, attempt=r.attempt, input=r.input, tenant_id=r.tenant_id) for r in rows]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one attempt: an output, or an error code and message."""
+
+    job_id: uuid.UUID
+    attempt: int
+    output: dict[str, Any] | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+_FINISH_SQL = text(
+    """
+    UPDATE jobs SET
+        status = CASE
+            WHEN jobs.cancel_requested_at IS NOT NULL THEN 'cancelled'
+            WHEN v.error_code IS NULL THEN 'succeeded'
+            ELSE 'failed' END,
+        output = CASE WHEN jobs.cancel_requested_at IS NULL THEN v.output::jsonb END,
+        error_code = v.error_code,
+        error_message = v.error_message,
+        finished_at = now(),
+        updated_at = now(),
+        lease_expires_at = NULL
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:outputs AS text[]),
+                CAST(:codes AS text[]), CAST(:messages AS text[]))
+         AS v(id, attempt, output, error_code, error_message)
+    WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.status = 'running'
+    RETURNING jobs.id
+    """
+)
+
+
+def finish(session: Session, *, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
+    """Write a batch of final results in one statement, fenced by attempt.
+
+    Returns the ids that were written; an id missing from the answer was taken
+    over by a newer attempt (or cancelled) and its outcome was discarded.
+    """
+    if not outcomes:
+        return []
+    written = session.execute(
+        _FINISH_SQL,
+        {
+            "ids": [o.job_id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "outputs": [None if o.output is None else json.dumps(o.output) for o in outcomes],
+            "codes": [o.error_code for o in outcomes],
+            "messages": [o.error_message for o in outcomes],
+        },
+    ).scalars().all()
+    notify_finished(session, job_ids=written)
+    return list(written)
+
+
+def release(
+    session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequence[int], reason: str
+) -> None:
+    """Give claimed jobs back to the queue after a transient failure.
+    Jobs that used all their attempts fail with ``max_attempts_exceeded``."""
+    session.execute(
+        text(
+            """
+            UPDATE jobs SET
+                status = CASE WHEN jobs.attempt >= jobs.max_attempts THEN 'failed' ELSE 'queued' END,
+                error_code = CASE WHEN jobs.attempt >= jobs.max_attempts
+                                  THEN 'max_attempts_exceeded' END,
+                error_message = :reason,
+                finished_at = CASE WHEN jobs.attempt >= jobs.max_attempts THEN now() END,
+                lease_expires_at = NULL,
+                updated_at = now()
+            FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
+            WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.status = 'running'
+            """
+        ),
+        {"ids": list(job_ids), "attempts": list(attempts), "reason": reason},
+    )
+
+
+def notify_finished(session: Session, *, job_ids: Sequence[uuid.UUID]) -> None:
+    """Tell long-polling API processes (LISTEN) that jobs finished; sent on commit."""
+    for start in range(0, len(job_ids), NOTIFY_IDS_PER_MESSAGE):
+        chunk = job_ids[start : start + NOTIFY_IDS_PER_MESSAGE]
+        session.execute(
+            select(func.pg_notify(NOTIFY_CHANNEL, ",".join(str(i) for i in chunk)))
+        )
+
+
+def is_terminal(status: str) -> bool:
+    return JobStatus(status) in TERMINAL
+
+
+def add_artifacts(session: Session, *, rows: Sequence[tuple[uuid.UUID, StoredArtifact]]) -> None:
+    """Record stored artifacts of jobs; a retried attempt overwrites its earlier row."""
+    if not rows:
+        return
+    stmt = pg_insert(Artifact).values(
+        [
+            {
+                "id": uuid.uuid4(),
+                "job_id": job_id,
+                "name": a.name,
+                "content_type": a.content_type,
+                "size_bytes": a.size_bytes,
+                "sha256": a.sha256,
+                "uri": a.uri,
+            }
+            for job_id, a in rows
+        ]
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            constraint="artifacts_job_name",
+            set_={c: stmt.excluded[c] for c in ("content_type", "size_bytes", "sha256", "uri")},
+        )
+    )
+
+
+def list_artifacts(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> list[Artifact]:
+    return list(
+        session.execute(
+            select(Artifact)
+            .join(Job, Job.id == Artifact.job_id)
+            .where(Artifact.job_id == job_id, Job.tenant_id == tenant_id)
+            .order_by(Artifact.name)
+        ).scalars()
+    )

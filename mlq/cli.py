@@ -1,0 +1,101 @@
+"""The ``mlq`` command. Each layer owns its commands; this module only composes them
+(``producer.cli``, ``workers.cli``) and adds the whole-stack ones."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from jobs.settings import get_settings
+from producer import cli as producer_cli
+from workers import cli as workers_cli
+
+app = typer.Typer(help="mlq: AI jobs in the background.", no_args_is_help=True, add_completion=False)
+app.command("api")(producer_cli.api)
+app.command("submit")(producer_cli.submit)
+app.add_typer(producer_cli.keys, name="keys")
+
+
+app.command("worker")(workers_cli.worker)
+app.add_typer(workers_cli.models_cli, name="models")
+
+
+@app.command("migrate")
+def migrate_cmd() -> None:
+    """Apply the database migrations (MLQ_DATABASE_URL)."""
+    from jobs.migrate import upgrade
+
+    upgrade(get_settings().require_database_url())
+    typer.echo("database is at the latest migration")
+
+
+@app.command("standalone")
+def standalone(
+    port: Annotated[int | None, typer.Option(help="API port (default MLQ_API_PORT, 8000).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data folder (default MLQ_DATA_DIR, .mlq).")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Run `mlq demo` once the stack is up.")] = False,
+    exit_after_demo: Annotated[bool, typer.Option(help="Stop after the demo instead of serving.")] = False,
+) -> None:
+    """Run everything on this machine: embedded PostgreSQL and Redis (unless their URLs are
+    set), migrations, the API and one worker per kind group. Ctrl-C stops it all."""
+    from mlq.standalone import Stack
+
+    if data_dir is not None:
+        os.environ["MLQ_DATA_DIR"] = str(data_dir)
+        get_settings.cache_clear()
+    stack = Stack(get_settings(), port=port, echo=typer.echo)
+    code = 0
+    try:
+        stack.start()
+        typer.echo(f"\nmlq is up\n  API      {stack.api_url}   (docs {stack.api_url}/docs)\n"
+                   f"  API key  {stack.api_key}\n  state    {stack.data_dir / 'standalone.json'}\n")
+        if demo:
+            from mlq.demo import run_demo
+            from producer.client import Client
+
+            with Client(stack.api_url, stack.api_key) as client:
+                jobs = run_demo(client, echo=typer.echo)
+            code = 0 if all(j["status"] == "succeeded" for j in jobs) else 1
+        if not exit_after_demo:
+            typer.echo("serving; Ctrl-C stops every process")
+            code = stack.wait() or code
+    finally:
+        stack.stop()
+    raise typer.Exit(code)
+
+
+@app.command("demo")
+def demo(
+    api_url: Annotated[str | None, typer.Option(envvar="MLQ_API_URL")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="MLQ_API_KEY")] = None,
+) -> None:
+    """Submit an example job of every served kind and print the results. Without
+    --api-url/--api-key, uses the running `mlq standalone` in MLQ_DATA_DIR."""
+    from mlq.demo import run_demo
+    from producer.client import Client
+
+    if not (api_url and api_key):
+        state_file = get_settings().data_dir / "standalone.json"
+        if not state_file.exists():
+            raise typer.BadParameter("no --api-url/--api-key and no running `mlq standalone` here")
+        state = json.loads(state_file.read_text())
+        api_url, api_key = api_url or state["api_url"], api_key or state["api_key"]
+    with Client(api_url, api_key) as client:
+        jobs = run_demo(client, echo=typer.echo)
+    raise typer.Exit(0 if all(j["status"] == "succeeded" for j in jobs) else 1)
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("MLQ_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""embedding: mean-pooled sentence embeddings from an encoder (AutoModel)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.kinds import EmbeddingInput, EmbeddingOutput
+from models.base import Adapter, Prediction
+from models.loading import pretrained_kwargs, torch_dtype
+
+MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256 tokens; longer input is truncated
+
+
+class EmbeddingAdapter(Adapter[EmbeddingInput]):
+    kind = "embedding"
+
+    def load(self, device: str) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        kwargs = pretrained_kwargs(self.spec, self.source)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source, **kwargs)
+        self.model = AutoModel.from_pretrained(self.source, dtype=torch_dtype(self.spec.dtype, device), **kwargs).to(
+            device
+        )
+        self.model.eval()
+        self.device = device
+
+    def embed(self, texts: list[str], *, normalize: bool = True) -> Any:
+        """Mean-pooled embeddings (a float32 tensor on the CPU), one row per text."""
+        import torch
+
+        encoded = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=min(MAX_TOKENS, self.tokenizer.model_max_length),
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(**encoded).last_hidden_state
+            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = ((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)).float()
+            if normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.cpu()
+
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        items: list[EmbeddingInput] = batch
+        vectors = self.embed([item.text for item in items], normalize=False)
+        predictions = []
+        for vector, item in zip(vectors, items, strict=True):
+            if item.normalize:
+                vector = vector / vector.norm().clamp(min=1e-12)
+            values = vector.tolist()
+            predictions.append(Prediction(EmbeddingOutput(embedding=values, dimensions=len(values))))
+        return predictions

@@ -1,0 +1,35 @@
+"""Which adapter serves which kind. A new kind is a new file and one line here.
+
+Entries are import paths, so looking up the registry imports no model code
+(and no torch) until a worker actually loads an adapter.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from jobs.modelsfile import ModelSpec
+from models.base import Adapter
+from models.loading import resolve_source
+
+ADAPTERS: dict[str, str] = {
+    "text-classification": "models.text_classification:TextClassificationAdapter",
+    "embedding": "models.embedding:EmbeddingAdapter",
+}
+
+
+def adapter_class(kind: str) -> type[Adapter]:  # type: ignore[type-arg]
+    try:
+        module_name, _, class_name = ADAPTERS[kind].partition(":")
+    except KeyError:
+        raise KeyError(f"no adapter for kind {kind!r}; adapters exist for: {', '.join(ADAPTERS)}") from None
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+        raise TypeError(f"{ADAPTERS[kind]} is not an Adapter")
+    return cls
+
+
+def create_adapter(spec: ModelSpec, *, data_dir: Path) -> Adapter:  # type: ignore[type-arg]
+    """An adapter for ``spec`` with its weights located (builtin models are built now)."""
+    return adapter_class(spec.kind)(spec, source=resolve_source(spec, data_dir=data_dir))

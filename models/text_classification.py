@@ -1,0 +1,49 @@
+"""text-classification: a sequence classifier (AutoModelForSequenceClassification)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.kinds import LabelScore, TextClassificationInput, TextClassificationOutput
+from models.base import Adapter, Prediction
+from models.loading import pretrained_kwargs, torch_dtype
+
+MAX_TOKENS = 512  # longer texts are truncated; max_text_chars in the models file bounds them first
+
+
+class TextClassificationAdapter(Adapter[TextClassificationInput]):
+    kind = "text-classification"
+
+    def load(self, device: str) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        kwargs = pretrained_kwargs(self.spec, self.source)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source, **kwargs)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.source, dtype=torch_dtype(self.spec.dtype, device), **kwargs
+        ).to(device)
+        self.model.eval()
+        self.device = device
+        self.multi_label = self.model.config.problem_type == "multi_label_classification"
+        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        import torch
+
+        items: list[TextClassificationInput] = batch
+        encoded = self.tokenizer(
+            [item.text for item in items],
+            padding=True,
+            truncation=True,
+            max_length=min(MAX_TOKENS, self.tokenizer.model_max_length),
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode():
+            logits = self.model(**encoded).logits.float()
+        scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+        return [self._prediction(row.tolist(), item.top_k) for row, item in zip(scores, items, strict=True)]
+
+    def _prediction(self, scores: list[float], top_k: int | None) -> Prediction:
+        ranked = sorted(zip(self.labels, scores, strict=True), key=lambda pair: pair[1], reverse=True)
+        labels = [LabelScore(label=label, score=score) for label, score in ranked[: top_k or len(ranked)]]
+        return Prediction(TextClassificationOutput(label=labels[0].label, score=labels[0].score, labels=labels))

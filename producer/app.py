@@ -1,0 +1,78 @@
+"""The FastAPI application: ``create_app()``; served by ``mlq api``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from jobs.db import make_engine, make_sessionmaker
+from jobs.modelsfile import load_models_file
+from jobs.settings import Settings, get_settings
+from producer.deps import State
+from producer.publish import Publisher
+from producer.routes import health, jobs, models
+from producer.waiter import Waiter
+
+log = logging.getLogger("mlq.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.require_database_url(), pool_size=settings.db_pool_size)
+        publisher = Publisher(settings)
+        waiter = Waiter(settings.require_database_url())
+        waiter.start()
+        app.state.mlq = State(
+            settings=settings,
+            sessions=make_sessionmaker(engine),
+            models=load_models_file(settings.models),
+            publisher=publisher,
+            waiter=waiter,
+            keys={},
+        )
+        try:
+            yield
+        finally:
+            await waiter.stop()
+            publisher.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="mlq",
+        version="0.1.0",
+        summary="Asynchronous AI jobs: submit, wait, read results.",
+        lifespan=lifespan,
+    )
+    app.include_router(jobs.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
+            return JSONResponse(
+                {"detail": f"body is {length} bytes; the limit is max_request_bytes={settings.max_request_bytes}"},
+                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+            )
+        return await call_next(request)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the job store (PostgreSQL) is unavailable; nothing was accepted, retry later"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+
+    return app

@@ -1,0 +1,98 @@
+"""The Python client: ``Client(url, api_key).submit("embedding", {"text": "..."}, wait_s=10)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class ApiError(Exception):
+    """The API answered with an error status; ``status`` and ``detail`` say why."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class Client:
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 30.0) -> None:
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout_s,
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, detail)
+        return response.json()
+
+    def submit(
+        self,
+        kind: str,
+        input: dict[str, Any],
+        *,
+        priority: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        wait_s: float = 0,
+    ) -> dict[str, Any]:
+        """Submit a job; with ``wait_s``, wait up to that long for it to finish."""
+        body: dict[str, Any] = {"kind": kind, "input": input}
+        if priority is not None:
+            body["priority"] = priority
+        if metadata:
+            body["metadata"] = metadata
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        job: dict[str, Any] = self._call("POST", "/v1/jobs", json=body, headers=headers)
+        return self.wait(job["id"], wait_s=wait_s) if wait_s > 0 else job
+
+    def get(self, job_id: str, *, wait_s: float = 0) -> dict[str, Any]:
+        params = {"wait": wait_s} if wait_s else {}
+        result: dict[str, Any] = self._call(
+            "GET", f"/v1/jobs/{job_id}", params=params, timeout=self.http.timeout.read + wait_s
+        )
+        return result
+
+    def wait(self, job_id: str, *, wait_s: float, step_s: float = 30.0) -> dict[str, Any]:
+        """Long-poll until the job finishes or ``wait_s`` has passed."""
+        import time
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            remaining = deadline - time.monotonic()
+            job = self.get(job_id, wait_s=max(0.0, min(step_s, remaining)))
+            if job["status"] in TERMINAL or remaining <= 0:
+                return job
+
+    def list(self, *, status: str | None = None, kind: str | None = None, limit: int = 50,
+             cursor: str | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in {"status": status, "kind": kind, "limit": limit, "cursor": cursor}.items() if v}
+        result: dict[str, Any] = self._call("GET", "/v1/jobs", params=params)
+        return result
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/v1/jobs/{job_id}/cancel")
+        return result
+
+    def models(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/models")
+        return result

@@ -1,0 +1,84 @@
+"""FastAPI dependencies: the store session, the caller's principal, app state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import store
+from jobs.modelsfile import ModelsConfig
+from jobs.settings import Settings
+from producer.publish import Publisher
+from producer.waiter import Waiter
+
+KEY_CACHE_S = 5.0  # a revoked key stops working within this long
+
+
+@dataclass
+class State:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    models: ModelsConfig
+    publisher: Publisher
+    waiter: Waiter
+    keys: dict[str, tuple[float, store.Principal]]
+
+
+def get_state(request: Request) -> State:
+    state: State = request.app.state.mlq
+    return state
+
+
+StateDep = Annotated[State, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    with state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `mlq keys create`.")
+
+
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def get_principal(
+    state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> store.Principal:
+    if credentials is None:
+        raise unauthorized("missing API key: send Authorization: Bearer <key>")
+    key = credentials.credentials
+    cached = state.keys.get(key)
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < KEY_CACHE_S:
+        return cached[1]
+    with state.sessions() as session:
+        principal = store.authenticate(session, key=key)
+    if principal is None:
+        state.keys.pop(key, None)
+        raise unauthorized("invalid or revoked API key")
+    state.keys[key] = (now, principal)
+    return principal
+
+
+def require(scope: str) -> Callable[..., store.Principal]:
+    def check(principal: Annotated[store.Principal, Depends(get_principal)]) -> store.Principal:
+        if scope not in principal.scopes:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this API key lacks the {scope!r} scope")
+        return principal
+
+    return check
+
+
+SubmitterDep = Annotated[store.Principal, Depends(require("submit"))]
+ReaderDep = Annotated[store.Principal, Depends(require("read"))]

@@ -1,0 +1,45 @@
+"""Publishing wake-up messages to the kinds' queues, after the job rows are committed."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+from celery import Celery
+
+from jobs.broker import celery_config
+from jobs.queues import broker_priority, queue_name, task_name
+from jobs.settings import Settings
+
+log = logging.getLogger("mlq.publish")
+
+
+class Publisher:
+    def __init__(self, settings: Settings) -> None:
+        self.app = Celery("mlq-producer")
+        self.app.conf.update(celery_config(settings))
+
+    def publish(self, *, kind: str, job_ids: Sequence[uuid.UUID], priority: int) -> bool:
+        """Send one message naming ``job_ids``. False when the broker is unreachable:
+        the jobs stay ``queued`` in PostgreSQL and the reconciler publishes them later."""
+        try:
+            self.app.send_task(
+                task_name(kind),
+                args=[[str(i) for i in job_ids]],
+                queue=queue_name(kind),
+                priority=broker_priority(priority),
+            )
+        except Exception as exc:  # the row is committed: a lost wake-up must not fail the request
+            log.warning("jobs %s: publish failed (%s); they stay queued for the reconciler",
+                        ",".join(map(str, job_ids)), exc)
+            return False
+        return True
+
+    def ping(self) -> None:
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            conn.default_channel.client.ping()
+
+    def close(self) -> None:
+        self.app.close()

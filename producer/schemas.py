@@ -1,0 +1,100 @@
+"""Request and response bodies of the HTTP API (job inputs/outputs live in jobs.kinds)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from jobs.queues import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from jobs.status import JobStatus
+from jobs.tables import Job
+
+MAX_METADATA_KEYS = 32
+MAX_METADATA_VALUE_CHARS = 512
+
+
+class SubmitJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(description="The job kind, e.g. text-classification; see GET /v1/models.")
+    input: dict[str, Any] = Field(description="The kind's input; its schema is in GET /v1/models.")
+    priority: int = Field(
+        default=DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="9 is the most urgent."
+    )
+    metadata: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="Your own labels, returned with the job."
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"metadata has {len(value)} keys; the limit is {MAX_METADATA_KEYS}")
+        for key, item in value.items():
+            if len(key) > 64 or (isinstance(item, str) and len(item) > MAX_METADATA_VALUE_CHARS):
+                raise ValueError(
+                    f"metadata[{key[:64]!r}] is too long: keys up to 64 and values up to "
+                    f"{MAX_METADATA_VALUE_CHARS} characters"
+                )
+        return value
+
+
+class JobError(BaseModel):
+    code: str
+    message: str | None
+
+
+class JobView(BaseModel):
+    id: uuid.UUID
+    kind: str
+    model: str
+    profile: str = Field(description="The models profile that served the job (demo models are tiny).")
+    status: JobStatus
+    priority: int
+    input: dict[str, Any]
+    output: dict[str, Any] | None
+    error: JobError | None
+    attempt: int
+    metadata: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            model=job.model,
+            profile=job.profile,
+            status=JobStatus(job.status),
+            priority=job.priority,
+            input=job.input,
+            output=job.output,
+            error=JobError(code=job.error_code, message=job.error_message) if job.error_code else None,
+            attempt=job.attempt,
+            metadata=job.metadata_,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+class JobPage(BaseModel):
+    data: list[JobView]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end.")
+
+
+class ModelView(BaseModel):
+    kind: str
+    model: str
+    revision: str | None
+    profile: str
+    description: str
+    limits: dict[str, int]
+    max_batch_size: int
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]

@@ -1,0 +1,1 @@
+"""Queue plumbing: the Celery app and routing, the runner, GPU placement."""

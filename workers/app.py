@@ -1,0 +1,91 @@
+"""The workers' Celery app: one thin task per kind, a runner per pool process.
+
+Imported by the forking parent, so nothing here touches torch or CUDA; the
+runner and its models are created in each pool process after the fork
+(``worker_process_init``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from jobs.broker import celery_config
+from jobs.db import make_engine, make_sessionmaker
+from jobs.kinds import KINDS
+from jobs.artifacts import LocalArtifactStore
+from jobs.modelsfile import load_models_file
+from jobs.queues import queue_name, task_name
+from jobs.settings import get_settings
+from workers.runner import Runner, is_transient_db_error
+
+log = logging.getLogger("mlq.worker")
+
+KINDS_ENV = "MLQ_WORKER_KINDS"  # set by `mlq worker`: the kinds this worker preloads
+RETRY_BASE_S = 0.5  # first retry after a database blip; doubles each time, with jitter
+RETRY_MAX_S = 30.0
+
+_runner: Runner | None = None
+
+
+def create_app() -> Celery:
+    app = Celery("mlq")
+    app.conf.update(celery_config(get_settings()))
+    app.conf.task_routes = {task_name(kind): {"queue": queue_name(kind)} for kind in KINDS}
+    for kind in KINDS:
+        _register(app, kind)
+    return app
+
+
+def _register(app: Celery, kind: str) -> None:
+    @app.task(name=task_name(kind), bind=True, max_retries=None)
+    def run_jobs(self: Task, job_ids: list[str]) -> dict[str, int]:
+        try:
+            report = runner().run(kind=kind, job_ids=job_ids)
+        except Exception as exc:
+            if not is_transient_db_error(exc):
+                raise
+            delay_s = min(RETRY_MAX_S, RETRY_BASE_S * 2**self.request.retries) * random.uniform(0.5, 1.5)
+            log.warning("jobs %s: database unavailable (%s); retrying in %.1fs", job_ids, exc, delay_s)
+            raise self.retry(countdown=delay_s) from exc
+        return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed}
+
+
+def runner() -> Runner:
+    global _runner
+    if _runner is None:
+        settings = get_settings()
+        models = load_models_file(settings.models)
+        _runner = Runner(
+            sessions=make_sessionmaker(make_engine(settings.require_database_url(), pool_size=2)),
+            models=models,
+            artifacts=LocalArtifactStore(settings.artifacts_path),
+            data_dir=settings.data_dir,
+            worker=f"{settings.worker_name or 'worker'}/{os.getpid()}",
+            lease_s=settings.lease_s,
+        )
+    return _runner
+
+
+@worker_process_init.connect
+def _load_models(**_: Any) -> None:
+    """In each pool process, after the fork: set threads and load this worker's models."""
+    from workers.placement import configure_torch_threads
+
+    configure_torch_threads()
+    for kind in filter(None, os.environ.get(KINDS_ENV, "").split(",")):
+        runner().adapter(kind)
+
+
+@worker_process_shutdown.connect
+def _close(**_: Any) -> None:
+    if _runner is not None:
+        _runner.sessions.kw["bind"].dispose()
+
+
+app = create_app()

@@ -1,0 +1,90 @@
+"""Worker-side commands: ``mlq worker`` and ``mlq models …``."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Annotated
+
+import typer
+
+from jobs.kinds import KINDS
+from jobs.modelsfile import load_models_file
+from jobs.queues import queue_name
+from jobs.settings import get_settings
+
+models_cli = typer.Typer(help="Inspect and prepare models.", no_args_is_help=True)
+
+
+def parse_kinds(raw: str) -> list[str]:
+    kinds = [k.strip() for k in raw.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if not kinds or unknown:
+        raise typer.BadParameter(
+            f"unknown kinds {unknown}; known: {', '.join(sorted(KINDS))}", param_hint="--kinds"
+        )
+    configured = load_models_file(get_settings().models).kinds
+    missing = [k for k in kinds if k not in configured]
+    if missing:
+        raise typer.BadParameter(f"the models file has no model for {missing}", param_hint="--kinds")
+    return kinds
+
+
+def worker(
+    kinds: Annotated[str, typer.Option(help="Comma-separated job kinds this worker serves.")],
+    gpu: Annotated[int | None, typer.Option(help="Pin to this GPU (CUDA_VISIBLE_DEVICES).")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Hide every GPU; run on the CPU.")] = False,
+    concurrency: Annotated[int, typer.Option(help="Pool processes, each with its own model copy.")] = 1,
+    name: Annotated[str | None, typer.Option(help="Celery node name (default mlq-<gpu|cpu>-<pid>@host).")] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Consume the queues of KINDS and run their jobs. Models load in each pool process."""
+    from workers import placement
+
+    served = parse_kinds(kinds)
+    get_settings().require_database_url()
+    if cpu:
+        placement.hide_gpus()
+    placement.pin_gpu(gpu)  # before anything imports torch
+    node = name or f"mlq-{'cpu' if gpu is None else f'gpu{gpu}'}-{os.getpid()}@{socket.gethostname()}"
+    os.environ["MLQ_WORKER_NAME"] = node
+    os.environ["MLQ_WORKER_KINDS"] = ",".join(served)
+    os.environ.setdefault(placement.THREADS_ENV, str(max(1, (os.cpu_count() or 1) // concurrency)))
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer must not fork threads
+    get_settings.cache_clear()
+
+    from workers.app import app
+
+    app.worker_main(
+        [
+            "worker",
+            "--queues", ",".join(queue_name(k) for k in served),
+            "--concurrency", str(concurrency),
+            "--pool", "prefork",
+            "--hostname", node,
+            "--loglevel", loglevel,
+            "--without-gossip",
+            "--without-mingle",
+            "--task-events",
+        ]
+    )
+
+
+@models_cli.command("list")
+def models_list() -> None:
+    """Print the models file: which model serves each kind."""
+    config = load_models_file(get_settings().models)
+    typer.echo(f"profile {config.profile} ({config.source})")
+    for kind, spec in sorted(config.kinds.items()):
+        typer.echo(f"  {kind:24} {spec.model}" + (f"@{spec.revision}" if spec.revision else ""))
+
+
+@models_cli.command("build-demo")
+def models_build_demo() -> None:
+    """Build the tiny local models of the demo profile into the data folder."""
+    from models.tiny import build_all
+
+    for name, path in build_all(data_dir=get_settings().data_dir).items():
+        typer.echo(f"{name}: {path}")

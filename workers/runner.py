@@ -1,0 +1,192 @@
+"""The runner: claim → prepare → predict → store, as plain functions of plain objects.
+
+Celery tasks hand it job ids and return; tests call it without Celery.
+Per job: a bad input fails that job alone (``invalid_input``); a model error on
+a batch is retried item by item so only the culprit fails; a transient error
+gives the jobs back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import store
+from jobs.artifacts import ArtifactStore
+from jobs.errors import InvalidInput, MlqError, ModelError, ModelNotConfigured, PermanentError, RetryableError
+from jobs.kinds import get_kind
+from jobs.modelsfile import ModelsConfig, ModelSpec
+from models.base import Adapter, Prediction
+from models.loading import pick_device
+from models.registry import create_adapter
+
+log = logging.getLogger("mlq.runner")
+
+
+@dataclass
+class RunReport:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    released: int = 0
+    discarded: list[uuid.UUID] = field(default_factory=list)  # outcomes a newer attempt superseded
+
+
+class Runner:
+    """Holds one worker process's loaded adapters and runs batches of job ids."""
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        models: ModelsConfig,
+        artifacts: ArtifactStore,
+        data_dir: Path,
+        worker: str,
+        lease_s: float,
+    ) -> None:
+        self.sessions = sessions
+        self.models = models
+        self.artifacts = artifacts
+        self.data_dir = data_dir
+        self.worker = worker
+        self.lease_s = lease_s
+        self.adapters: dict[str, Adapter[Any]] = {}
+
+    def spec(self, kind: str) -> ModelSpec:
+        spec = self.models.spec(kind)
+        if spec is None:
+            raise ModelNotConfigured(f"the models file {self.models.source} has no model for {kind!r}")
+        return spec
+
+    def adapter(self, kind: str) -> Adapter[Any]:
+        """The loaded adapter of ``kind``, loading it on first use."""
+        if kind not in self.adapters:
+            spec = self.spec(kind)
+            started = time.perf_counter()
+            adapter = create_adapter(spec, data_dir=self.data_dir)
+            adapter.load(pick_device(spec.device))
+            log.info("loaded %s model %s on %s in %.2fs", kind, spec.model, adapter.device,
+                     time.perf_counter() - started)
+            self.adapters[kind] = adapter
+        return self.adapters[kind]
+
+    def run(self, *, kind: str, job_ids: Sequence[uuid.UUID | str]) -> RunReport:
+        ids = [uuid.UUID(str(i)) for i in job_ids]
+        adapter = self.adapter(kind)
+        with self.sessions.begin() as session:
+            claimed = store.claim(session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s)
+        report = RunReport(claimed=len(claimed))
+        if not claimed:
+            return report
+        started = time.perf_counter()
+        outcomes, retry = self.process(adapter, claimed)
+        blobs = [o for o in outcomes if isinstance(o, _Done) and o.prediction.blobs]
+        stored = [(o.job.id, self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data,
+                                                content_type=b.content_type))
+                  for o in blobs for b in o.prediction.blobs]
+        with self.sessions.begin() as session:
+            written = set(store.finish(session, outcomes=[o.outcome() for o in outcomes]))
+            store.add_artifacts(session, rows=[(job_id, a) for job_id, a in stored if job_id in written])
+            if retry:
+                store.release(session, job_ids=[c.id for c, _ in retry], attempts=[c.attempt for c, _ in retry],
+                              reason=retry[0][1])
+        elapsed = time.perf_counter() - started
+        for o in outcomes:
+            if o.job.id not in written:
+                report.discarded.append(o.job.id)
+                log.warning("job %s attempt %d: result discarded, a newer attempt owns the job",
+                            o.job.id, o.job.attempt)
+            elif isinstance(o, _Done):
+                report.succeeded += 1
+                log.info("job %s %s succeeded in %.3fs (batch of %d)", o.job.id, kind, elapsed, len(claimed))
+            else:
+                report.failed += 1
+                log.info("job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message)
+        report.released = len(retry)
+        return report
+
+    def process(
+        self, adapter: Adapter[Any], claimed: Sequence[store.Claimed]
+    ) -> tuple[list[_Done | _Failed], list[tuple[store.Claimed, str]]]:
+        """Prepare each job, predict on the good ones. Returns outcomes and jobs to retry."""
+        kind = get_kind(adapter.kind)
+        outcomes: list[_Done | _Failed] = []
+        ready: list[tuple[store.Claimed, Any]] = []
+        for job in claimed:
+            try:
+                item = kind.validate_input(job.input, limits=adapter.spec.limits)
+                ready.append((job, adapter.prepare(item)))
+            except ValidationError as exc:
+                outcomes.append(_Failed(job, InvalidInput.code, _validation_message(exc)))
+            except PermanentError as exc:
+                outcomes.append(_Failed(job, exc.code, str(exc)))
+        retry: list[tuple[store.Claimed, str]] = []
+        self._predict(adapter, ready, outcomes, retry)
+        return outcomes, retry
+
+    def _predict(
+        self,
+        adapter: Adapter[Any],
+        ready: list[tuple[store.Claimed, Any]],
+        outcomes: list[_Done | _Failed],
+        retry: list[tuple[store.Claimed, str]],
+    ) -> None:
+        if not ready:
+            return
+        try:
+            predictions = adapter.predict([item for _, item in ready])
+            if len(predictions) != len(ready):
+                raise ModelError(f"adapter returned {len(predictions)} results for {len(ready)} inputs")
+            outcomes.extend(_Done(job, p) for (job, _), p in zip(ready, predictions, strict=True))
+        except RetryableError as exc:
+            retry.extend((job, f"{exc.code}: {exc}") for job, _ in ready)
+        except Exception as exc:  # a model error: find the culprit rather than fail the batch
+            if len(ready) > 1:
+                for pair in ready:
+                    self._predict(adapter, [pair], outcomes, retry)
+                return
+            job = ready[0][0]
+            code = exc.code if isinstance(exc, MlqError) else ModelError.code
+            log.exception("job %s: model raised", job.id)
+            outcomes.append(_Failed(job, code, f"{type(exc).__name__}: {exc}"))
+
+
+@dataclass
+class _Done:
+    job: store.Claimed
+    prediction: Prediction
+
+    def outcome(self) -> store.Outcome:
+        return store.Outcome(job_id=self.job.id, attempt=self.job.attempt,
+                             output=self.prediction.output.model_dump(mode="json"))
+
+
+@dataclass
+class _Failed:
+    job: store.Claimed
+    code: str
+    message: str
+
+    def outcome(self) -> store.Outcome:
+        return store.Outcome(job_id=self.job.id, attempt=self.job.attempt, error_code=self.code,
+                             error_message=self.message)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(
+        f"input.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
+    )
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
