@@ -31,9 +31,7 @@ def limit(info: ValidationInfo, name: str, default: int) -> int:
 def check_text(value: str, info: ValidationInfo) -> str:
     max_chars = limit(info, "max_text_chars", HARD_MAX_TEXT_CHARS)
     if len(value) > max_chars:
-        raise ValueError(
-            f"text is {len(value)} characters; the limit for this kind is max_text_chars={max_chars}"
-        )
+        raise ValueError(f"text is {len(value)} characters; the limit for this kind is max_text_chars={max_chars}")
     if not value.strip():
         raise ValueError("text is empty")
     return value
@@ -52,9 +50,7 @@ class TextInput(Schema):
 
 
 class TextClassificationInput(TextInput):
-    top_k: int | None = Field(
-        default=None, ge=1, le=1000, description="Return this many labels; all when unset."
-    )
+    top_k: int | None = Field(default=None, ge=1, le=1000, description="Return this many labels; all when unset.")
 
 
 class LabelScore(Schema):

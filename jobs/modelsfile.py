@@ -89,9 +89,7 @@ def parse_models(raw: dict[str, Any], *, source: str) -> ModelsConfig:
     kinds: dict[str, ModelSpec] = {}
     for kind, entry in (raw.get("kinds") or {}).items():
         if kind not in KINDS:
-            raise ModelsFileError(
-                f"{source}: [kinds.{kind}] is not a job kind; known: {', '.join(sorted(KINDS))}"
-            )
+            raise ModelsFileError(f"{source}: [kinds.{kind}] is not a job kind; known: {', '.join(sorted(KINDS))}")
         merged = {**defaults, **entry, "kind": kind}
         merged["limits"] = {**defaults.get("limits", {}), **entry.get("limits", {})}
         try:

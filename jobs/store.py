@@ -23,9 +23,9 @@ from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from jobs.artifacts import StoredArtifact
 from jobs.db import NOTIFY_CHANNEL
 from jobs.status import TERMINAL, JobStatus
-from jobs.artifacts import StoredArtifact
 from jobs.tables import ApiKey, Artifact, Job, Tenant
 
 SCOPES = ("submit", "read", "admin")
@@ -45,11 +45,7 @@ class Principal:
 
 
 def ensure_tenant(session: Session, *, name: str) -> uuid.UUID:
-    stmt = (
-        pg_insert(Tenant)
-        .values(id=uuid.uuid4(), name=name)
-        .on_conflict_do_nothing(index_elements=[Tenant.name])
-    )
+    stmt = pg_insert(Tenant).values(id=uuid.uuid4(), name=name).on_conflict_do_nothing(index_elements=[Tenant.name])
     session.execute(stmt)
     return session.execute(select(Tenant.id).where(Tenant.name == name)).scalar_one()
 
@@ -58,9 +54,7 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_api_key(
-    session: Session, *, tenant: str, scopes: Sequence[str] = SCOPES
-) -> tuple[str, uuid.UUID]:
+def create_api_key(session: Session, *, tenant: str, scopes: Sequence[str] = SCOPES) -> tuple[str, uuid.UUID]:
     """Create a key for ``tenant`` (created if new). Returns the key, shown only now, and its id.
 
     Keys carry 256 random bits, so a SHA-256 of the key is safe to store and
@@ -100,9 +94,7 @@ def authenticate(session: Session, *, key: str) -> Principal | None:
 
 def revoke_api_key(session: Session, *, prefix: str) -> bool:
     result = session.execute(
-        update(ApiKey)
-        .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=func.now())
+        update(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)).values(revoked_at=func.now())
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -154,9 +146,7 @@ def insert_job(session: Session, *, tenant_id: uuid.UUID, job: NewJob) -> tuple[
 
 
 def get_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
-    return session.execute(
-        select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
-    ).scalar_one_or_none()
+    return session.execute(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)).scalar_one_or_none()
 
 
 def encode_cursor(job: Job) -> str:
@@ -190,12 +180,8 @@ def list_jobs(
         stmt = stmt.where(Job.kind == kind)
     if cursor is not None:
         created, last_id = decode_cursor(cursor)
-        stmt = stmt.where(
-            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id))
-        )
-    rows = list(
-        session.execute(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).scalars()
-    )
+        stmt = stmt.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id)))
+    rows = list(session.execute(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).scalars())
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
@@ -232,9 +218,7 @@ class Claimed:
     tenant_id: uuid.UUID
 
 
-def claim(
-    session: Session, *, job_ids: Sequence[uuid.UUID], kind: str, worker: str, lease_s: float
-) -> list[Claimed]:
+def claim(session: Session, *, job_ids: Sequence[uuid.UUID], kind: str, worker: str, lease_s: float) -> list[Claimed]:
     """Take the still-queued jobs among ``job_ids`` in one statement."""
     rows = session.execute(
         update(Job)
@@ -297,23 +281,25 @@ def finish(session: Session, *, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
     """
     if not outcomes:
         return []
-    written = session.execute(
-        _FINISH_SQL,
-        {
-            "ids": [o.job_id for o in outcomes],
-            "attempts": [o.attempt for o in outcomes],
-            "outputs": [None if o.output is None else json.dumps(o.output) for o in outcomes],
-            "codes": [o.error_code for o in outcomes],
-            "messages": [o.error_message for o in outcomes],
-        },
-    ).scalars().all()
+    written = (
+        session.execute(
+            _FINISH_SQL,
+            {
+                "ids": [o.job_id for o in outcomes],
+                "attempts": [o.attempt for o in outcomes],
+                "outputs": [None if o.output is None else json.dumps(o.output) for o in outcomes],
+                "codes": [o.error_code for o in outcomes],
+                "messages": [o.error_message for o in outcomes],
+            },
+        )
+        .scalars()
+        .all()
+    )
     notify_finished(session, job_ids=written)
     return list(written)
 
 
-def release(
-    session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequence[int], reason: str
-) -> None:
+def release(session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequence[int], reason: str) -> None:
     """Give claimed jobs back to the queue after a transient failure.
     Jobs that used all their attempts fail with ``max_attempts_exceeded``."""
     session.execute(
@@ -339,9 +325,7 @@ def notify_finished(session: Session, *, job_ids: Sequence[uuid.UUID]) -> None:
     """Tell long-polling API processes (LISTEN) that jobs finished; sent on commit."""
     for start in range(0, len(job_ids), NOTIFY_IDS_PER_MESSAGE):
         chunk = job_ids[start : start + NOTIFY_IDS_PER_MESSAGE]
-        session.execute(
-            select(func.pg_notify(NOTIFY_CHANNEL, ",".join(str(i) for i in chunk)))
-        )
+        session.execute(select(func.pg_notify(NOTIFY_CHANNEL, ",".join(str(i) for i in chunk))))
 
 
 def is_terminal(status: str) -> bool:

@@ -22,6 +22,7 @@ app.add_typer(producer_cli.keys, name="keys")
 
 
 app.command("worker")(workers_cli.worker)
+app.command("flower")(workers_cli.flower)
 app.add_typer(workers_cli.models_cli, name="models")
 
 
@@ -52,8 +53,10 @@ def standalone(
     code = 0
     try:
         stack.start()
-        typer.echo(f"\nmlq is up\n  API      {stack.api_url}   (docs {stack.api_url}/docs)\n"
-                   f"  API key  {stack.api_key}\n  state    {stack.data_dir / 'standalone.json'}\n")
+        typer.echo(
+            f"\nmlq is up\n  API      {stack.api_url}   (docs {stack.api_url}/docs)\n"
+            f"  API key  {stack.api_key}\n  state    {stack.data_dir / 'standalone.json'}\n"
+        )
         if demo:
             from mlq.demo import run_demo
             from producer.client import Client
@@ -91,8 +94,9 @@ def demo(
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("MLQ_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("MLQ_LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     app()
 

@@ -16,7 +16,7 @@ def summarize(output: dict[str, Any] | None) -> str:
     if output is None:
         return "-"
     short = {
-        key: (value[:4] + ["…"] if isinstance(value, list) and len(value) > 8 else value)
+        key: ([*value[:4], "…"] if isinstance(value, list) and len(value) > 8 else value)
         for key, value in output.items()
     }
     return json.dumps(short, ensure_ascii=False)[:400]

@@ -36,7 +36,7 @@ class Stack:
         self.data_dir = settings.data_dir.resolve()
         self.port = port or settings.api_port
         self.echo = echo
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.stoppers: list[Callable[[], None]] = []
         self.env = dict(os.environ, MLQ_DATA_DIR=str(self.data_dir))
         self.api_url = f"http://127.0.0.1:{self.port}"
@@ -85,17 +85,18 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str], logs: Path) -> None:
         log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        child = subprocess.Popen([sys.executable, "-m", "mlq.cli", *args], env=self.env, stdout=log,
-                                 stderr=subprocess.STDOUT)
-        self.children.append(child)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mlq.cli", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.children[name] = child
         self.echo(f"started {name} (pid {child.pid}), log {logs / f'{name}.log'}")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            for child in self.children:
+            for name, child in self.children.items():
                 if child.poll() is not None:
-                    raise RuntimeError(f"{child.args} exited with {child.returncode}; see {self.data_dir / 'logs'}")
+                    raise RuntimeError(f"{name} exited with {child.returncode}; see {self.data_dir / 'logs'}")
             try:
                 if httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200:
                     return
@@ -114,19 +115,19 @@ class Stack:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         while not stop["signal"]:
-            for child in self.children:
+            for name, child in self.children.items():
                 if child.poll() is not None:
-                    self.echo(f"{child.args[3]} exited with {child.returncode}; stopping")
+                    self.echo(f"{name} exited with {child.returncode}; stopping")
                     return 1
             time.sleep(0.5)
         return 0
 
     def stop(self) -> None:
-        for child in self.children:
+        for child in self.children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        for child in self.children:
+        for child in self.children.values():
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

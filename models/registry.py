@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 from jobs.modelsfile import ModelSpec
 from models.base import Adapter
@@ -19,7 +20,7 @@ ADAPTERS: dict[str, str] = {
 }
 
 
-def adapter_class(kind: str) -> type[Adapter]:  # type: ignore[type-arg]
+def adapter_class(kind: str) -> type[Adapter[Any]]:
     try:
         module_name, _, class_name = ADAPTERS[kind].partition(":")
     except KeyError:
@@ -30,6 +31,6 @@ def adapter_class(kind: str) -> type[Adapter]:  # type: ignore[type-arg]
     return cls
 
 
-def create_adapter(spec: ModelSpec, *, data_dir: Path) -> Adapter:  # type: ignore[type-arg]
+def create_adapter(spec: ModelSpec, *, data_dir: Path) -> Adapter[Any]:
     """An adapter for ``spec`` with its weights located (builtin models are built now)."""
     return adapter_class(spec.kind)(spec, source=resolve_source(spec, data_dir=data_dir))

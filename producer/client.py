@@ -20,6 +20,7 @@ class ApiError(Exception):
 
 class Client:
     def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 30.0) -> None:
+        self.timeout_s = timeout_s
         self.http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}"},
@@ -67,9 +68,7 @@ class Client:
 
     def get(self, job_id: str, *, wait_s: float = 0) -> dict[str, Any]:
         params = {"wait": wait_s} if wait_s else {}
-        result: dict[str, Any] = self._call(
-            "GET", f"/v1/jobs/{job_id}", params=params, timeout=self.http.timeout.read + wait_s
-        )
+        result: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}", params=params, timeout=self.timeout_s + wait_s)
         return result
 
     def wait(self, job_id: str, *, wait_s: float, step_s: float = 30.0) -> dict[str, Any]:
@@ -83,8 +82,9 @@ class Client:
             if job["status"] in TERMINAL or remaining <= 0:
                 return job
 
-    def list(self, *, status: str | None = None, kind: str | None = None, limit: int = 50,
-             cursor: str | None = None) -> dict[str, Any]:
+    def list_jobs(
+        self, *, status: str | None = None, kind: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
         params = {k: v for k, v in {"status": status, "kind": kind, "limit": limit, "cursor": cursor}.items() if v}
         result: dict[str, Any] = self._call("GET", "/v1/jobs", params=params)
         return result

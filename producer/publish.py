@@ -31,8 +31,9 @@ class Publisher:
                 priority=broker_priority(priority),
             )
         except Exception as exc:  # the row is committed: a lost wake-up must not fail the request
-            log.warning("jobs %s: publish failed (%s); they stay queued for the reconciler",
-                        ",".join(map(str, job_ids)), exc)
+            log.warning(
+                "jobs %s: publish failed (%s); they stay queued for the reconciler", ",".join(map(str, job_ids)), exc
+            )
             return False
         return True
 

@@ -15,10 +15,10 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_process_shutdown
 
+from jobs.artifacts import LocalArtifactStore
 from jobs.broker import celery_config
 from jobs.db import make_engine, make_sessionmaker
 from jobs.kinds import KINDS
-from jobs.artifacts import LocalArtifactStore
 from jobs.modelsfile import load_models_file
 from jobs.queues import queue_name, task_name
 from jobs.settings import get_settings

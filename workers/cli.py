@@ -20,9 +20,7 @@ def parse_kinds(raw: str) -> list[str]:
     kinds = [k.strip() for k in raw.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
     if not kinds or unknown:
-        raise typer.BadParameter(
-            f"unknown kinds {unknown}; known: {', '.join(sorted(KINDS))}", param_hint="--kinds"
-        )
+        raise typer.BadParameter(f"unknown kinds {unknown}; known: {', '.join(sorted(KINDS))}", param_hint="--kinds")
     configured = load_models_file(get_settings().models).kinds
     missing = [k for k in kinds if k not in configured]
     if missing:
@@ -60,11 +58,16 @@ def worker(
     app.worker_main(
         [
             "worker",
-            "--queues", ",".join(queue_name(k) for k in served),
-            "--concurrency", str(concurrency),
-            "--pool", "prefork",
-            "--hostname", node,
-            "--loglevel", loglevel,
+            "--queues",
+            ",".join(queue_name(k) for k in served),
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--hostname",
+            node,
+            "--loglevel",
+            loglevel,
             "--without-gossip",
             "--without-mingle",
             "--task-events",
@@ -88,3 +91,38 @@ def models_build_demo() -> None:
 
     for name, path in build_all(data_dir=get_settings().data_dir).items():
         typer.echo(f"{name}: {path}")
+
+
+def flower(
+    basic_auth: Annotated[
+        str | None,
+        typer.Option(envvar="MLQ_FLOWER_BASIC_AUTH", help="user:password (comma-separate several). Required."),
+    ] = None,
+    address: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 unless you mean otherwise.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5555,
+) -> None:
+    """Run Flower on mlq's broker. Refuses to start without authentication."""
+    if not basic_auth or any(":" not in pair or pair.endswith(":") for pair in basic_auth.split(",")):
+        raise typer.BadParameter(
+            "Flower must not run unauthenticated: set MLQ_FLOWER_BASIC_AUTH=user:password (or --basic-auth)",
+            param_hint="--basic-auth",
+        )
+    from celery.bin.celery import celery
+
+    settings = get_settings()
+    settings.require_redis_url()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    celery.main(
+        args=[
+            "--app",
+            "workers.app:app",
+            "flower",
+            f"--address={address}",
+            f"--port={port}",
+            f"--basic-auth={basic_auth}",
+            "--persistent=True",  # task history survives a restart
+            f"--db={settings.data_dir / 'flower.db'}",
+            "--state_save_interval=60000",
+        ],
+        prog_name="mlq flower",
+    )

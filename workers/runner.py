@@ -75,8 +75,9 @@ class Runner:
             started = time.perf_counter()
             adapter = create_adapter(spec, data_dir=self.data_dir)
             adapter.load(pick_device(spec.device))
-            log.info("loaded %s model %s on %s in %.2fs", kind, spec.model, adapter.device,
-                     time.perf_counter() - started)
+            log.info(
+                "loaded %s model %s on %s in %.2fs", kind, spec.model, adapter.device, time.perf_counter() - started
+            )
             self.adapters[kind] = adapter
         return self.adapters[kind]
 
@@ -91,21 +92,28 @@ class Runner:
         started = time.perf_counter()
         outcomes, retry = self.process(adapter, claimed)
         blobs = [o for o in outcomes if isinstance(o, _Done) and o.prediction.blobs]
-        stored = [(o.job.id, self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data,
-                                                content_type=b.content_type))
-                  for o in blobs for b in o.prediction.blobs]
+        stored = [
+            (o.job.id, self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type))
+            for o in blobs
+            for b in o.prediction.blobs
+        ]
         with self.sessions.begin() as session:
             written = set(store.finish(session, outcomes=[o.outcome() for o in outcomes]))
             store.add_artifacts(session, rows=[(job_id, a) for job_id, a in stored if job_id in written])
             if retry:
-                store.release(session, job_ids=[c.id for c, _ in retry], attempts=[c.attempt for c, _ in retry],
-                              reason=retry[0][1])
+                store.release(
+                    session,
+                    job_ids=[c.id for c, _ in retry],
+                    attempts=[c.attempt for c, _ in retry],
+                    reason=retry[0][1],
+                )
         elapsed = time.perf_counter() - started
         for o in outcomes:
             if o.job.id not in written:
                 report.discarded.append(o.job.id)
-                log.warning("job %s attempt %d: result discarded, a newer attempt owns the job",
-                            o.job.id, o.job.attempt)
+                log.warning(
+                    "job %s attempt %d: result discarded, a newer attempt owns the job", o.job.id, o.job.attempt
+                )
             elif isinstance(o, _Done):
                 report.succeeded += 1
                 log.info("job %s %s succeeded in %.3fs (batch of %d)", o.job.id, kind, elapsed, len(claimed))
@@ -167,8 +175,9 @@ class _Done:
     prediction: Prediction
 
     def outcome(self) -> store.Outcome:
-        return store.Outcome(job_id=self.job.id, attempt=self.job.attempt,
-                             output=self.prediction.output.model_dump(mode="json"))
+        return store.Outcome(
+            job_id=self.job.id, attempt=self.job.attempt, output=self.prediction.output.model_dump(mode="json")
+        )
 
 
 @dataclass
@@ -178,8 +187,9 @@ class _Failed:
     message: str
 
     def outcome(self) -> store.Outcome:
-        return store.Outcome(job_id=self.job.id, attempt=self.job.attempt, error_code=self.code,
-                             error_message=self.message)
+        return store.Outcome(
+            job_id=self.job.id, attempt=self.job.attempt, error_code=self.code, error_message=self.message
+        )
 
 
 def _validation_message(exc: ValidationError) -> str:

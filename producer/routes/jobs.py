@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from typing import Annotated, Any
@@ -106,10 +107,8 @@ async def get_job(
             remaining = deadline - time.monotonic()
             if view.status in TERMINAL or remaining <= 0:
                 return view
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), timeout=state.waiter.poll_interval_s(remaining))
-            except TimeoutError:
-                pass
 
 
 @router.get("", response_model=JobPage)

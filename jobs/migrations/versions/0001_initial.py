@@ -29,9 +29,7 @@ def upgrade() -> None:
     op.create_table(
         "api_keys",
         sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
-        sa.Column(
-            "tenant_id", pg.UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("tenant_id", pg.UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
         sa.Column("prefix", sa.String(16), nullable=False, unique=True),
         sa.Column("key_hash", sa.String(64), nullable=False),
         sa.Column("scopes", pg.ARRAY(sa.String(32)), nullable=False),
@@ -41,9 +39,7 @@ def upgrade() -> None:
     op.create_table(
         "jobs",
         sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
-        sa.Column(
-            "tenant_id", pg.UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("tenant_id", pg.UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
         sa.Column("kind", sa.String(64), nullable=False),
         sa.Column("model", sa.String(300), nullable=False),
         sa.Column("profile", sa.String(64), nullable=False),
@@ -64,9 +60,7 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(timezone=True)),
         sa.Column("finished_at", sa.DateTime(timezone=True)),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.CheckConstraint(
-            "status IN ({})".format(", ".join(f"'{s}'" for s in STATUSES)), name="jobs_status_known"
-        ),
+        sa.CheckConstraint("status IN ({})".format(", ".join(f"'{s}'" for s in STATUSES)), name="jobs_status_known"),
         sa.UniqueConstraint("tenant_id", "idempotency_key", name="jobs_tenant_idempotency_key"),
     )
     op.create_index("jobs_tenant_created", "jobs", ["tenant_id", "created_at", "id"])
@@ -79,9 +73,7 @@ def upgrade() -> None:
     op.create_table(
         "artifacts",
         sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
-        sa.Column(
-            "job_id", pg.UUID(as_uuid=True), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("job_id", pg.UUID(as_uuid=True), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("content_type", sa.String(100), nullable=False),
         sa.Column("size_bytes", sa.BigInteger, nullable=False),

@@ -1,0 +1,47 @@
+# mlq: the two commands of the README's quick start are `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The stamp lives in the work tree, so a fresh clone always runs the install step,
+# even when VENV points at a cached environment (CI keeps one to spare the torch wheel).
+STAMP := .installed.stamp
+
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: install run demo test lint unit integration e2e bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	echo "$(abspath $(VENV))" > $@
+
+run: install  ## the whole stack on this machine, a demo job of every kind, then serve until Ctrl-C
+	$(BIN)/mlq standalone --demo
+
+demo: install  ## the same, stopping after the demo
+	$(BIN)/mlq standalone --demo --exit-after-demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install lint  ## lint, then every test (real Redis, PostgreSQL, Celery workers)
+	$(BIN)/python -m pytest
+
+unit: install
+	$(BIN)/python -m pytest tests/unit
+integration: install
+	$(BIN)/python -m pytest tests/integration
+e2e: install
+	$(BIN)/python -m pytest tests/e2e
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(STAMP) .mlq test-artifacts .pytest_cache .mypy_cache .ruff_cache

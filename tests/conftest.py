@@ -1,0 +1,133 @@
+"""Shared fixtures: a fresh database and Redis DB per run, settings, and process helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.db import make_engine, make_sessionmaker
+from jobs.migrate import upgrade
+from jobs.settings import Settings
+from tests.services import Services, fresh_database, fresh_redis_db, start_services
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+MLQ = str(Path(sys.executable).with_name("mlq"))  # the installed console script
+ARTIFACTS = ROOT / "test-artifacts"  # logs of started processes, kept for CI
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data folder for the run, so tiny models are built once."""
+    return tmp_path_factory.mktemp("mlq-data")
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    with start_services(tmp_path_factory.mktemp("services")) as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def database_url(services: Services) -> Iterator[str]:
+    with fresh_database(services.pg_admin_url) as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: Services) -> Iterator[str]:
+    with fresh_redis_db(services.redis_base_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str, data_dir: Path) -> Settings:
+    return Settings(database_url=database_url, redis_url=redis_url, data_dir=data_dir)
+
+
+@pytest.fixture(scope="session")
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url, pool_size=2)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        MLQ_DATABASE_URL=settings.require_database_url(),
+        MLQ_REDIS_URL=settings.require_redis_url(),
+        MLQ_DATA_DIR=str(settings.data_dir),
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """A started ``mlq`` process with its log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.name = name
+        self.log_path = ARTIFACTS / f"{name}-{os.getpid()}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            [MLQ, *args], env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 20) -> None:
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, 9)
+                self.popen.wait()
+        self.log.close()
+
+
+def wait_http(url: str, proc: Proc, *, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout_s}s:\n{proc.tail()}")
+
+
+def create_key(settings: Settings, tenant: str, scopes: str = "submit,read") -> str:
+    """Through the real CLI, as an operator would."""
+    out = subprocess.run(
+        [MLQ, "keys", "create", "--tenant", tenant, "--scopes", scopes],
+        env=process_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]

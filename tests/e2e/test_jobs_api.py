@@ -1,0 +1,196 @@
+"""A job goes over HTTP through Redis and a real Celery worker into PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.tables import Job
+from producer.publish import Publisher
+from tests.e2e.conftest import Api
+
+WAIT_S = 60  # the first job of a kind waits for its model to load
+
+
+def test_classification_job_succeeds(stack: Api, key: str) -> None:
+    with stack.client(key) as http:
+        submitted = http.post("/v1/jobs", json={"kind": "text-classification", "input": {"text": "这是一条新闻标题"}})
+        assert submitted.status_code == 202, submitted.text
+        job = submitted.json()
+        assert job["status"] == "queued" and job["attempt"] == 0
+        done = http.get(f"/v1/jobs/{job['id']}", params={"wait": WAIT_S}).json()
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 1 and done["profile"] == "demo" and done["model"] == "builtin:tiny-text-classifier"
+    labels = done["output"]["labels"]
+    assert [x["label"] for x in labels] and done["output"]["label"] == labels[0]["label"]
+    assert abs(sum(x["score"] for x in labels) - 1.0) < 1e-4
+    assert labels == sorted(labels, key=lambda x: -x["score"])
+
+
+def test_embedding_job_succeeds_with_a_unit_vector(stack: Api, key: str) -> None:
+    with stack.client(key) as http:
+        job = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "a kitten"}}).json()
+        done = http.get(f"/v1/jobs/{job['id']}", params={"wait": WAIT_S}).json()
+    assert done["status"] == "succeeded", done
+    vector = done["output"]["embedding"]
+    assert done["output"]["dimensions"] == len(vector) == 384
+    assert abs(sum(v * v for v in vector) - 1.0) < 1e-4
+
+
+def test_same_idempotency_key_gives_one_job(stack: Api, key: str, sessions: sessionmaker[Session]) -> None:
+    idem = f"order-{uuid.uuid4()}"
+    body = {"kind": "embedding", "input": {"text": "once"}}
+    with stack.client(key) as http:
+        first = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": idem})
+        second = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": idem})
+        conflict = http.post("/v1/jobs", json={**body, "input": {"text": "other"}}, headers={"Idempotency-Key": idem})
+    assert first.status_code == second.status_code == 202
+    assert first.json()["id"] == second.json()["id"] and second.headers["Idempotent-Replayed"] == "true"
+    assert conflict.status_code == 409
+    with sessions() as session:
+        count = session.execute(select(func.count()).where(Job.idempotency_key == idem)).scalar_one()
+    assert count == 1
+
+
+def test_redelivered_message_yields_one_result(stack: Api, key: str) -> None:
+    with stack.client(key) as http:
+        job = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "twice"}}).json()
+        done = http.get(f"/v1/jobs/{job['id']}", params={"wait": WAIT_S}).json()
+        assert done["status"] == "succeeded"
+        publisher = Publisher(stack.settings)
+        for _ in range(2):  # the same wake-up again, as a broker redelivery would
+            assert publisher.publish(kind="embedding", job_ids=[uuid.UUID(job["id"])], priority=5)
+        publisher.close()
+        # a later job on the same queue finishes only after the duplicates were consumed
+        marker = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "after"}}).json()
+        assert http.get(f"/v1/jobs/{marker['id']}", params={"wait": WAIT_S}).json()["status"] == "succeeded"
+        again = http.get(f"/v1/jobs/{job['id']}").json()
+    assert again["attempt"] == 1 and again["output"] == done["output"] and again["finished_at"] == done["finished_at"]
+
+
+def test_another_tenant_gets_404(stack: Api, key: str, other_key: str) -> None:
+    with stack.client(key) as mine:
+        job = mine.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "private"}}).json()
+    with stack.client(other_key) as theirs:
+        assert theirs.get(f"/v1/jobs/{job['id']}").status_code == 404
+        assert theirs.post(f"/v1/jobs/{job['id']}/cancel").status_code == 404
+        assert job["id"] not in {j["id"] for j in theirs.get("/v1/jobs", params={"limit": 200}).json()["data"]}
+    with stack.client(key) as mine:
+        assert mine.get(f"/v1/jobs/{job['id']}").status_code == 200
+
+
+def test_missing_and_wrong_keys_get_401(stack: Api) -> None:
+    with stack.client("mlq_000000000000_nope") as http:
+        assert http.get("/v1/jobs").status_code == 401
+    import httpx
+
+    assert httpx.get(f"{stack.url}/v1/jobs").status_code == 401
+
+
+def queued_messages(api: Api) -> int:
+    client = redis.Redis.from_url(api.settings.require_redis_url())
+    return sum(client.llen(k) for k in client.keys("mlq.*"))
+
+
+def test_invalid_input_is_refused_naming_the_field_with_nothing_stored_or_published(
+    api_without_workers: Api, key: str, sessions: sessionmaker[Session]
+) -> None:
+    def jobs_stored() -> int:
+        with sessions() as session:
+            return session.execute(select(func.count()).select_from(Job)).scalar_one()
+
+    cases = [
+        ({"kind": "telepathy", "input": {"text": "x"}}, ["body", "kind"], "unknown job kind"),
+        ({"kind": "text-classification", "input": {}}, ["body", "input", "text"], "Field required"),
+        ({"kind": "text-classification", "input": {"text": 42}}, ["body", "input", "text"], "string"),
+        ({"kind": "text-classification", "input": {"text": "x" * 5000}}, ["body", "input", "text"], "max_text_chars"),
+        ({"kind": "embedding", "input": {"text": "x", "top_k": 1}}, ["body", "input", "top_k"], "Extra inputs"),
+        ({"kind": "embedding", "input": {"text": "x"}, "priority": 42}, ["body", "priority"], "less than"),
+        ({"input": {"text": "x"}}, ["body", "kind"], "Field required"),
+    ]
+    before_rows, before_messages = jobs_stored(), queued_messages(api_without_workers)
+    with api_without_workers.client(key) as http:
+        for body, loc, message in cases:
+            response = http.post("/v1/jobs", json=body)
+            assert response.status_code == 422, (body, response.text)
+            errors = response.json()["detail"]
+            assert any(e["loc"] == loc and message in e["msg"] for e in errors), (body, errors)
+        assert (
+            http.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
+        )
+        assert jobs_stored() == before_rows and queued_messages(api_without_workers) == before_messages
+        # the same check sees a valid job land, so it can fail
+        ok = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "x"}})
+        assert ok.status_code == 202
+    assert jobs_stored() == before_rows + 1 and queued_messages(api_without_workers) == before_messages + 1
+
+
+def test_cancel_a_queued_job_and_finished_ones_conflict(api_without_workers: Api, stack: Api, key: str) -> None:
+    with api_without_workers.client(key) as http:
+        job = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "never run"}}).json()
+        cancelled = http.post(f"/v1/jobs/{job['id']}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert http.get(f"/v1/jobs/{job['id']}", params={"wait": 5}).json()["status"] == "cancelled"
+    with stack.client(key) as http:
+        done = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "done"}}).json()
+        assert http.get(f"/v1/jobs/{done['id']}", params={"wait": WAIT_S}).json()["status"] == "succeeded"
+        assert http.post(f"/v1/jobs/{done['id']}/cancel").status_code == 409
+
+
+def test_wait_returns_early_and_is_bounded(api_without_workers: Api, key: str) -> None:
+    import time
+
+    with api_without_workers.client(key) as http:
+        job = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "waiting"}}).json()
+        started = time.monotonic()
+        still = http.get(f"/v1/jobs/{job['id']}", params={"wait": 1.5}).json()
+        assert still["status"] == "queued" and time.monotonic() - started >= 1.4
+        assert http.get(f"/v1/jobs/{job['id']}", params={"wait": 10_000}).status_code == 422
+        assert http.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
+
+
+def test_list_filters_and_pages(stack: Api, settings: object) -> None:
+    from tests.conftest import create_key
+
+    key = create_key(stack.settings, f"lister-{uuid.uuid4().hex[:6]}")
+    with stack.client(key) as http:
+        ids = [
+            http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": f"n{i}"}}).json()["id"] for i in range(5)
+        ]
+        http.post("/v1/jobs", json={"kind": "text-classification", "input": {"text": "other kind"}})
+        seen, cursor = [], None
+        while True:
+            page = http.get(
+                "/v1/jobs", params={"kind": "embedding", "limit": 2, **({"cursor": cursor} if cursor else {})}
+            ).json()
+            seen += [j["id"] for j in page["data"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert seen == list(reversed(ids))  # newest first, each once
+        for job_id in ids:
+            http.get(f"/v1/jobs/{job_id}", params={"wait": WAIT_S})
+        done = http.get("/v1/jobs", params={"status": "succeeded", "limit": 50}).json()["data"]
+        assert {j["id"] for j in done} >= set(ids)
+        assert http.get("/v1/jobs", params={"status": "sleeping"}).status_code == 422
+        assert http.get("/v1/jobs", params={"cursor": "bad"}).status_code == 422
+
+
+def test_models_health_ready_and_docs(stack: Api, key: str) -> None:
+    import httpx
+
+    with stack.client(key) as http:
+        models = {m["kind"]: m for m in http.get("/v1/models").json()}
+    assert set(models) == {"text-classification", "embedding"}
+    assert models["embedding"]["limits"]["max_text_chars"] > 0
+    assert "text" in models["embedding"]["input_schema"]["properties"]
+    assert httpx.get(f"{stack.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{stack.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["postgres"] == "ok"
+    assert ready.json()["checks"]["redis"] == "ok"
+    assert httpx.get(f"{stack.url}/docs").status_code == 200
+    spec = httpx.get(f"{stack.url}/openapi.json").json()
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/models"} <= set(spec["paths"])

@@ -1,0 +1,41 @@
+"""`make run`'s path: `mlq standalone` with no services configured starts embedded
+PostgreSQL and Redis, the API and a worker, runs the demo, and stops everything."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from mlq.embedded import free_port
+from tests.conftest import MLQ
+
+
+def test_standalone_demo_on_embedded_servers(tmp_path: Path, data_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLQ_DATABASE_URL", "MLQ_REDIS_URL")}
+    env["HF_HUB_OFFLINE"] = "1"
+    (tmp_path / "models").symlink_to(data_dir / "models", target_is_directory=True)  # reuse built tiny models
+    (data_dir / "models").mkdir(exist_ok=True)
+    port = free_port()
+    result = subprocess.run(
+        [MLQ, "standalone", "--port", str(port), "--data-dir", str(tmp_path), "--demo", "--exit-after-demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "embedded PostgreSQL" in output and "embedded Redis" in output
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("text-classification", "embedding"))]
+    assert len(lines) == 4 and all(" succeeded " in line for line in lines), lines
+    state = json.loads((tmp_path / "standalone.json").read_text())
+    assert state["api_key"].startswith("mlq_") and oct((tmp_path / "standalone.json").stat().st_mode)[-3:] == "600"
+    try:  # everything stopped: the API port no longer answers
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        raise AssertionError("the API still answers after standalone exited")
+    except httpx.HTTPError:
+        pass

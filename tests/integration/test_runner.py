@@ -1,0 +1,116 @@
+"""The runner on the real PostgreSQL: claim → predict → store, without Celery."""
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import store
+from jobs.artifacts import LocalArtifactStore
+from jobs.errors import InvalidInput, OutOfMemory
+from jobs.kinds import EmbeddingOutput
+from jobs.modelsfile import load_models_file
+from models.base import Adapter, Blob, Prediction
+from workers.runner import Runner
+
+
+@pytest.fixture
+def runner(sessions: sessionmaker[Session], data_dir: Path) -> Runner:
+    return Runner(
+        sessions=sessions,
+        models=load_models_file("demo"),
+        artifacts=LocalArtifactStore(data_dir / "artifacts"),
+        data_dir=data_dir,
+        worker="test-worker",
+        lease_s=60,
+    )
+
+
+def submit(sessions: sessionmaker[Session], kind: str, inputs: list[dict[str, Any]]) -> list[uuid.UUID]:
+    with sessions.begin() as session:
+        tenant = store.ensure_tenant(session, name="runner-tests")
+        return [
+            store.insert_job(
+                session,
+                tenant_id=tenant,
+                job=store.NewJob(
+                    kind=kind, model="m", profile="demo", input=i, priority=5, metadata={}, max_attempts=3
+                ),
+            )[0].id
+            for i in inputs
+        ]
+
+
+def rows(sessions: sessionmaker[Session], ids: list[uuid.UUID]) -> list[Any]:
+    with sessions() as session:
+        tenant = store.ensure_tenant(session, name="runner-tests")
+        return [store.get_job(session, tenant_id=tenant, job_id=i) for i in ids]
+
+
+def test_real_classifier_batch_succeeds_and_a_redelivery_is_a_no_op(
+    runner: Runner, sessions: sessionmaker[Session]
+) -> None:
+    ids = submit(sessions, "text-classification", [{"text": "这是一条新闻标题"}, {"text": "sports news", "top_k": 2}])
+    report = runner.run(kind="text-classification", job_ids=ids)
+    assert (report.claimed, report.succeeded, report.failed) == (2, 2, 0)
+    again = runner.run(kind="text-classification", job_ids=ids)  # the same message, delivered twice
+    assert again.claimed == 0
+    first, second = rows(sessions, ids)
+    assert first.status == second.status == "succeeded" and first.attempt == second.attempt == 1
+    assert len(first.output["labels"]) == 4 and len(second.output["labels"]) == 2
+    assert abs(sum(label["score"] for label in first.output["labels"]) - 1) < 1e-4
+
+
+class Flaky(Adapter[Any]):
+    """A model that raises on the word 'boom', asks for memory on 'oom', and emits a blob."""
+
+    kind = "embedding"
+
+    def load(self, device: str) -> None:
+        self.device = device
+
+    def prepare(self, item: Any) -> Any:
+        if item.text == "undecodable":
+            raise InvalidInput("input.text could not be decoded")
+        return item
+
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        if any(item.text == "boom" for item in batch):
+            raise RuntimeError("the model exploded")
+        if any(item.text == "oom" for item in batch):
+            raise OutOfMemory("CUDA out of memory")
+        return [
+            Prediction(EmbeddingOutput(embedding=[1.0], dimensions=1), [Blob("v.txt", "text/plain", b"1")])
+            for _ in batch
+        ]
+
+
+def test_bad_jobs_fail_alone_and_transient_errors_requeue(runner: Runner, sessions: sessionmaker[Session]) -> None:
+    runner.adapters["embedding"] = Flaky(load_models_file("demo").kinds["embedding"])
+    ids = submit(
+        sessions, "embedding", [{"text": "fine"}, {"text": "boom"}, {"text": "undecodable"}, {"text": "also fine"}]
+    )
+    report = runner.run(kind="embedding", job_ids=ids)
+    assert (report.succeeded, report.failed) == (2, 2)
+    fine, boom, undecodable, also = rows(sessions, ids)
+    assert fine.status == also.status == "succeeded"
+    assert boom.status == "failed" and boom.error_code == "model_error" and "exploded" in boom.error_message
+    assert undecodable.error_code == "invalid_input" and "decoded" in undecodable.error_message
+    artifact = Path(runner.artifacts.root) / str(fine.id) / "v.txt"  # type: ignore[attr-defined]
+    assert artifact.read_bytes() == b"1"
+
+    [oom] = submit(sessions, "embedding", [{"text": "oom"}])
+    assert runner.run(kind="embedding", job_ids=[oom]).released == 1
+    [row] = rows(sessions, [oom])
+    assert row.status == "queued" and row.attempt == 1 and "out_of_memory" in row.error_message
+
+
+def test_stored_input_that_no_longer_validates_fails_with_the_field(
+    runner: Runner, sessions: sessionmaker[Session]
+) -> None:
+    [job_id] = submit(sessions, "text-classification", [{"txt": "typo"}])
+    runner.run(kind="text-classification", job_ids=[job_id])
+    [row] = rows(sessions, [job_id])
+    assert row.status == "failed" and row.error_code == "invalid_input" and "input.text" in row.error_message

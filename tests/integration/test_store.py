@@ -1,0 +1,157 @@
+"""Store functions on the real PostgreSQL: idempotency, fenced claims and writes, tenancy."""
+
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import store
+from jobs.status import JobStatus
+from jobs.tables import Job
+
+
+def new_job(**overrides: object) -> store.NewJob:
+    fields: dict[str, object] = dict(
+        kind="embedding", model="m", profile="demo", input={"text": "hi"}, priority=5, metadata={}, max_attempts=3
+    )
+    fields.update(overrides)
+    return store.NewJob(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def tenant(sessions: sessionmaker[Session]) -> uuid.UUID:
+    with sessions.begin() as session:
+        return store.ensure_tenant(session, name=f"t-{uuid.uuid4().hex[:8]}")
+
+
+def test_keys_authenticate_until_revoked(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        key, _ = store.create_api_key(session, tenant="acme", scopes=["read"])
+    with sessions() as session:
+        principal = store.authenticate(session, key=key)
+        assert principal is not None and principal.tenant_name == "acme"
+        assert principal.scopes == {"read"}
+        assert store.authenticate(session, key=key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+        assert store.authenticate(session, key="not-a-key") is None
+    with sessions.begin() as session:
+        assert store.revoke_api_key(session, prefix=key.split("_")[1])
+    with sessions() as session:
+        assert store.authenticate(session, key=key) is None
+
+
+def test_idempotency_key_returns_the_first_job(sessions: sessionmaker[Session], tenant: uuid.UUID) -> None:
+    with sessions.begin() as session:
+        first, created1 = store.insert_job(session, tenant_id=tenant, job=new_job(idempotency_key="k1"))
+        second, created2 = store.insert_job(session, tenant_id=tenant, job=new_job(idempotency_key="k1"))
+        third, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
+        fourth, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
+    assert (created1, created2) == (True, False)
+    assert first.id == second.id and third.id != fourth.id  # no key: always a new job
+
+
+def test_claim_is_fenced_and_the_stale_attempt_cannot_write(sessions: sessionmaker[Session], tenant: uuid.UUID) -> None:
+    with sessions.begin() as session:
+        job, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
+    with sessions.begin() as session:
+        claimed = store.claim(session, job_ids=[job.id], kind="embedding", worker="w1", lease_s=30)
+        again = store.claim(session, job_ids=[job.id], kind="embedding", worker="w2", lease_s=30)
+        wrong_kind = store.claim(session, job_ids=[job.id], kind="chat", worker="w3", lease_s=30)
+    assert [c.attempt for c in claimed] == [1] and again == [] and wrong_kind == []
+    with sessions.begin() as session:
+        stale = store.finish(session, outcomes=[store.Outcome(job_id=job.id, attempt=2, output={"x": 1})])
+        written = store.finish(session, outcomes=[store.Outcome(job_id=job.id, attempt=1, output={"x": 2})])
+        twice = store.finish(session, outcomes=[store.Outcome(job_id=job.id, attempt=1, output={"x": 3})])
+    assert (stale, written, twice) == ([], [job.id], [])
+    with sessions() as session:
+        row = store.get_job(session, tenant_id=tenant, job_id=job.id)
+    assert row is not None and row.status == "succeeded" and row.output == {"x": 2} and row.worker == "w1"
+    assert row.finished_at is not None and row.lease_expires_at is None
+
+
+def test_failure_and_release(sessions: sessionmaker[Session], tenant: uuid.UUID) -> None:
+    with sessions.begin() as session:
+        a, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
+        b, _ = store.insert_job(session, tenant_id=tenant, job=new_job(max_attempts=1))
+    with sessions.begin() as session:
+        store.claim(session, job_ids=[a.id, b.id], kind="embedding", worker="w", lease_s=30)
+        store.release(session, job_ids=[a.id, b.id], attempts=[1, 1], reason="out_of_memory: try again")
+    with sessions() as session:
+        ra = store.get_job(session, tenant_id=tenant, job_id=a.id)
+        rb = store.get_job(session, tenant_id=tenant, job_id=b.id)
+    assert ra is not None and ra.status == "queued" and ra.attempt == 1
+    assert rb is not None and rb.status == "failed" and rb.error_code == "max_attempts_exceeded"
+
+
+def test_tenants_see_only_their_jobs(sessions: sessionmaker[Session], tenant: uuid.UUID) -> None:
+    with sessions.begin() as session:
+        other = store.ensure_tenant(session, name=f"other-{uuid.uuid4().hex[:6]}")
+        job, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
+    with sessions.begin() as session:
+        assert store.get_job(session, tenant_id=other, job_id=job.id) is None
+        assert store.cancel_job(session, tenant_id=other, job_id=job.id) is None
+        assert store.list_jobs(session, tenant_id=other)[0] == []
+        still = store.get_job(session, tenant_id=tenant, job_id=job.id)
+        assert still is not None and still.status == "queued"
+
+
+def test_cancel_queued_is_immediate_and_running_ends_cancelled(
+    sessions: sessionmaker[Session], tenant: uuid.UUID
+) -> None:
+    with sessions.begin() as session:
+        queued, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
+        running, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
+        store.claim(session, job_ids=[running.id], kind="embedding", worker="w", lease_s=30)
+    with sessions.begin() as session:
+        cancelled = store.cancel_job(session, tenant_id=tenant, job_id=queued.id)
+        asked = store.cancel_job(session, tenant_id=tenant, job_id=running.id)
+        assert cancelled is not None and cancelled.status == "cancelled"
+        assert asked is not None and asked.status == "running" and asked.cancel_requested_at is not None
+    with sessions.begin() as session:
+        assert store.claim(session, job_ids=[queued.id], kind="embedding", worker="w", lease_s=30) == []
+        store.finish(session, outcomes=[store.Outcome(job_id=running.id, attempt=1, output={"x": 1})])
+    with sessions() as session:
+        row = store.get_job(session, tenant_id=tenant, job_id=running.id)
+    assert row is not None and row.status == "cancelled" and row.output is None
+
+
+def test_list_pages_with_cursor_and_filters(sessions: sessionmaker[Session], tenant: uuid.UUID) -> None:
+    with sessions.begin() as session:
+        ids = [store.insert_job(session, tenant_id=tenant, job=new_job())[0].id for _ in range(5)]
+        store.insert_job(session, tenant_id=tenant, job=new_job(kind="text-classification"))
+    seen: list[uuid.UUID] = []
+    cursor = None
+    with sessions() as session:
+        while True:
+            page, cursor = store.list_jobs(session, tenant_id=tenant, kind="embedding", limit=2, cursor=cursor)
+            seen += [j.id for j in page]
+            if cursor is None:
+                break
+        queued = store.list_jobs(session, tenant_id=tenant, status=JobStatus.queued, limit=50)[0]
+        with pytest.raises(ValueError, match="cursor"):
+            store.list_jobs(session, tenant_id=tenant, cursor="garbage")
+    assert sorted(seen) == sorted(ids) and len(seen) == 5
+    assert len(queued) == 6
+
+
+def test_batched_finish_writes_each_row_once(sessions: sessionmaker[Session], tenant: uuid.UUID) -> None:
+    with sessions.begin() as session:
+        ids = [store.insert_job(session, tenant_id=tenant, job=new_job())[0].id for _ in range(50)]
+    with sessions.begin() as session:
+        claimed = store.claim(session, job_ids=ids, kind="embedding", worker="w", lease_s=30)
+    with sessions.begin() as session:
+        written = store.finish(
+            session,
+            outcomes=[
+                store.Outcome(job_id=c.id, attempt=c.attempt, output={"n": i})
+                if i % 2
+                else store.Outcome(job_id=c.id, attempt=c.attempt, error_code="invalid_input", error_message="bad")
+                for i, c in enumerate(claimed)
+            ],
+        )
+    assert len(written) == 50
+    with sessions() as session:
+        counts = dict(
+            session.execute(select(Job.status, func.count()).where(Job.id.in_(ids)).group_by(Job.status)).all()
+        )
+    assert counts == {"succeeded": 25, "failed": 25}

