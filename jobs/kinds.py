@@ -11,9 +11,9 @@ file and reach validators through the pydantic validation context, so the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 HARD_MAX_TEXT_CHARS = 100_000  # above any models file: protects the API from huge bodies
 
@@ -76,6 +76,287 @@ class EmbeddingOutput(Schema):
     dimensions: int
 
 
+# --- shared pieces -------------------------------------------------------
+
+
+def check_max(value: int | float, info: ValidationInfo, name: str, default: int) -> int | float:
+    """Refuse ``value`` above the models file's limit ``name``, naming the limit."""
+    ceiling = limit(info, name, default)
+    if value > ceiling:
+        raise ValueError(f"{value} is over the limit for this kind: {name}={ceiling}")
+    return value
+
+
+class BinaryInput(Schema):
+    """Binary input (audio, an image): inline as base64, or the name of an uploaded artifact.
+
+    The API moves inline bytes to the artifact store before the job is stored, so
+    PostgreSQL only ever holds ``{"artifact": name}``; the runner puts the bytes in
+    ``data`` before the adapter sees the item.
+    """
+
+    base64: str | None = Field(default=None, description="The file's bytes, base64-encoded.")
+    artifact: str | None = Field(default=None, description="Name of a file uploaded with the job.")
+    _data: bytes | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BinaryInput:
+        if (self.base64 is None) == (self.artifact is None):
+            raise ValueError("give exactly one of base64 or artifact")
+        return self
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            raise RuntimeError("binary input was not resolved from the artifact store")
+        return self._data
+
+    def resolve(self, data: bytes) -> None:
+        self._data = data
+
+
+class GenerationOptions(Schema):
+    """Decoding options shared by the text generation kinds."""
+
+    max_new_tokens: int = Field(default=64, ge=1, description="Tokens to generate at most.")
+    temperature: float = Field(default=1.0, ge=0, le=5, description="0 means greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=1, le=1000)
+    repetition_penalty: float = Field(default=1.0, gt=0, le=10)
+    stop: list[str] = Field(default_factory=list, max_length=8, description="Stop at any of these strings.")
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Same seed, same text (on one device).")
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _within_token_limit(cls, value: int, info: ValidationInfo) -> int:
+        return int(check_max(value, info, "max_new_tokens", 4096))
+
+
+class Usage(Schema):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+# --- moderation ----------------------------------------------------------
+
+
+class ModerationInput(Schema):
+    text: str | None = Field(default=None, max_length=HARD_MAX_TEXT_CHARS)
+    image: BinaryInput | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text_within_limits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_text(value, info)
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> ModerationInput:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give exactly one of text or image")
+        return self
+
+
+class ModerationOutput(Schema):
+    flagged: bool
+    flagged_categories: list[str]
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+
+
+# --- text generation -----------------------------------------------------
+
+
+class TextGenerationInput(GenerationOptions):
+    prompt: str = Field(max_length=HARD_MAX_TEXT_CHARS)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_within_limits(cls, value: str, info: ValidationInfo) -> str:
+        return check_text(value, info)
+
+
+class TextGenerationOutput(Usage):
+    text: str
+    finish_reason: Literal["stop", "length"]
+
+
+class Text2TextInput(GenerationOptions):
+    text: str = Field(max_length=HARD_MAX_TEXT_CHARS)
+    num_beams: int = Field(default=1, ge=1, le=8)
+
+    @field_validator("text")
+    @classmethod
+    def _text_within_limits(cls, value: str, info: ValidationInfo) -> str:
+        return check_text(value, info)
+
+
+class Text2TextOutput(Usage):
+    text: str
+
+
+class ChatMessage(Schema):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=HARD_MAX_TEXT_CHARS)
+
+
+class ChatInput(GenerationOptions):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+
+    @field_validator("messages")
+    @classmethod
+    def _conversation_within_limits(cls, value: list[ChatMessage], info: ValidationInfo) -> list[ChatMessage]:
+        total = sum(len(m.content) for m in value)
+        check_max(total, info, "max_text_chars", HARD_MAX_TEXT_CHARS)
+        if value[-1].role != "user":
+            raise ValueError("the last message must be the user's")
+        return value
+
+
+class ChatOutput(Usage):
+    message: ChatMessage
+    finish_reason: Literal["stop", "length"]
+
+
+# --- audio and vision ----------------------------------------------------
+
+
+class SpeechRecognitionInput(Schema):
+    audio: BinaryInput = Field(description="WAV, FLAC, OGG or MP3.")
+    language: str | None = Field(default=None, max_length=32, description="e.g. zh, en (Whisper models).")
+    task: Literal["transcribe", "translate"] = "transcribe"
+
+
+class SpeechRecognitionOutput(Schema):
+    text: str
+    duration_s: float
+    sampling_rate: int
+    chunks: int = Field(description="How many windows long audio was cut into.")
+
+
+class ImageClassificationInput(Schema):
+    image: BinaryInput = Field(description="PNG, JPEG, WEBP or GIF.")
+    top_k: int = Field(default=5, ge=1, le=1000)
+
+
+class ImageClassificationOutput(TextClassificationOutput):
+    pass
+
+
+class ImageGenerationInput(Schema):
+    prompt: str = Field(max_length=HARD_MAX_TEXT_CHARS)
+    negative_prompt: str | None = Field(default=None, max_length=HARD_MAX_TEXT_CHARS)
+    num_inference_steps: int = Field(default=20, ge=1)
+    guidance_scale: float = Field(default=7.5, ge=0, le=50)
+    width: int = Field(default=512, ge=16, multiple_of=8)
+    height: int = Field(default=512, ge=16, multiple_of=8)
+    num_images: int = Field(default=1, ge=1)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_within_limits(cls, value: str, info: ValidationInfo) -> str:
+        return check_text(value, info)
+
+    @field_validator("num_inference_steps")
+    @classmethod
+    def _steps(cls, value: int, info: ValidationInfo) -> int:
+        return int(check_max(value, info, "max_steps", 150))
+
+    @field_validator("num_images")
+    @classmethod
+    def _images(cls, value: int, info: ValidationInfo) -> int:
+        return int(check_max(value, info, "max_images", 8))
+
+    @model_validator(mode="after")
+    def _pixels(self, info: ValidationInfo) -> ImageGenerationInput:
+        check_max(self.width * self.height, info, "max_image_pixels", 1024 * 1024)
+        return self
+
+
+class ArtifactRef(Schema):
+    artifact: str = Field(description="Name under GET /v1/jobs/{id}/artifacts/{name}.")
+    content_type: str
+
+
+class GeneratedImage(ArtifactRef):
+    width: int
+    height: int
+
+
+class ImageGenerationOutput(Schema):
+    images: list[GeneratedImage]
+    seed: int
+
+
+class MusicGenerationInput(Schema):
+    prompt: str = Field(max_length=HARD_MAX_TEXT_CHARS)
+    duration_s: float = Field(default=5.0, gt=0)
+    guidance_scale: float = Field(default=3.0, ge=0, le=20)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_within_limits(cls, value: str, info: ValidationInfo) -> str:
+        return check_text(value, info)
+
+    @field_validator("duration_s")
+    @classmethod
+    def _duration(cls, value: float, info: ValidationInfo) -> float:
+        return float(check_max(value, info, "max_duration_s", 30))
+
+
+class GeneratedAudio(ArtifactRef):
+    duration_s: float
+    sampling_rate: int
+
+
+class MusicGenerationOutput(Schema):
+    audio: GeneratedAudio
+    seed: int
+
+
+# --- recommendation ------------------------------------------------------
+
+
+class UserProfile(Schema):
+    interests: list[str] = Field(default_factory=list, max_length=100, description="Stated interests.")
+    recent: list[str] = Field(default_factory=list, max_length=100, description="Recent behaviour, as text.")
+
+    @model_validator(mode="after")
+    def _something_to_go_on(self) -> UserProfile:
+        if not (self.interests or self.recent):
+            raise ValueError("give at least one interest or recent item")
+        return self
+
+
+class CandidateItem(Schema):
+    id: str = Field(min_length=1, max_length=200)
+    text: str = Field(min_length=1, max_length=4000)
+
+
+class RecommendationInput(Schema):
+    user: UserProfile
+    items: list[CandidateItem] = Field(min_length=1)
+    top_k: int = Field(default=10, ge=1, le=1000)
+
+    @field_validator("items")
+    @classmethod
+    def _items(cls, value: list[CandidateItem], info: ValidationInfo) -> list[CandidateItem]:
+        check_max(len(value), info, "max_items", 1000)
+        if len({item.id for item in value}) != len(value):
+            raise ValueError("item ids must be unique")
+        return value
+
+
+class ScoredItem(Schema):
+    id: str
+    score: float
+
+
+class RecommendationOutput(Schema):
+    items: list[ScoredItem] = Field(description="By descending relevance, at most top_k.")
+
+
 # --- registry ------------------------------------------------------------
 
 
@@ -126,5 +407,95 @@ register(
         output_model=EmbeddingOutput,
         description="Text to a mean-pooled sentence embedding.",
         examples=({"text": "我喜欢看电影和玩游戏"}, {"text": "a kitten sleeps on the sofa"}),
+    )
+)
+
+register(
+    KindSpec(
+        name="moderation",
+        input_model=ModerationInput,
+        output_model=ModerationOutput,
+        description="Text (or an image) to flagged plus per-category scores against the models file's thresholds.",
+        examples=({"text": "我想听一首欢快的流行歌曲"}, {"text": "I will hurt you if you come here again"}),
+    )
+)
+register(
+    KindSpec(
+        name="text-generation",
+        input_model=TextGenerationInput,
+        output_model=TextGenerationOutput,
+        description="A causal language model continues the prompt (generate).",
+        examples=({"prompt": "写一篇关于春天的短文：", "max_new_tokens": 32, "seed": 7},),
+    )
+)
+register(
+    KindSpec(
+        name="text2text-generation",
+        input_model=Text2TextInput,
+        output_model=Text2TextOutput,
+        description="An encoder-decoder model (T5 family) rewrites the text (generate).",
+        examples=({"text": "summarize: 这是一条新闻标题", "max_new_tokens": 24},),
+    )
+)
+register(
+    KindSpec(
+        name="chat",
+        input_model=ChatInput,
+        output_model=ChatOutput,
+        description="Messages rendered with the model's chat template to the assistant's reply.",
+        examples=({"messages": [{"role": "user", "content": "请问我的订单什么时候发货？"}], "max_new_tokens": 32},),
+    )
+)
+register(
+    KindSpec(
+        name="speech-recognition",
+        input_model=SpeechRecognitionInput,
+        output_model=SpeechRecognitionOutput,
+        description="Audio (WAV, FLAC, OGG, MP3) to text; long audio is chunked.",
+    )
+)
+register(
+    KindSpec(
+        name="image-classification",
+        input_model=ImageClassificationInput,
+        output_model=ImageClassificationOutput,
+        description="An image to top-k labels with scores.",
+    )
+)
+register(
+    KindSpec(
+        name="image-generation",
+        input_model=ImageGenerationInput,
+        output_model=ImageGenerationOutput,
+        description="A prompt to PNG images (diffusers text-to-image).",
+        examples=({"prompt": "一只穿着蓝色衣服的狗", "num_inference_steps": 2, "width": 64, "height": 64, "seed": 1},),
+    )
+)
+register(
+    KindSpec(
+        name="music-generation",
+        input_model=MusicGenerationInput,
+        output_model=MusicGenerationOutput,
+        description="A prompt to a WAV clip (MusicGen).",
+        examples=({"prompt": "我想听一首欢快的流行歌曲", "duration_s": 1.0, "seed": 3},),
+    )
+)
+register(
+    KindSpec(
+        name="recommendation",
+        input_model=RecommendationInput,
+        output_model=RecommendationOutput,
+        description="A user profile and candidate items to items ranked by relevance (embedding similarity).",
+        examples=(
+            {
+                "user": {"interests": ["我喜欢看电影和玩游戏"], "recent": ["watched a science fiction film"]},
+                "items": [
+                    {"id": "film-1", "text": "a new science fiction movie opens in cinemas this week"},
+                    {"id": "stock-1", "text": "the stock market closed lower on interest rate fears"},
+                    {"id": "recipe-1", "text": "how to bake sourdough bread at home"},
+                ],
+                "top_k": 2,
+            },
+        ),
     )
 )

@@ -17,6 +17,15 @@ from models.loading import resolve_source
 ADAPTERS: dict[str, str] = {
     "text-classification": "models.text_classification:TextClassificationAdapter",
     "embedding": "models.embedding:EmbeddingAdapter",
+    "moderation": "models.moderation:ModerationAdapter",
+    "text-generation": "models.text_generation:TextGenerationAdapter",
+    "text2text-generation": "models.text2text:Text2TextAdapter",
+    "chat": "models.chat:ChatAdapter",
+    "speech-recognition": "models.speech_recognition:SpeechRecognitionAdapter",
+    "image-classification": "models.image_classification:ImageClassificationAdapter",
+    "image-generation": "models.image_generation:ImageGenerationAdapter",
+    "music-generation": "models.music_generation:MusicGenerationAdapter",
+    "recommendation": "models.recommendation:RecommendationAdapter",
 }
 
 

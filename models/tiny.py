@@ -10,6 +10,7 @@ profile served a job. Built once into ``<data_dir>/models/<name>``.
 from __future__ import annotations
 
 import fcntl
+import importlib
 import json
 import shutil
 import tempfile
@@ -86,9 +87,23 @@ def build_tiny_text_classifier(save_dir: Path) -> None:
     BertForSequenceClassification(config).save_pretrained(save_dir, safe_serialization=True)
 
 
-BUILDERS: dict[str, Callable[[Path], None]] = {
-    "tiny-text-classifier": build_tiny_text_classifier,
+# name -> "module:function" building it into a folder; imported only when built.
+BUILDERS: dict[str, str] = {
+    "tiny-text-classifier": "models.tiny:build_tiny_text_classifier",
+    "tiny-gpt2": "models.tiny_text:build_tiny_gpt2",
+    "tiny-chat": "models.tiny_text:build_tiny_chat",
+    "tiny-t5": "models.tiny_text:build_tiny_t5",
+    "tiny-wav2vec2": "models.tiny_audio:build_tiny_wav2vec2",
+    "tiny-musicgen": "models.tiny_audio:build_tiny_musicgen",
+    "tiny-vit": "models.tiny_vision:build_tiny_vit",
+    "tiny-sd": "models.tiny_vision:build_tiny_sd",
 }
+
+
+def builder(name: str) -> Callable[[Path], None]:
+    module_name, _, function = BUILDERS[name].partition(":")
+    built: Callable[[Path], None] = getattr(importlib.import_module(module_name), function)
+    return built
 
 
 def ensure_built(name: str, *, data_dir: Path) -> Path:
@@ -106,7 +121,7 @@ def ensure_built(name: str, *, data_dir: Path) -> Path:
             return target
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
-            BUILDERS[name](staging)
+            builder(name)(staging)
             (staging / MARKER).write_text(
                 json.dumps({"name": name, "note": "tiny locally built model; outputs are meaningless"})
             )

@@ -1,0 +1,16 @@
+"""`python -m bench [latency] [args…]`."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import latency
+
+BENCHMARKS = {"latency": latency.main}
+
+if __name__ == "__main__":
+    name = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "latency"
+    args = sys.argv[2:] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else sys.argv[1:]
+    if name not in BENCHMARKS:
+        sys.exit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    BENCHMARKS[name](args)
