@@ -71,20 +71,16 @@ def running_stack(
             .splitlines()[-1]
         )
         port = free_port()
-        procs = [
-            subprocess.Popen(
-                [MLQ, "worker", "--kinds", kinds, "--loglevel", "WARNING"],
-                env=env,
-                stdout=open(log_dir / "worker.log", "wb"),
-                stderr=subprocess.STDOUT,
-            ),
-            subprocess.Popen(
-                [MLQ, "api", "--port", str(port)],
-                env=env,
-                stdout=open(log_dir / "api.log", "wb"),
-                stderr=subprocess.STDOUT,
-            ),
-        ]
+        with open(log_dir / "worker.log", "wb") as worker_log, open(log_dir / "api.log", "wb") as api_log:
+            procs = [
+                subprocess.Popen(
+                    [MLQ, "worker", "--kinds", kinds, "--loglevel", "WARNING"],
+                    env=env,
+                    stdout=worker_log,
+                    stderr=subprocess.STDOUT,
+                ),
+                subprocess.Popen([MLQ, "api", "--port", str(port)], env=env, stdout=api_log, stderr=subprocess.STDOUT),
+            ]
         try:
             _wait(f"http://127.0.0.1:{port}/readyz", procs[1])
             yield Stack(
