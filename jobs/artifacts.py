@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ class ArtifactStore(Protocol):
     def put(self, *, job_id: uuid.UUID, name: str, data: bytes, content_type: str) -> StoredArtifact: ...
 
     def open(self, uri: str) -> bytes: ...
+
+    def discard(self, *, job_id: uuid.UUID) -> None: ...
 
 
 def check_name(name: str) -> str:
@@ -55,6 +58,10 @@ class LocalArtifactStore:
             sha256=hashlib.sha256(data).hexdigest(),
             uri=path.as_uri(),
         )
+
+    def discard(self, *, job_id: uuid.UUID) -> None:
+        """Remove files stored for a job that was never committed."""
+        shutil.rmtree(self.root / str(job_id), ignore_errors=True)
 
     def open(self, uri: str) -> bytes:
         path = Path(uri.removeprefix("file://")).resolve()

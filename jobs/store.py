@@ -15,7 +15,7 @@ import json
 import secrets
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -112,6 +112,7 @@ class NewJob:
     metadata: dict[str, Any]
     max_attempts: int
     idempotency_key: str | None = None
+    id: uuid.UUID = field(default_factory=uuid.uuid4)  # chosen early when input files are stored first
 
 
 def insert_job(session: Session, *, tenant_id: uuid.UUID, job: NewJob) -> tuple[Job, bool]:
@@ -120,7 +121,7 @@ def insert_job(session: Session, *, tenant_id: uuid.UUID, job: NewJob) -> tuple[
     stmt = (
         pg_insert(Job)
         .values(
-            id=uuid.uuid4(),
+            id=job.id,
             tenant_id=tenant_id,
             kind=job.kind,
             model=job.model,
@@ -356,6 +357,22 @@ def add_artifacts(session: Session, *, rows: Sequence[tuple[uuid.UUID, StoredArt
             set_={c: stmt.excluded[c] for c in ("content_type", "size_bytes", "sha256", "uri")},
         )
     )
+
+
+def artifact_uris(session: Session, *, job_ids: Sequence[uuid.UUID]) -> dict[tuple[uuid.UUID, str], str]:
+    """Where the artifacts of these jobs are stored, in one query (the worker side)."""
+    rows = session.execute(
+        select(Artifact.job_id, Artifact.name, Artifact.uri).where(Artifact.job_id.in_(list(job_ids)))
+    ).all()
+    return {(r.job_id, r.name): r.uri for r in rows}
+
+
+def get_artifact(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID, name: str) -> Artifact | None:
+    return session.execute(
+        select(Artifact)
+        .join(Job, Job.id == Artifact.job_id)
+        .where(Artifact.job_id == job_id, Artifact.name == name, Job.tenant_id == tenant_id)
+    ).scalar_one_or_none()
 
 
 def list_artifacts(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> list[Artifact]:

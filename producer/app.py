@@ -10,12 +10,13 @@ from fastapi import FastAPI, Request, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from jobs.artifacts import LocalArtifactStore
 from jobs.db import make_engine, make_sessionmaker
 from jobs.modelsfile import load_models_file
 from jobs.settings import Settings, get_settings
 from producer.deps import State
 from producer.publish import Publisher
-from producer.routes import health, jobs, models
+from producer.routes import artifacts, health, jobs, models
 from producer.waiter import Waiter
 
 log = logging.getLogger("mlq.api")
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             models=load_models_file(settings.models),
             publisher=publisher,
             waiter=waiter,
+            artifacts=LocalArtifactStore(settings.artifacts_path),
             keys={},
         )
         try:
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(jobs.router)
+    app.include_router(artifacts.router)
     app.include_router(models.router)
     app.include_router(health.router)
 

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import store
+from jobs.artifacts import ArtifactStore
 from jobs.modelsfile import ModelsConfig
 from jobs.settings import Settings
 from producer.publish import Publisher
@@ -27,6 +28,7 @@ class State:
     models: ModelsConfig
     publisher: Publisher
     waiter: Waiter
+    artifacts: ArtifactStore
     keys: dict[str, tuple[float, store.Principal]]
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobs.queues import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from jobs.status import JobStatus
-from jobs.tables import Job
+from jobs.tables import Artifact, Job
 
 MAX_METADATA_KEYS = 32
 MAX_METADATA_VALUE_CHARS = 512
@@ -98,3 +98,21 @@ class ModelView(BaseModel):
     max_batch_size: int
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
+
+
+class ArtifactView(BaseModel):
+    name: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    url: str = Field(description="GET it with the same API key.")
+
+    @classmethod
+    def of(cls, artifact: Artifact) -> ArtifactView:
+        return cls(
+            name=artifact.name,
+            content_type=artifact.content_type,
+            size_bytes=artifact.size_bytes,
+            sha256=artifact.sha256,
+            url=f"/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}",
+        )

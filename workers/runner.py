@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs import store
 from jobs.artifacts import ArtifactStore
 from jobs.errors import InvalidInput, MlqError, ModelError, ModelNotConfigured, PermanentError, RetryableError
-from jobs.kinds import get_kind
+from jobs.kinds import BinaryInput, Schema, get_kind
 from jobs.modelsfile import ModelsConfig, ModelSpec
 from models.base import Adapter, Prediction
 from models.loading import pick_device
@@ -86,11 +86,12 @@ class Runner:
         adapter = self.adapter(kind)
         with self.sessions.begin() as session:
             claimed = store.claim(session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s)
+            files = store.artifact_uris(session, job_ids=[c.id for c in claimed]) if _has_files(claimed) else {}
         report = RunReport(claimed=len(claimed))
         if not claimed:
             return report
         started = time.perf_counter()
-        outcomes, retry = self.process(adapter, claimed)
+        outcomes, retry = self.process(adapter, claimed, files=files)
         blobs = [o for o in outcomes if isinstance(o, _Done) and o.prediction.blobs]
         stored = [
             (o.job.id, self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type))
@@ -124,7 +125,11 @@ class Runner:
         return report
 
     def process(
-        self, adapter: Adapter[Any], claimed: Sequence[store.Claimed]
+        self,
+        adapter: Adapter[Any],
+        claimed: Sequence[store.Claimed],
+        *,
+        files: dict[tuple[uuid.UUID, str], str] | None = None,
     ) -> tuple[list[_Done | _Failed], list[tuple[store.Claimed, str]]]:
         """Prepare each job, predict on the good ones. Returns outcomes and jobs to retry."""
         kind = get_kind(adapter.kind)
@@ -133,6 +138,7 @@ class Runner:
         for job in claimed:
             try:
                 item = kind.validate_input(job.input, limits=adapter.spec.limits)
+                self._resolve_files(item, job_id=job.id, files=files or {})
                 ready.append((job, adapter.prepare(item)))
             except ValidationError as exc:
                 outcomes.append(_Failed(job, InvalidInput.code, _validation_message(exc)))
@@ -141,6 +147,16 @@ class Runner:
         retry: list[tuple[store.Claimed, str]] = []
         self._predict(adapter, ready, outcomes, retry)
         return outcomes, retry
+
+    def _resolve_files(self, item: Schema, *, job_id: uuid.UUID, files: dict[tuple[uuid.UUID, str], str]) -> None:
+        """Put the stored bytes of each binary input field into the item."""
+        for name in type(item).model_fields:
+            value = getattr(item, name)
+            if isinstance(value, BinaryInput):
+                uri = files.get((job_id, value.artifact or ""))
+                if uri is None:
+                    raise InvalidInput(f"input.{name}: the uploaded file {value.artifact!r} is missing")
+                value.resolve(self.artifacts.open(uri))
 
     def _predict(
         self,
@@ -190,6 +206,10 @@ class _Failed:
         return store.Outcome(
             job_id=self.job.id, attempt=self.job.attempt, error_code=self.code, error_message=self.message
         )
+
+
+def _has_files(claimed: Sequence[store.Claimed]) -> bool:
+    return any(isinstance(v, dict) and "artifact" in v for c in claimed for v in c.input.values())
 
 
 def _validation_message(exc: ValidationError) -> str:

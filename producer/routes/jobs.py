@@ -4,77 +4,90 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from jobs import store
-from jobs.kinds import KINDS
+from jobs.queues import DEFAULT_PRIORITY
 from jobs.status import TERMINAL, JobStatus
 from producer.deps import ReaderDep, SessionDep, StateDep, SubmitterDep
 from producer.schemas import JobPage, JobView, SubmitJob
+from producer.submit import accept_job, body_error
+
+MAX_UPLOAD_FILES = 4  # binary input fields per job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 NOT_FOUND = "no such job"  # also for another tenant's job: its existence is not revealed
 
 
-def body_error(loc: tuple[Any, ...], msg: str, kind: str = "value_error") -> RequestValidationError:
-    return RequestValidationError([{"loc": ("body", *loc), "msg": msg, "type": kind}])
-
-
-def validate_submission(state: StateDep, body: SubmitJob) -> store.NewJob:
-    """Check kind, model and input against the kind's schema and limits; nothing is stored yet."""
-    if body.kind not in KINDS:
-        raise body_error(("kind",), f"unknown job kind {body.kind!r}; known kinds: {', '.join(sorted(KINDS))}")
-    spec = state.models.spec(body.kind)
-    if spec is None:
-        raise body_error(("kind",), f"kind {body.kind!r} is not served here: the models file has no model for it")
-    try:
-        parsed = KINDS[body.kind].validate_input(body.input, limits=spec.limits)
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", "input", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
-    return store.NewJob(
-        kind=body.kind,
-        model=spec.model,
-        profile=state.models.profile,
-        input=parsed.model_dump(mode="json"),
-        priority=body.priority,
-        metadata=body.metadata,
-        max_attempts=spec.max_attempts,
-    )
-
-
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobView)
 def submit_job(
     body: SubmitJob,
     state: StateDep,
-    session: SessionDep,
     principal: SubmitterDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobView:
-    """Accept a job: validated, committed as ``queued``, then published. 202 means it is durable."""
-    new = validate_submission(state, body)
-    if idempotency_key is not None:
-        new = store.NewJob(**{**new.__dict__, "idempotency_key": idempotency_key})
-    with session.begin():
-        job, created = store.insert_job(session, tenant_id=principal.tenant_id, job=new)
-    if created:
-        state.publisher.publish(kind=job.kind, job_ids=[job.id], priority=job.priority)
-    elif job.kind != new.kind or job.input != new.input:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"Idempotency-Key {idempotency_key!r} was already used for a different job ({job.id})",
+    """Accept a job: validated, committed as ``queued``, then published. 202 means it is durable.
+    Binary inputs (audio, images) go inline as ``{"base64": ...}`` or through ``/v1/jobs/upload``."""
+    job, created = accept_job(state, body, principal=principal, idempotency_key=idempotency_key)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobView.of(job)
+
+
+@router.post("/upload", status_code=status.HTTP_202_ACCEPTED, response_model=JobView)
+async def upload_job(
+    request: Request,
+    state: StateDep,
+    principal: SubmitterDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobView:
+    """Multipart form: ``kind``, ``input`` (JSON, optional), ``priority``, ``metadata`` (JSON), and one
+    file part per binary input field, named after it (e.g. ``audio=@clip.wav``)."""
+    form = await request.form(max_files=MAX_UPLOAD_FILES, max_fields=16)
+    uploads: dict[str, tuple[bytes, str]] = {}
+    fields: dict[str, Any] = {}
+    for name, value in form.multi_items():
+        if isinstance(value, StarletteUpload):
+            uploads[name] = (await value.read(), value.content_type or "application/octet-stream")
+        else:
+            fields[name] = value
+    try:
+        raw_input = json.loads(fields.get("input") or "{}")
+        metadata = json.loads(fields.get("metadata") or "{}")
+    except json.JSONDecodeError as exc:
+        raise body_error(("input",), f"form field is not JSON: {exc}") from None
+    if not isinstance(raw_input, dict):
+        raise body_error(("input",), "form field input must be a JSON object")
+    try:
+        body = SubmitJob(
+            kind=fields.get("kind", ""),
+            input={**raw_input, **{name: {"artifact": name} for name in uploads}},
+            priority=int(fields.get("priority", DEFAULT_PRIORITY)),
+            metadata=metadata,
         )
-    else:
+    except (ValidationError, ValueError) as exc:
+        errors = (
+            exc.errors(include_url=False)
+            if isinstance(exc, ValidationError)
+            else [{"loc": ("priority",), "msg": str(exc), "type": "value_error"}]
+        )
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+    job, created = await run_in_threadpool(
+        accept_job, state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads
+    )
+    if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return JobView.of(job)
 

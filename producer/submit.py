@@ -1,0 +1,76 @@
+"""Accepting a job: validate, stage binary inputs, commit, then publish.
+
+Nothing is stored or published until every check has passed; a 202 means the
+row is committed (a failed publish leaves it ``queued`` for the reconciler).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from jobs import store
+from jobs.kinds import KINDS
+from jobs.tables import Job
+from producer.deps import State
+from producer.inputs import stage_binaries
+from producer.schemas import SubmitJob
+
+
+def body_error(loc: tuple[Any, ...], msg: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", *loc), "msg": msg, "type": "value_error"}])
+
+
+def accept_job(
+    state: State,
+    body: SubmitJob,
+    *,
+    principal: store.Principal,
+    idempotency_key: str | None = None,
+    uploads: dict[str, tuple[bytes, str]] | None = None,
+) -> tuple[Job, bool]:
+    """Returns (job, created). An Idempotency-Key used before returns the earlier job."""
+    if body.kind not in KINDS:
+        raise body_error(("kind",), f"unknown job kind {body.kind!r}; known kinds: {', '.join(sorted(KINDS))}")
+    spec = state.models.spec(body.kind)
+    if spec is None:
+        raise body_error(("kind",), f"kind {body.kind!r} is not served here: the models file has no model for it")
+    try:
+        parsed = KINDS[body.kind].validate_input(body.input, limits=spec.limits)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", "input", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+    stored_input, files = stage_binaries(parsed, uploads=uploads or {}, limits=spec.limits)
+    new = store.NewJob(
+        kind=body.kind,
+        model=spec.model,
+        profile=state.models.profile,
+        input=stored_input,
+        priority=body.priority,
+        metadata=body.metadata,
+        max_attempts=spec.max_attempts,
+        idempotency_key=idempotency_key,
+    )
+    saved = [state.artifacts.put(job_id=new.id, name=f.name, data=f.data, content_type=f.content_type) for f in files]
+    try:
+        with state.sessions.begin() as session:
+            job, created = store.insert_job(session, tenant_id=principal.tenant_id, job=new)
+            if created:
+                store.add_artifacts(session, rows=[(job.id, a) for a in saved])
+    except Exception:
+        state.artifacts.discard(job_id=new.id)
+        raise
+    if not created:
+        state.artifacts.discard(job_id=new.id)
+        if job.kind != new.kind or job.input != new.input:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"Idempotency-Key {idempotency_key!r} was already used for a different job ({job.id})",
+            )
+        return job, False
+    state.publisher.publish(kind=job.kind, job_ids=[job.id], priority=job.priority)
+    return job, True
