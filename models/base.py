@@ -14,6 +14,7 @@ Life cycle, as the runner drives it::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -43,11 +44,14 @@ class Adapter(ABC, Generic[In]):
 
     kind: ClassVar[str]
 
-    def __init__(self, spec: ModelSpec, *, source: str | None = None) -> None:
+    def __init__(
+        self, spec: ModelSpec, *, source: str | None = None, resolve: Callable[[str], str] | None = None
+    ) -> None:
         if spec.kind != self.kind:
             raise ValueError(f"{type(self).__name__} serves {self.kind!r}, not {spec.kind!r}")
         self.spec = spec
         self.source = source or spec.model  # resolved local path or hub id
+        self.resolve = resolve or (lambda ref: ref)  # locates a second model an adapter names in its options
         self.device = "cpu"
 
     @abstractmethod

@@ -42,4 +42,8 @@ def adapter_class(kind: str) -> type[Adapter[Any]]:
 
 def create_adapter(spec: ModelSpec, *, data_dir: Path) -> Adapter[Any]:
     """An adapter for ``spec`` with its weights located (builtin models are built now)."""
-    return adapter_class(spec.kind)(spec, source=resolve_source(spec, data_dir=data_dir))
+
+    def resolve(ref: str) -> str:
+        return resolve_source(spec.model_copy(update={"model": ref, "revision": None}), data_dir=data_dir)
+
+    return adapter_class(spec.kind)(spec, source=resolve_source(spec, data_dir=data_dir), resolve=resolve)
