@@ -60,7 +60,7 @@ def test_movie_lover_gets_the_film_first_and_the_catalogue_is_embedded_once(data
         "top_k": 3,
     }
     [ranked] = run(made, movie_fan)
-    assert [i.id for i in ranked.items][0] == "film" and len(ranked.items) == 3
+    assert ranked.items[0].id == "film" and len(ranked.items) == 3
     assert ranked.items[0].score > ranked.items[1].score
     misses = made.cache.misses
     baker = {"user": {"interests": ["baking and cooking"]}, "items": catalogue, "top_k": 1}
