@@ -79,7 +79,10 @@ def _load_models(**_: Any) -> None:
 
     configure_torch_threads()
     for kind in filter(None, os.environ.get(KINDS_ENV, "").split(",")):
-        runner().adapter(kind)
+        try:
+            runner().adapter(kind)
+        except Exception:  # the worker still serves its other kinds; this kind's jobs fail with the reason
+            log.exception("could not load the model for %s", kind)
 
 
 @worker_process_shutdown.connect

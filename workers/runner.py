@@ -83,7 +83,10 @@ class Runner:
 
     def run(self, *, kind: str, job_ids: Sequence[uuid.UUID | str]) -> RunReport:
         ids = [uuid.UUID(str(i)) for i in job_ids]
-        adapter = self.adapter(kind)
+        try:
+            adapter = self.adapter(kind)
+        except PermanentError as exc:  # e.g. no model configured: say so on each job rather than leave it queued
+            return self.fail_unrunnable(kind=kind, job_ids=ids, error=exc)
         with self.sessions.begin() as session:
             claimed = store.claim(session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s)
             files = store.artifact_uris(session, job_ids=[c.id for c in claimed]) if _has_files(claimed) else {}
@@ -123,6 +126,19 @@ class Runner:
                 log.info("job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message)
         report.released = len(retry)
         return report
+
+    def fail_unrunnable(self, *, kind: str, job_ids: list[uuid.UUID], error: PermanentError) -> RunReport:
+        log.error("jobs %s: cannot load the %s model: %s", ",".join(map(str, job_ids)), kind, error)
+        with self.sessions.begin() as session:
+            claimed = store.claim(session, job_ids=job_ids, kind=kind, worker=self.worker, lease_s=self.lease_s)
+            store.finish(
+                session,
+                outcomes=[
+                    store.Outcome(job_id=c.id, attempt=c.attempt, error_code=error.code, error_message=str(error))
+                    for c in claimed
+                ],
+            )
+        return RunReport(claimed=len(claimed), failed=len(claimed))
 
     def process(
         self,

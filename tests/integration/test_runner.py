@@ -114,3 +114,23 @@ def test_stored_input_that_no_longer_validates_fails_with_the_field(
     runner.run(kind="text-classification", job_ids=[job_id])
     [row] = rows(sessions, [job_id])
     assert row.status == "failed" and row.error_code == "invalid_input" and "input.text" in row.error_message
+
+
+def test_a_model_that_cannot_load_fails_its_jobs_with_the_reason(
+    sessions: sessionmaker[Session], data_dir: Path
+) -> None:
+    from jobs.modelsfile import parse_models
+
+    broken = Runner(
+        sessions=sessions,
+        models=parse_models({"kinds": {"embedding": {"model": "package:no_such_weights"}}}, source="t"),
+        artifacts=LocalArtifactStore(data_dir / "artifacts"),
+        data_dir=data_dir,
+        worker="test-worker",
+        lease_s=60,
+    )
+    [job_id] = submit(sessions, "embedding", [{"text": "hello"}])
+    report = broken.run(kind="embedding", job_ids=[job_id])
+    [row] = rows(sessions, [job_id])
+    assert report.failed == 1 and row.status == "failed" and row.error_code == "model_not_configured"
+    assert "no_such_weights" in row.error_message
