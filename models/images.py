@@ -1,7 +1,7 @@
 """Untrusted image bytes to a PIL image, refusing what is corrupt, unsupported or too large.
 
 Every check that bounds memory runs before any pixel is decoded: the byte size,
-then the header's format and width × height (``Image.open`` is lazy), and
+then the header's format and width x height (``Image.open`` is lazy), and
 Pillow's own decompression-bomb guard is turned from a warning into a refusal.
 """
 

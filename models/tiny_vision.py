@@ -59,7 +59,8 @@ def train_clip_bpe(*, vocab_size: int = 800) -> Any:
         vocab_size=vocab_size, initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False
     )
     bpe.train_from_iterator(CORPUS, trainer)
-    merges = [tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]
+    # (left, right) pairs: tokenizers' BPE refuses the "left right" strings CLIPTokenizer's hint suggests
+    merges: Any = [tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]
     tokens = sorted(alphabet) + [f"{char}</w>" for char in sorted(alphabet)]
     tokens += [left + right for left, right in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
@@ -86,7 +87,7 @@ def build_tiny_sd(save_dir: Path) -> None:
         attention_head_dim=4,
         norm_num_groups=4,
     )
-    vae = AutoencoderKL(  # two blocks: 8× fewer latent pixels per side than real SD's 8, i.e. a factor 2
+    vae = AutoencoderKL(  # two blocks: latents are 2× smaller per side (8× in real SD)
         in_channels=3,
         out_channels=3,
         block_out_channels=(8, 16),
@@ -110,9 +111,13 @@ def build_tiny_sd(save_dir: Path) -> None:
         )
     )
     scheduler = EulerDiscreteScheduler(  # SD's noise schedule; trailing spacing suits few-step sampling
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing"
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="trailing",
+        steps_offset=1,
     )
-    StableDiffusionPipeline(
+    pipeline: Any = StableDiffusionPipeline(  # Any: mypy cannot see DiffusionPipeline.save_pretrained
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -121,4 +126,5 @@ def build_tiny_sd(save_dir: Path) -> None:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-    ).save_pretrained(save_dir, safe_serialization=True)
+    )
+    pipeline.save_pretrained(save_dir, safe_serialization=True)

@@ -1,0 +1,65 @@
+"""image-classification: an image classifier (AutoImageProcessor + AutoModelForImageClassification)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from jobs.kinds import ImageClassificationInput, ImageClassificationOutput, LabelScore
+from models.base import Adapter, Prediction
+from models.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_INPUT_BYTES, decode_image
+from models.loading import pretrained_kwargs, torch_dtype
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    image: Image.Image
+    top_k: int
+
+
+class ImageClassificationAdapter(Adapter[ImageClassificationInput]):
+    kind = "image-classification"
+
+    def load(self, device: str) -> None:
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        kwargs = pretrained_kwargs(self.spec, self.source)
+        self.processor = AutoImageProcessor.from_pretrained(self.source, **kwargs)
+        self.model = AutoModelForImageClassification.from_pretrained(
+            self.source, dtype=torch_dtype(self.spec.dtype, device), **kwargs
+        ).to(device)
+        self.model.eval()
+        self.device = device
+        self.multi_label = self.model.config.problem_type == "multi_label_classification"
+        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+
+    def prepare(self, item: ImageClassificationInput) -> PreparedImage:
+        image = decode_image(
+            item.image.data,
+            max_pixels=int(self.spec.limits.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)),
+            max_bytes=int(self.spec.limits.get("max_input_bytes", DEFAULT_MAX_INPUT_BYTES)),
+        )
+        return PreparedImage(image=image, top_k=item.top_k)
+
+    def classify(self, images: list[Image.Image]) -> list[dict[str, float]]:
+        """Label → score for each decoded RGB image, in one batch (scores are softmax or sigmoid)."""
+        import torch
+
+        inputs = self.processor(images=images, return_tensors="pt")
+        pixel_values = inputs["pixel_values"].to(self.device, dtype=self.model.dtype)
+        with torch.inference_mode():
+            logits = self.model(pixel_values=pixel_values).logits.float()
+        scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+        return [dict(zip(self.labels, row.tolist(), strict=True)) for row in scores.cpu()]
+
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        items: list[PreparedImage] = batch
+        scored = self.classify([item.image for item in items])
+        return [self._prediction(scores, item.top_k) for scores, item in zip(scored, items, strict=True)]
+
+    def _prediction(self, scores: dict[str, float], top_k: int) -> Prediction:
+        ranked = sorted(scores.items(), key=lambda pair: pair[1], reverse=True)[:top_k]
+        labels = [LabelScore(label=label, score=score) for label, score in ranked]
+        return Prediction(ImageClassificationOutput(label=labels[0].label, score=labels[0].score, labels=labels))
