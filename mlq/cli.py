@@ -62,7 +62,7 @@ def standalone(
             from producer.client import Client
 
             with Client(stack.api_url, stack.api_key) as client:
-                jobs = run_demo(client, echo=typer.echo)
+                jobs = run_demo(client, out_dir=stack.data_dir / "demo-output", echo=typer.echo)
             code = 0 if all(j["status"] == "succeeded" for j in jobs) else 1
         if not exit_after_demo:
             typer.echo("serving; Ctrl-C stops every process")
@@ -89,7 +89,7 @@ def demo(
         state = json.loads(state_file.read_text())
         api_url, api_key = api_url or state["api_url"], api_key or state["api_key"]
     with Client(api_url, api_key) as client:
-        jobs = run_demo(client, echo=typer.echo)
+        jobs = run_demo(client, out_dir=get_settings().data_dir / "demo-output", echo=typer.echo)
     raise typer.Exit(0 if all(j["status"] == "succeeded" for j in jobs) else 1)
 
 

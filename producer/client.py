@@ -93,6 +93,34 @@ class Client:
         result: dict[str, Any] = self._call("POST", f"/v1/jobs/{job_id}/cancel")
         return result
 
+    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", f"/v1/jobs/{job_id}/artifacts")
+        return result
+
+    def artifact(self, job_id: str, name: str) -> bytes:
+        """The bytes of one artifact (a generated PNG or WAV, an uploaded input)."""
+        response = self.http.get(f"/v1/jobs/{job_id}/artifacts/{name}")
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, response.text)
+        return response.content
+
+    def upload(
+        self,
+        kind: str,
+        files: dict[str, tuple[str, bytes]],
+        *,
+        input: dict[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> dict[str, Any]:
+        """Submit a job whose binary inputs are sent as files: ``{"audio": ("clip.wav", data)}``."""
+        import json
+
+        form = {"kind": kind, "input": json.dumps(input or {})}
+        if priority is not None:
+            form["priority"] = str(priority)
+        result: dict[str, Any] = self._call("POST", "/v1/jobs/upload", data=form, files=files)
+        return result
+
     def models(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call("GET", "/v1/models")
         return result

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from jobs.modelsfile import load_models_file
 from jobs.settings import Settings
 from mlq.embedded import free_port
 from tests.conftest import Proc, create_key, process_env, wait_http
@@ -33,8 +34,9 @@ def start_api(settings: Settings, name: str) -> tuple[Api, Proc]:
 
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Iterator[Api]:
-    """The API and one worker serving text-classification and embedding."""
-    worker = Proc("worker", ["worker", "--kinds", "text-classification,embedding"], process_env(settings))
+    """The API and one worker serving every kind of the demo profile."""
+    kinds = ",".join(sorted(load_models_file("demo").kinds))
+    worker = Proc("worker", ["worker", "--kinds", kinds], process_env(settings))
     api, api_proc = start_api(settings, "api")
     try:
         yield api

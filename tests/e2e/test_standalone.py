@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from jobs.modelsfile import load_models_file
 from mlq.embedded import free_port
 from tests.conftest import MLQ
 
@@ -30,8 +31,12 @@ def test_standalone_demo_on_embedded_servers(tmp_path: Path, data_dir: Path) -> 
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "embedded PostgreSQL" in output and "embedded Redis" in output
-    lines = [line for line in result.stdout.splitlines() if line.startswith(("text-classification", "embedding"))]
-    assert len(lines) == 4 and all(" succeeded " in line for line in lines), lines
+    kinds = sorted(load_models_file("demo").kinds)
+    lines = [line for line in result.stdout.splitlines() if line.split(" ", 1)[0] in kinds]
+    assert {line.split(" ", 1)[0] for line in lines} == set(kinds), result.stdout[-3000:]
+    assert all(" succeeded " in line for line in lines), lines
+    saved = [Path(line.split("saved ", 1)[1]) for line in result.stdout.splitlines() if " saved " in line]
+    assert {p.suffix for p in saved} == {".png", ".wav"} and all(p.stat().st_size > 0 for p in saved)
     state = json.loads((tmp_path / "standalone.json").read_text())
     assert state["api_key"].startswith("mlq_") and oct((tmp_path / "standalone.json").stat().st_mode)[-3:] == "600"
     try:  # everything stopped: the API port no longer answers
