@@ -18,6 +18,12 @@ MAX_POSITIONS = 512  # prompt plus completion; enough for the demo and the tests
 GPT2_EOS = "<|endoftext|>"  # GPT-2's only special token: bos, eos and unk at once
 
 CHAT_PAD, CHAT_START, CHAT_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+# transformers 5 loads any qwen2 model's tokenizer as Qwen2Tokenizer, which imposes NFC and this
+# split (single digits, ...) whatever tokenizer.json says; train with them so saved == loaded.
+QWEN2_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 # ChatML, as Qwen and others write it; add_generation_prompt opens the assistant's turn.
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -29,13 +35,24 @@ CHAT_TEMPLATE = (
 T5_PAD, T5_EOS, T5_UNK = "<pad>", "</s>", "<unk>"  # ids 0, 1, 2, as in the real T5 vocabulary
 
 
-def train_byte_level_bpe(save_dir: Path, *, special_tokens: list[str], vocab_size: int = 600, **named: Any) -> Any:
-    """A GPT-2 style byte-level BPE tokenizer: any text encodes, nothing is unknown."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def train_byte_level_bpe(
+    save_dir: Path, *, special_tokens: list[str], split: str | None = None, vocab_size: int = 600, **named: Any
+) -> Any:
+    """A byte-level BPE tokenizer (GPT-2's regex, or NFC and ``split``): any text encodes, nothing is unknown."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split is None:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -81,6 +98,7 @@ def build_tiny_chat(save_dir: Path) -> None:
     tokenizer = train_byte_level_bpe(
         save_dir,
         special_tokens=[CHAT_PAD, CHAT_START, CHAT_END],
+        split=QWEN2_SPLIT,
         eos_token=CHAT_END,
         pad_token=CHAT_PAD,
         chat_template=CHAT_TEMPLATE,
@@ -122,7 +140,7 @@ def train_t5_unigram(save_dir: Path, *, vocab_size: int = 400) -> Any:
     floor = min(score for _, score in vocab) - 1.0
     vocab += [(f"<0x{byte:02X}>", floor) for byte in range(256)]
     tok.model = models.Unigram(vocab, unk_id=specials.index(T5_UNK), byte_fallback=True)
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(), decoders.Metaspace()])
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
     tok.post_processor = processors.TemplateProcessing(
         single=f"$A {T5_EOS}", pair=f"$A {T5_EOS} $B {T5_EOS}", special_tokens=[(T5_EOS, specials.index(T5_EOS))]
     )
@@ -150,11 +168,9 @@ def build_tiny_t5(save_dir: Path) -> None:
         num_heads=2,
         pad_token_id=pad_id,
         eos_token_id=eos_id,
-        decoder_start_token_id=pad_id,
     )
+    config.decoder_start_token_id = pad_id  # T5's shift_right reads it; not a declared T5Config field
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id
-    )
+    model.generation_config = GenerationConfig(decoder_start_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id)
     model.save_pretrained(save_dir)
