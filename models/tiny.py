@@ -94,6 +94,7 @@ BUILDERS: dict[str, str] = {
     "tiny-chat": "models.tiny_text:build_tiny_chat",
     "tiny-t5": "models.tiny_text:build_tiny_t5",
     "tiny-wav2vec2": "models.tiny_audio:build_tiny_wav2vec2",
+    "tiny-whisper": "models.tiny_audio:build_tiny_whisper",
     "tiny-musicgen": "models.tiny_audio:build_tiny_musicgen",
     "tiny-vit": "models.tiny_vision:build_tiny_vit",
     "tiny-sd": "models.tiny_vision:build_tiny_sd",
