@@ -33,6 +33,7 @@ class ModelSpec(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_wait_ms: float = Field(default=2.0, ge=0)  # how long a partial batch waits for company
+    batch_chunk_size: int = Field(default=256, ge=1, le=10_000)  # bulk-run job ids per broker message
     time_limit_s: float = Field(default=120.0, gt=0)  # a job running longer is killed
     max_attempts: int = Field(default=3, ge=1)  # claims before the job is dead-lettered
     limits: dict[str, int] = Field(default_factory=dict)  # checked at submission (422)

@@ -20,6 +20,8 @@ def task_name(kind: str) -> str:
 
 
 DEFAULT_PRIORITY = 5  # 0 (lowest) .. 9 (highest); single jobs default here, bulk runs go lower
+BATCH_PRIORITY = 2  # bulk runs: interactive jobs of the same kind overtake them
+MAX_BATCH_PRIORITY = 4  # a bulk run never outranks a single job of default priority
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
 

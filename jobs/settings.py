@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     max_wait_s: float = 60.0  # longest ?wait a client may ask for on GET /v1/jobs/{id}
     max_request_bytes: int = 1_000_000  # largest JSON body accepted by POST /v1/jobs
     page_size_max: int = 200  # largest page of GET /v1/jobs
+    batch_max_lines: int = 200_000  # lines in one bulk run
+    batch_max_bytes: int = 256_000_000  # bytes of one bulk run's JSONL
+    batch_max_errors: int = 20  # a refused bulk run lists this many bad lines
     publish_timeout_s: float = 2.0  # give up publishing a wake-up after this; the job stays queued
     db_pool_size: int = 10
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from jobs.artifacts import StoredArtifact
 from jobs.db import NOTIFY_CHANNEL
 from jobs.status import TERMINAL, JobStatus
-from jobs.tables import ApiKey, Artifact, Job, Tenant
+from jobs.tables import ApiKey, Artifact, Batch, Job, Tenant
 
 SCOPES = ("submit", "read", "admin")
 KEY_PREFIX = "mlq"
@@ -150,8 +150,9 @@ def get_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job
     return session.execute(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)).scalar_one_or_none()
 
 
-def encode_cursor(job: Job) -> str:
-    raw = json.dumps([job.created_at.isoformat(), str(job.id)])
+def encode_cursor(row: Job | Batch) -> str:
+    """An opaque page cursor: the (created_at, id) of the last row shown."""
+    raw = json.dumps([row.created_at.isoformat(), str(row.id)])
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 

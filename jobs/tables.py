@@ -56,12 +56,30 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class Batch(Base):
+    """A bulk run: its jobs carry ``batch_id``; counts and status are read from them."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("batches_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    kind: Mapped[str | None] = mapped_column(String(64))  # None when lines name several kinds
+    total: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(SmallInteger)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(STATUS_CHECK, name="jobs_status_known"),
         UniqueConstraint("tenant_id", "idempotency_key", name="jobs_tenant_idempotency_key"),
         Index("jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("jobs_batch_order", "batch_id", "batch_index", postgresql_where=text("batch_id IS NOT NULL")),
         Index(
             "jobs_unfinished",
             "status",
@@ -88,6 +106,9 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     worker: Mapped[str | None] = mapped_column(String(255))
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    batch_index: Mapped[int | None] = mapped_column(Integer)  # line number in the batch, from 1
+    custom_id: Mapped[str | None] = mapped_column(String(255))  # the caller's id for a batch item
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

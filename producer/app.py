@@ -16,7 +16,7 @@ from jobs.modelsfile import load_models_file
 from jobs.settings import Settings, get_settings
 from producer.deps import State
 from producer.publish import Publisher
-from producer.routes import artifacts, health, jobs, models
+from producer.routes import artifacts, batches, health, jobs, models
 from producer.waiter import Waiter
 
 log = logging.getLogger("mlq.api")
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
+    app.include_router(batches.router)
     app.include_router(models.router)
     app.include_router(health.router)
 

@@ -37,6 +37,25 @@ class Publisher:
             return False
         return True
 
+    def publish_chunks(self, *, kind: str, chunks: Sequence[Sequence[uuid.UUID]], priority: int) -> int:
+        """One message per chunk over one connection. Returns how many were published;
+        the rest stay ``queued`` for the reconciler."""
+        sent = 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for chunk in chunks:
+                    self.app.send_task(
+                        task_name(kind),
+                        args=[[str(i) for i in chunk]],
+                        queue=queue_name(kind),
+                        priority=broker_priority(priority),
+                        producer=producer,
+                    )
+                    sent += 1
+        except Exception as exc:
+            log.warning("publish of %s chunks failed after %d (%s); the rest stay queued", kind, sent, exc)
+        return sent
+
     def ping(self) -> None:
         with self.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)

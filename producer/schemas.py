@@ -8,9 +8,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from jobs.queues import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from jobs.batches import Counts, status_of
+from jobs.queues import BATCH_PRIORITY, DEFAULT_PRIORITY, MAX_BATCH_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from jobs.status import JobStatus
-from jobs.tables import Artifact, Job
+from jobs.tables import Artifact, Batch, Job
 
 MAX_METADATA_KEYS = 32
 MAX_METADATA_VALUE_CHARS = 512
@@ -116,3 +117,57 @@ class ArtifactView(BaseModel):
             sha256=artifact.sha256,
             url=f"/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}",
         )
+
+
+class BatchCounts(BaseModel):
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class BatchView(BaseModel):
+    id: uuid.UUID
+    status: str = Field(description="in_progress, completed, failed, cancelling or cancelled")
+    kind: str | None = Field(description="The kind of every line, or null when lines mix kinds.")
+    priority: int
+    counts: BatchCounts
+    metadata: dict[str, Any]
+    webhook_url: str | None
+    created_at: datetime
+    cancel_requested_at: datetime | None
+    results_url: str
+
+    @classmethod
+    def of(cls, batch: Batch, tally: Counts) -> BatchView:
+        return cls(
+            id=batch.id,
+            status=status_of(batch, tally),
+            kind=batch.kind,
+            priority=batch.priority,
+            counts=BatchCounts(**{f: getattr(tally, f) for f in BatchCounts.model_fields}),
+            metadata=batch.metadata_,
+            webhook_url=batch.webhook_url,
+            created_at=batch.created_at,
+            cancel_requested_at=batch.cancel_requested_at,
+            results_url=f"/v1/batches/{batch.id}/results",
+        )
+
+
+class BatchPage(BaseModel):
+    data: list[BatchView]
+    next_cursor: str | None
+
+
+class SubmitBatch(BaseModel):
+    """The JSON form of a bulk run (JSONL uploads carry the same fields as form fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str | None = Field(default=None, description="Batch-wide kind for lines that name none.")
+    items: list[dict[str, Any]] = Field(description='Lines: {"custom_id", "kind"?, "input"}.')
+    priority: int = Field(default=BATCH_PRIORITY, ge=MIN_PRIORITY, le=MAX_BATCH_PRIORITY)
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    webhook_url: str | None = Field(default=None, max_length=2000)

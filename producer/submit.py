@@ -12,9 +12,10 @@ from fastapi import HTTPException, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from jobs import store
+from jobs import batches, store
+from jobs.batches import BatchItem
 from jobs.kinds import KINDS
-from jobs.tables import Job
+from jobs.tables import Batch, Job
 from producer.deps import State
 from producer.inputs import stage_binaries
 from producer.schemas import SubmitJob
@@ -74,3 +75,33 @@ def accept_job(
         return job, False
     state.publisher.publish(kind=job.kind, job_ids=[job.id], priority=job.priority)
     return job, True
+
+
+def accept_batch(
+    state: State,
+    items: list[BatchItem],
+    *,
+    principal: store.Principal,
+    priority: int,
+    metadata: dict[str, Any],
+    webhook_url: str | None = None,
+) -> Batch:
+    """Store a validated bulk run with one COPY, commit, then publish one message per chunk of ids."""
+    kinds = {item.kind for item in items}
+    with state.sessions.begin() as session:
+        batch = batches.insert_batch(
+            session,
+            tenant_id=principal.tenant_id,
+            items=items,
+            kind=next(iter(kinds)) if len(kinds) == 1 else None,
+            priority=priority,
+            metadata=metadata,
+            webhook_url=webhook_url,
+        )
+    for kind in sorted(kinds):
+        ids = [item.id for item in items if item.kind == kind]
+        size = state.models.kinds[kind].batch_chunk_size
+        state.publisher.publish_chunks(
+            kind=kind, chunks=[ids[i : i + size] for i in range(0, len(ids), size)], priority=priority
+        )
+    return batch

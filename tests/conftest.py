@@ -70,6 +70,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         MLQ_DATABASE_URL=settings.require_database_url(),
         MLQ_REDIS_URL=settings.require_redis_url(),
         MLQ_DATA_DIR=str(settings.data_dir),
+        MLQ_BATCH_MAX_LINES=str(settings.batch_max_lines),
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
     )

@@ -82,23 +82,34 @@ class Runner:
         return self.adapters[kind]
 
     def run(self, *, kind: str, job_ids: Sequence[uuid.UUID | str]) -> RunReport:
+        """Run these jobs (those still queued) in slices of the kind's ``max_batch_size``:
+        each slice is claimed, predicted and committed before the next, so a long chunk
+        shows progress and a crash loses at most one slice's work."""
         ids = [uuid.UUID(str(i)) for i in job_ids]
         try:
             adapter = self.adapter(kind)
         except PermanentError as exc:  # e.g. no model configured: say so on each job rather than leave it queued
             return self.fail_unrunnable(kind=kind, job_ids=ids, error=exc)
+        report = RunReport()
+        size = adapter.spec.max_batch_size
+        for start in range(0, len(ids), size):
+            self._run_slice(adapter, ids[start : start + size], report)
+        return report
+
+    def _run_slice(self, adapter: Adapter[Any], ids: list[uuid.UUID], report: RunReport) -> None:
+        kind = adapter.kind
         with self.sessions.begin() as session:
             claimed = store.claim(session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s)
             files = store.artifact_uris(session, job_ids=[c.id for c in claimed]) if _has_files(claimed) else {}
-        report = RunReport(claimed=len(claimed))
+        report.claimed += len(claimed)
         if not claimed:
-            return report
+            return
         started = time.perf_counter()
         outcomes, retry = self.process(adapter, claimed, files=files)
-        blobs = [o for o in outcomes if isinstance(o, _Done) and o.prediction.blobs]
         stored = [
             (o.job.id, self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type))
-            for o in blobs
+            for o in outcomes
+            if isinstance(o, _Done)
             for b in o.prediction.blobs
         ]
         with self.sessions.begin() as session:
@@ -111,7 +122,7 @@ class Runner:
                     attempts=[c.attempt for c, _ in retry],
                     reason=retry[0][1],
                 )
-        elapsed = time.perf_counter() - started
+        elapsed_s = time.perf_counter() - started
         for o in outcomes:
             if o.job.id not in written:
                 report.discarded.append(o.job.id)
@@ -120,12 +131,11 @@ class Runner:
                 )
             elif isinstance(o, _Done):
                 report.succeeded += 1
-                log.info("job %s %s succeeded in %.3fs (batch of %d)", o.job.id, kind, elapsed, len(claimed))
+                log.info("job %s %s succeeded in %.3fs (batch of %d)", o.job.id, kind, elapsed_s, len(claimed))
             else:
                 report.failed += 1
                 log.info("job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message)
-        report.released = len(retry)
-        return report
+        report.released += len(retry)
 
     def fail_unrunnable(self, *, kind: str, job_ids: list[uuid.UUID], error: PermanentError) -> RunReport:
         log.error("jobs %s: cannot load the %s model: %s", ",".join(map(str, job_ids)), kind, error)

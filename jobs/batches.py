@@ -1,0 +1,181 @@
+"""Store functions for batches: a COPY-speed insert of their jobs, counts, cancel, and results
+streamed from PostgreSQL in input order.
+
+A batch's counts and status are read from its jobs, never stored twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import sql
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from jobs.status import JobStatus
+from jobs.store import decode_cursor, encode_cursor, notify_finished
+from jobs.tables import Batch, Job
+
+COPY_COLUMNS = (
+    "id", "tenant_id", "kind", "model", "profile", "status", "priority", "input", "metadata",
+    "attempt", "max_attempts", "batch_id", "batch_index", "custom_id",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One validated line, ready to store: ``input_json`` is already serialized."""
+
+    index: int  # line number, from 1
+    custom_id: str
+    kind: str
+    model: str
+    profile: str
+    input_json: str
+    max_attempts: int
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True)
+class Counts:
+    total: int
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def unfinished(self) -> int:
+        return self.queued + self.running
+
+
+def insert_batch(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    items: Sequence[BatchItem],
+    kind: str | None,
+    priority: int,
+    metadata: dict[str, Any],
+    webhook_url: str | None = None,
+) -> Batch:
+    """Store a batch and all its jobs (``queued``) in the session's transaction, with COPY."""
+    batch = Batch(
+        id=uuid.uuid4(), tenant_id=tenant_id, kind=kind, total=len(items), priority=priority,
+        metadata_=metadata, webhook_url=webhook_url,
+    )  # fmt: skip
+    session.add(batch)
+    session.flush()
+    raw = session.connection().connection.driver_connection
+    statement = sql.SQL("COPY jobs ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)))
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        for item in items:
+            copy.write_row((
+                item.id, tenant_id, item.kind, item.model, item.profile, JobStatus.queued.value, priority,
+                item.input_json, "{}", 0, item.max_attempts, batch.id, item.index, item.custom_id,
+            ))  # fmt: skip
+    return batch
+
+
+def get_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch | None:
+    return session.execute(select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id)).scalar_one_or_none()
+
+
+def counts(session: Session, *, batch_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Counts]:
+    """Job counts by status for each batch, in one query."""
+    rows = session.execute(
+        select(Job.batch_id, Job.status, func.count())
+        .where(Job.batch_id.in_(list(batch_ids)))
+        .group_by(Job.batch_id, Job.status)
+    ).all()
+    found: dict[uuid.UUID, dict[str, int]] = {b: {} for b in batch_ids}
+    for batch_id, status, n in rows:
+        found[batch_id][status] = n  # type: ignore[index]  # the WHERE excludes NULL batch ids
+    return {b: Counts(total=sum(c.values()), **c) for b, c in found.items()}
+
+
+def status_of(batch: Batch, tally: Counts) -> str:
+    """in_progress, completed (every item finished), failed (every item failed),
+    cancelling (cancel asked, items still running) or cancelled."""
+    if batch.cancel_requested_at is not None:
+        return "cancelling" if tally.unfinished else "cancelled"
+    if tally.unfinished:
+        return "in_progress"
+    return "failed" if tally.failed == tally.total and tally.total else "completed"
+
+
+def list_batches(
+    session: Session, *, tenant_id: uuid.UUID, limit: int = 20, cursor: str | None = None
+) -> tuple[list[Batch], str | None]:
+    stmt = select(Batch).where(Batch.tenant_id == tenant_id)
+    if cursor is not None:
+        created, last_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(Batch.created_at < created, and_(Batch.created_at == created, Batch.id < last_id)))
+    rows = list(session.execute(stmt.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)).scalars())
+    return rows[:limit], (encode_cursor(rows[limit - 1]) if len(rows) > limit else None)
+
+
+def cancel_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch | None:
+    """Queued items are cancelled now; running ones end ``cancelled``; finished ones stay."""
+    batch = get_batch(session, tenant_id=tenant_id, batch_id=batch_id)
+    if batch is None:
+        return None
+    if batch.cancel_requested_at is None:
+        batch.cancel_requested_at = session.execute(select(func.now())).scalar_one()
+    cancelled = (
+        session.execute(
+            update(Job)
+            .where(Job.batch_id == batch_id, Job.status == JobStatus.queued.value)
+            .values(status=JobStatus.cancelled.value, finished_at=func.now(), updated_at=func.now())
+            .returning(Job.id)
+        )
+        .scalars()
+        .all()
+    )
+    session.execute(
+        update(Job)
+        .where(Job.batch_id == batch_id, Job.status == JobStatus.running.value)
+        .values(cancel_requested_at=func.now())
+    )
+    notify_finished(session, job_ids=list(cancelled))
+    return batch
+
+
+_RESULTS_SQL = """
+SELECT json_build_object(
+    'custom_id', j.custom_id,
+    'line', j.batch_index,
+    'job_id', j.id,
+    'status', j.status,
+    'output', j.output,
+    'error', CASE WHEN j.error_code IS NULL THEN NULL
+                  ELSE json_build_object('code', j.error_code, 'message', j.error_message) END,
+    'artifacts', (SELECT json_agg('/v1/jobs/' || j.id || '/artifacts/' || a.name ORDER BY a.name)
+                  FROM artifacts a WHERE a.job_id = j.id AND a.name NOT LIKE 'input-%')
+)::text
+FROM jobs j
+WHERE j.batch_id = :batch_id AND j.tenant_id = :tenant_id {status_filter}
+ORDER BY j.batch_index
+"""
+
+
+def stream_results(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    status: JobStatus | None = None,
+    rows_per_fetch: int = 5000,
+) -> Iterator[str]:
+    """JSON lines in input order, built by PostgreSQL and read with a server-side cursor."""
+    query = text(_RESULTS_SQL.format(status_filter="AND j.status = :status" if status else ""))
+    params: dict[str, Any] = {"batch_id": batch_id, "tenant_id": tenant_id}
+    if status:
+        params["status"] = status.value
+    result = session.execute(query.execution_options(stream_results=True, yield_per=rows_per_fetch), params)
+    for partition in result.partitions():
+        yield "".join(row[0] + "\n" for row in partition)
