@@ -19,6 +19,7 @@ app = typer.Typer(help="mlq: AI jobs in the background.", no_args_is_help=True, 
 app.command("api")(producer_cli.api)
 app.command("submit")(producer_cli.submit)
 app.add_typer(producer_cli.keys, name="keys")
+app.add_typer(producer_cli.batch, name="batch")
 
 
 app.command("worker")(workers_cli.worker)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -96,3 +96,104 @@ def submit(
             typer.echo(json.dumps({"status": exc.status, "detail": exc.detail}, indent=2), err=True)
             raise typer.Exit(1) from None
     typer.echo(json.dumps(job, indent=2, ensure_ascii=False))
+
+
+batch = typer.Typer(
+    help="Bulk runs: submit a JSONL file, watch it, fetch its results, cancel it.", no_args_is_help=True
+)
+
+
+def progress_until_done(client: Any, batch_id: str) -> dict[str, Any]:
+    """A live bar: items done (succeeded + failed + cancelled), failures, rate and ETA."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed  {task.fields[rate]:.0f} items/s"),
+        TimeRemainingColumn(),
+    )
+    started = time.monotonic()
+    with Progress(*columns) as bar:
+        current = client.batches.get(batch_id)
+        task = bar.add_task(batch_id[:8], total=current["counts"]["total"], failed=0, rate=0.0)
+        while True:
+            counts = current["counts"]
+            done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+            rate = done / max(1e-6, time.monotonic() - started)
+            bar.update(task, completed=done, failed=counts["failed"], rate=rate)
+            if current["status"] in ("completed", "failed", "cancelled"):
+                return dict(current)
+            time.sleep(0.5)
+            current = client.batches.get(batch_id)
+
+
+@batch.command("submit")
+def batch_submit(
+    file: Annotated[str, typer.Argument(help='JSONL: one {"custom_id", "kind"?, "input"} per line.')],
+    kind: Annotated[str | None, typer.Option(help="Kind for lines that name none.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the batch finishes.")] = False,
+    priority: Annotated[int | None, typer.Option(help="0..4 (bulk runs stay below single jobs).")] = None,
+    api_url: ApiUrl = "http://127.0.0.1:8000",
+    api_key: ApiKey = "",
+) -> None:
+    """Submit a bulk run; prints the batch (and, with --wait, a live progress bar)."""
+    from producer.client import ApiError, Client
+
+    with Client(api_url, api_key) as client:
+        try:
+            created = client.batches.submit(file, kind=kind, priority=priority)
+        except ApiError as exc:
+            typer.echo(json.dumps({"status": exc.status, "detail": exc.detail}, indent=2, ensure_ascii=False), err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"batch {created['id']}: {created['counts']['total']} items accepted")
+        final = progress_until_done(client, created["id"]) if wait else created
+    typer.echo(json.dumps(final, indent=2, ensure_ascii=False))
+
+
+@batch.command("status")
+def batch_status(batch_id: str, api_url: ApiUrl = "http://127.0.0.1:8000", api_key: ApiKey = "") -> None:
+    """Print a batch's status and counts."""
+    from producer.client import Client
+
+    with Client(api_url, api_key) as client:
+        typer.echo(json.dumps(client.batches.get(batch_id), indent=2, ensure_ascii=False))
+
+
+@batch.command("results")
+def batch_results(
+    batch_id: str,
+    output: Annotated[str, typer.Option("-o", "--output", help="Write the JSONL here (- for stdout).")] = "-",
+    status: Annotated[str | None, typer.Option(help="Only items with this status, e.g. failed.")] = None,
+    api_url: ApiUrl = "http://127.0.0.1:8000",
+    api_key: ApiKey = "",
+) -> None:
+    """Fetch the results as JSONL, in input order (partial while the batch runs)."""
+    import sys
+
+    from producer.client import Client
+
+    with Client(api_url, api_key) as client:
+        lines = client.batches.results(batch_id, status=status)
+        if output == "-":
+            for line in lines:
+                sys.stdout.buffer.write(line)
+            return
+        count = 0
+        with open(output, "wb") as out:
+            for line in lines:
+                out.write(line)
+                count += 1
+    typer.echo(f"{count} results written to {output}")
+
+
+@batch.command("cancel")
+def batch_cancel(batch_id: str, api_url: ApiUrl = "http://127.0.0.1:8000", api_key: ApiKey = "") -> None:
+    """Cancel a batch: queued items at once; finished results stay available."""
+    from producer.client import Client
+
+    with Client(api_url, api_key) as client:
+        typer.echo(json.dumps(client.batches.cancel(batch_id), indent=2, ensure_ascii=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ class ApiError(Exception):
 class Client:
     def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 30.0) -> None:
         self.timeout_s = timeout_s
+        self.batches = BatchClient(self)
         self.http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}"},
@@ -124,3 +126,56 @@ class Client:
     def models(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call("GET", "/v1/models")
         return result
+
+
+class BatchClient:
+    """Bulk runs over the same connection: ``Client(...).batches.submit("posts.jsonl", kind="moderation")``."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def submit(
+        self,
+        path: str,
+        *,
+        kind: str | None = None,
+        priority: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        webhook_url: str | None = None,
+    ) -> dict[str, Any]:
+        import json
+        from pathlib import Path
+
+        form = {k: v for k, v in {"kind": kind, "webhook_url": webhook_url}.items() if v}
+        if priority is not None:
+            form["priority"] = str(priority)
+        if metadata:
+            form["metadata"] = json.dumps(metadata)
+        with Path(path).open("rb") as file:
+            result: dict[str, Any] = self.client._call(
+                "POST", "/v1/batches", data=form, files={"file": (Path(path).name, file, "application/jsonl")}
+            )
+        return result
+
+    def get(self, batch_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.client._call("GET", f"/v1/batches/{batch_id}")
+        return result
+
+    def list(self, *, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        result: dict[str, Any] = self.client._call("GET", "/v1/batches", params=params)
+        return result
+
+    def cancel(self, batch_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.client._call("POST", f"/v1/batches/{batch_id}/cancel")
+        return result
+
+    def results(self, batch_id: str, *, status: str | None = None) -> Iterator[bytes]:
+        """The results as JSONL lines (bytes, newline included), streamed."""
+        params = {"status": status} if status else {}
+        with self.client.http.stream("GET", f"/v1/batches/{batch_id}/results", params=params) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, response.text)
+            for line in response.iter_lines():
+                yield (line + "\n").encode()
