@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from jobs.status import JobStatus
-from jobs.store import decode_cursor, encode_cursor, notify_finished
+from jobs.store import decode_cursor, encode_cursor, enqueue_webhooks, notify_finished
 from jobs.tables import Batch, Job
 
 COPY_COLUMNS = (
@@ -142,6 +142,7 @@ def cancel_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID)
         .values(cancel_requested_at=func.now())
     )
     notify_finished(session, job_ids=list(cancelled))
+    enqueue_webhooks(session, job_ids=list(cancelled))
     return batch
 
 

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     publish_timeout_s: float = 2.0  # give up publishing a wake-up after this; the job stays queued
     db_pool_size: int = 10
 
+    allow_hosts: list[str] = Field(default_factory=list)  # internal hosts/networks URLs and webhooks may reach
+    webhooks_in_api: bool = True  # the API process sends the webhook outbox
+    webhook_timeout_s: float = 5.0  # per connect/read of one delivery attempt
+    webhook_max_attempts: int = 8  # then the delivery is marked failed
+    webhook_retry_base_s: float = 2.0  # first retry after this; doubles each attempt, with jitter
+    webhook_poll_s: float = 1.0  # how often an idle dispatcher looks for due deliveries
+
     worker_name: str | None = Field(default=None, description="Celery node name of this worker")
 
     @property

@@ -45,13 +45,21 @@ class Principal:
 
 
 def ensure_tenant(session: Session, *, name: str) -> uuid.UUID:
-    stmt = pg_insert(Tenant).values(id=uuid.uuid4(), name=name).on_conflict_do_nothing(index_elements=[Tenant.name])
+    stmt = (
+        pg_insert(Tenant)
+        .values(id=uuid.uuid4(), name=name, webhook_secret=secrets.token_hex(32))
+        .on_conflict_do_nothing(index_elements=[Tenant.name])
+    )
     session.execute(stmt)
     return session.execute(select(Tenant.id).where(Tenant.name == name)).scalar_one()
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def webhook_secret(session: Session, *, tenant: str) -> str | None:
+    return session.execute(select(Tenant.webhook_secret).where(Tenant.name == tenant)).scalar_one_or_none()
 
 
 def create_api_key(session: Session, *, tenant: str, scopes: Sequence[str] = SCOPES) -> tuple[str, uuid.UUID]:
@@ -112,6 +120,7 @@ class NewJob:
     metadata: dict[str, Any]
     max_attempts: int
     idempotency_key: str | None = None
+    webhook_url: str | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)  # chosen early when input files are stored first
 
 
@@ -133,6 +142,7 @@ def insert_job(session: Session, *, tenant_id: uuid.UUID, job: NewJob) -> tuple[
             attempt=0,
             max_attempts=job.max_attempts,
             idempotency_key=job.idempotency_key,
+            webhook_url=job.webhook_url,
         )
         .on_conflict_do_nothing(constraint="jobs_tenant_idempotency_key")
         .returning(Job)
@@ -199,6 +209,7 @@ def cancel_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> 
     ).first()
     if queued is not None:
         notify_finished(session, job_ids=[job_id])
+        enqueue_webhooks(session, job_ids=[job_id])
     else:
         session.execute(
             update(Job)
@@ -298,13 +309,14 @@ def finish(session: Session, *, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
         .all()
     )
     notify_finished(session, job_ids=written)
+    enqueue_webhooks(session, job_ids=written)
     return list(written)
 
 
 def release(session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequence[int], reason: str) -> None:
     """Give claimed jobs back to the queue after a transient failure.
     Jobs that used all their attempts fail with ``max_attempts_exceeded``."""
-    session.execute(
+    rows = session.execute(
         text(
             """
             UPDATE jobs SET
@@ -317,10 +329,55 @@ def release(session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequenc
                 updated_at = now()
             FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
             WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.status = 'running'
+            RETURNING jobs.id, jobs.status
             """
         ),
         {"ids": list(job_ids), "attempts": list(attempts), "reason": reason},
-    )
+    ).all()
+    failed = [row.id for row in rows if row.status == JobStatus.failed.value]
+    notify_finished(session, job_ids=failed)
+    enqueue_webhooks(session, job_ids=failed)
+
+
+_JOB_WEBHOOKS_SQL = text(
+    """
+    INSERT INTO webhook_deliveries (id, tenant_id, job_id, url, status, attempts)
+    SELECT gen_random_uuid(), tenant_id, id, webhook_url, 'pending', 0
+    FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) AND webhook_url IS NOT NULL
+    ON CONFLICT DO NOTHING
+    """
+)
+_BATCH_LOCK_SQL = text(
+    """
+    SELECT id FROM batches
+    WHERE id IN (SELECT DISTINCT batch_id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])))
+      AND webhook_url IS NOT NULL
+    ORDER BY id FOR UPDATE
+    """
+)
+_BATCH_WEBHOOKS_SQL = text(
+    """
+    INSERT INTO webhook_deliveries (id, tenant_id, batch_id, url, status, attempts)
+    SELECT gen_random_uuid(), b.tenant_id, b.id, b.webhook_url, 'pending', 0
+    FROM batches b
+    WHERE b.id = ANY(CAST(:batch_ids AS uuid[]))
+      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id AND j.status IN ('queued', 'running'))
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+def enqueue_webhooks(session: Session, *, job_ids: Sequence[uuid.UUID]) -> None:
+    """Outbox rows for finished jobs that asked for a webhook, and for their batches once the
+    last item is done. The batch row is locked first, so two workers finishing a batch's last
+    items at once cannot both miss (or both send) its webhook."""
+    if not job_ids:
+        return
+    ids = list(job_ids)
+    session.execute(_JOB_WEBHOOKS_SQL, {"ids": ids})
+    batch_ids = session.execute(_BATCH_LOCK_SQL, {"ids": ids}).scalars().all()
+    if batch_ids:
+        session.execute(_BATCH_WEBHOOKS_SQL, {"batch_ids": list(batch_ids)})
 
 
 def notify_finished(session: Session, *, job_ids: Sequence[uuid.UUID]) -> None:

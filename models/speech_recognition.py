@@ -221,8 +221,8 @@ def family(model_type: str) -> str:
 class SpeechRecognitionAdapter(Adapter[SpeechRecognitionInput]):
     kind = "speech-recognition"
 
-    def __init__(self, spec: ModelSpec, *, source: str | None = None) -> None:
-        super().__init__(spec, source=source)
+    def __init__(self, spec: ModelSpec, **located: Any) -> None:
+        super().__init__(spec, **located)
         self.chunk_s = float(spec.options.get("chunk_s", CHUNK_S))
         self.overlap_s = float(spec.options.get("overlap_s", OVERLAP_S))
         self.max_windows = int(spec.options.get("max_windows", MAX_WINDOWS))

@@ -18,6 +18,7 @@ from producer.deps import State
 from producer.publish import Publisher
 from producer.routes import artifacts, batches, health, jobs, models
 from producer.waiter import Waiter
+from producer.webhooks import Dispatcher
 
 log = logging.getLogger("mlq.api")
 
@@ -31,9 +32,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         publisher = Publisher(settings)
         waiter = Waiter(settings.require_database_url())
         waiter.start()
+        sessions = make_sessionmaker(engine)
+        dispatcher = Dispatcher(sessions=sessions, settings=settings) if settings.webhooks_in_api else None
+        if dispatcher is not None:
+            dispatcher.start()
         app.state.mlq = State(
             settings=settings,
-            sessions=make_sessionmaker(engine),
+            sessions=sessions,
             models=load_models_file(settings.models),
             publisher=publisher,
             waiter=waiter,
@@ -43,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if dispatcher is not None:
+                dispatcher.stop()
             await waiter.stop()
             publisher.close()
             engine.dispose()

@@ -197,3 +197,19 @@ def batch_cancel(batch_id: str, api_url: ApiUrl = "http://127.0.0.1:8000", api_k
 
     with Client(api_url, api_key) as client:
         typer.echo(json.dumps(client.batches.cancel(batch_id), indent=2, ensure_ascii=False))
+
+
+@keys.command("webhook-secret")
+def keys_webhook_secret(tenant: Annotated[str, typer.Option(help="The tenant whose secret to print.")]) -> None:
+    """Print the secret that signs this tenant's webhooks (HMAC-SHA256, header Mlq-Signature)."""
+    from jobs import store
+    from jobs.db import make_engine, make_sessionmaker
+
+    engine = make_engine(get_settings().require_database_url(), pool_size=1)
+    with make_sessionmaker(engine)() as session:
+        secret = store.webhook_secret(session, tenant=tenant)
+    engine.dispose()
+    if secret is None:
+        typer.echo(f"no tenant {tenant!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(secret)

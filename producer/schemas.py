@@ -28,6 +28,9 @@ class SubmitJob(BaseModel):
     metadata: dict[str, str | int | float | bool | None] = Field(
         default_factory=dict, description="Your own labels, returned with the job."
     )
+    webhook_url: str | None = Field(
+        default=None, max_length=2000, description="POSTed a signed copy of the job when it finishes."
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -60,6 +63,7 @@ class JobView(BaseModel):
     error: JobError | None
     attempt: int
     metadata: dict[str, Any]
+    webhook_url: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -78,6 +82,7 @@ class JobView(BaseModel):
             error=JobError(code=job.error_code, message=job.error_message) if job.error_code else None,
             attempt=job.attempt,
             metadata=job.metadata_,
+            webhook_url=job.webhook_url,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

@@ -14,7 +14,9 @@ from pydantic import ValidationError
 
 from jobs import batches, store
 from jobs.batches import BatchItem
+from jobs.errors import InvalidInput
 from jobs.kinds import KINDS
+from jobs.netfetch import check_url
 from jobs.tables import Batch, Job
 from producer.deps import State
 from producer.inputs import stage_binaries
@@ -23,6 +25,14 @@ from producer.schemas import SubmitJob
 
 def body_error(loc: tuple[Any, ...], msg: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", *loc), "msg": msg, "type": "value_error"}])
+
+
+def check_webhook(url: str, *, state: State, loc: tuple[Any, ...]) -> None:
+    """Refuse (422) a webhook URL that is not http(s) or reaches a non-public address."""
+    try:
+        check_url(url, allow_hosts=state.settings.allow_hosts)
+    except InvalidInput as exc:
+        raise body_error(loc, str(exc)) from None
 
 
 def accept_job(
@@ -45,6 +55,8 @@ def accept_job(
         raise RequestValidationError(
             [{**e, "loc": ("body", "input", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from None
+    if body.webhook_url is not None:
+        check_webhook(body.webhook_url, state=state, loc=("webhook_url",))
     stored_input, files = stage_binaries(parsed, uploads=uploads or {}, limits=spec.limits)
     new = store.NewJob(
         kind=body.kind,
@@ -55,6 +67,7 @@ def accept_job(
         metadata=body.metadata,
         max_attempts=spec.max_attempts,
         idempotency_key=idempotency_key,
+        webhook_url=body.webhook_url,
     )
     saved = [state.artifacts.put(job_id=new.id, name=f.name, data=f.data, content_type=f.content_type) for f in files]
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,7 +55,13 @@ def redis_url(services: Services) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, redis_url: str, data_dir: Path) -> Settings:
-    return Settings(database_url=database_url, redis_url=redis_url, data_dir=data_dir)
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=data_dir,
+        allow_hosts=["127.0.0.1"],  # the tests' webhook receivers listen there
+        webhook_retry_base_s=0.3,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +78,8 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         MLQ_REDIS_URL=settings.require_redis_url(),
         MLQ_DATA_DIR=str(settings.data_dir),
         MLQ_BATCH_MAX_LINES=str(settings.batch_max_lines),
+        MLQ_ALLOW_HOSTS=json.dumps(settings.allow_hosts),
+        MLQ_WEBHOOK_RETRY_BASE_S=str(settings.webhook_retry_base_s),
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
     )

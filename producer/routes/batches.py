@@ -21,7 +21,7 @@ from jobs.status import JobStatus
 from producer.batch_input import BatchRefused, Parser, parse_jsonl, parse_list
 from producer.deps import ReaderDep, State, StateDep, SubmitterDep
 from producer.schemas import BatchPage, BatchView, SubmitBatch
-from producer.submit import accept_batch
+from producer.submit import accept_batch, check_webhook
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -115,9 +115,8 @@ async def parse_request(request: Request, state: State, kind: str | None, priori
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"batch priority must be 0..{MAX_BATCH_PRIORITY}: bulk runs stay below single jobs",
         )
-    url = options["webhook_url"]
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "webhook_url must be an http(s) URL")
+    if options["webhook_url"] is not None:
+        await run_in_threadpool(check_webhook, options["webhook_url"], state=state, loc=("webhook_url",))
     return source, options
 
 

@@ -1,0 +1,76 @@
+"""Store functions of the webhook outbox: claim due deliveries, record each attempt."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+CLAIM_LEASE_S = 60  # a claimed delivery is not picked up again for this long (the dispatcher may die mid-send)
+
+
+@dataclass(frozen=True)
+class Due:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    job_id: uuid.UUID | None
+    batch_id: uuid.UUID | None
+    url: str
+    attempt: int  # this attempt's number, from 1
+
+
+def claim_due(session: Session, *, limit: int) -> list[Due]:
+    """Take up to ``limit`` due deliveries; SKIP LOCKED lets several API processes share the work."""
+    rows = session.execute(
+        text(
+            """
+            UPDATE webhook_deliveries d
+            SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => :lease_s)
+            WHERE d.id IN (
+                SELECT id FROM webhook_deliveries
+                WHERE status = 'pending' AND next_attempt_at <= now()
+                ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED
+            )
+            RETURNING d.id, d.tenant_id, d.job_id, d.batch_id, d.url, d.attempts
+            """
+        ),
+        {"limit": limit, "lease_s": CLAIM_LEASE_S},
+    ).all()
+    return [Due(r.id, r.tenant_id, r.job_id, r.batch_id, r.url, r.attempts) for r in rows]
+
+
+def record(
+    session: Session,
+    *,
+    delivery_id: uuid.UUID,
+    delivered: bool,
+    status_code: int | None,
+    error: str | None,
+    retry_in_s: float | None,
+) -> None:
+    """One attempt's result: delivered, retried after ``retry_in_s``, or failed for good (None)."""
+    status = "delivered" if delivered else ("pending" if retry_in_s is not None else "failed")
+    session.execute(
+        text(
+            """
+            UPDATE webhook_deliveries SET
+                status = CAST(:status AS varchar), last_status_code = :code, last_error = :error,
+                delivered_at = CASE WHEN CAST(:status AS varchar) = 'delivered' THEN now() END,
+                next_attempt_at = now() + make_interval(secs => :retry_s)
+            WHERE id = :id
+            """
+        ),
+        {"status": status, "code": status_code, "error": error, "retry_s": retry_in_s or 0, "id": delivery_id},
+    )
+
+
+def deliveries_of(session: Session, *, job_ids: Sequence[uuid.UUID]) -> list[tuple[str, int, int | None]]:
+    """(status, attempts, last status code) of the deliveries of these jobs: for tests and ops."""
+    rows = session.execute(
+        text("SELECT status, attempts, last_status_code FROM webhook_deliveries WHERE job_id = ANY(:ids)"),
+        {"ids": list(job_ids)},
+    ).all()
+    return [(r.status, r.attempts, r.last_status_code) for r in rows]

@@ -1,0 +1,139 @@
+"""The webhook dispatcher: a thread in each API process that sends the outbox.
+
+Workers never send webhooks (a slow receiver must not hold a GPU); they only
+write the outbox row in the transaction that finishes the job. The body is the
+job (or batch) as the API shows it, signed with the tenant's secret::
+
+    Mlq-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>
+
+Failed attempts are retried with exponential backoff and jitter, then marked failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import random
+import threading
+import time
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import batches, store, webhooks
+from jobs.errors import MlqError
+from jobs.netfetch import fetch
+from jobs.settings import Settings
+from jobs.tables import Tenant
+from producer.schemas import BatchView, JobView
+
+log = logging.getLogger("mlq.webhooks")
+
+MAX_RESPONSE_BYTES = 64_000  # a receiver's answer is read but ignored
+
+
+def sign(secret: str, body: bytes, *, timestamp: int) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify(secret: str, body: bytes, header: str, *, tolerance_s: float = 300) -> bool:
+    """What a receiver does: recompute the signature, compare in constant time, refuse stale ones."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    timestamp = int(parts.get("t", "0"))
+    if abs(time.time() - timestamp) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, body, timestamp=timestamp), header)
+
+
+class Dispatcher:
+    def __init__(self, *, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="mlq-webhooks", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sent = self.run_once()
+            except Exception:  # the database may be away; try again next round
+                log.exception("webhook dispatch round failed")
+                sent = 0
+            if not sent:
+                self.stopping.wait(self.settings.webhook_poll_s)
+
+    def run_once(self, *, limit: int = 16) -> int:
+        with self.sessions.begin() as session:
+            due = webhooks.claim_due(session, limit=limit)
+        for delivery in due:
+            self.deliver(delivery)
+        return len(due)
+
+    def body(self, session: Session, delivery: webhooks.Due) -> bytes:
+        if delivery.job_id is not None:
+            job = store.get_job(session, tenant_id=delivery.tenant_id, job_id=delivery.job_id)
+            payload = {"event": "job.finished", "job": JobView.of(job).model_dump(mode="json") if job else None}
+        else:
+            assert delivery.batch_id is not None
+            batch = batches.get_batch(session, tenant_id=delivery.tenant_id, batch_id=delivery.batch_id)
+            tally = batches.counts(session, batch_ids=[delivery.batch_id])[delivery.batch_id]
+            payload = {
+                "event": "batch.finished",
+                "batch": BatchView.of(batch, tally).model_dump(mode="json") if batch else None,
+            }
+        return json.dumps({"delivery_id": str(delivery.id), **payload}, ensure_ascii=False).encode()
+
+    def deliver(self, delivery: webhooks.Due) -> None:
+        with self.sessions() as session:
+            body = self.body(session, delivery)
+            secret = session.execute(select(Tenant.webhook_secret).where(Tenant.id == delivery.tenant_id)).scalar_one()
+        code, error = None, None
+        try:
+            answer = fetch(
+                delivery.url,
+                method="POST",
+                body=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "Mlq-Signature": sign(secret, body, timestamp=int(time.time())),
+                    "Mlq-Delivery": str(delivery.id),
+                },
+                max_bytes=MAX_RESPONSE_BYTES,
+                timeout_s=self.settings.webhook_timeout_s,
+                max_redirects=0,
+                allow_hosts=self.settings.allow_hosts,
+            )
+            code = answer.status
+        except MlqError as exc:
+            error = f"{exc.code}: {exc}"[:500]
+        delivered = code is not None and 200 <= code < 300
+        retry_in_s = None
+        if not delivered and delivery.attempt < self.settings.webhook_max_attempts:
+            retry_in_s = min(3600.0, self.settings.webhook_retry_base_s * 2 ** (delivery.attempt - 1))
+            retry_in_s *= random.uniform(0.5, 1.5)
+        with self.sessions.begin() as session:
+            webhooks.record(
+                session,
+                delivery_id=delivery.id,
+                delivered=delivered,
+                status_code=code,
+                error=error or (None if delivered else f"HTTP {code}"),
+                retry_in_s=retry_in_s,
+            )
+        log.info(
+            "webhook %s to %s attempt %d: %s",
+            delivery.id,
+            delivery.url,
+            delivery.attempt,
+            "delivered" if delivered else error or f"HTTP {code}",
+        )
