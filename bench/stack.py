@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +44,12 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> No
 
 @contextlib.contextmanager
 def running_stack(
-    *, kinds: str, data_dir: Path, log_dir: Path, extra_env: dict[str, str] | None = None
+    *,
+    kinds: str,
+    data_dir: Path,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    worker_args: Sequence[str] = (),  # more `mlq worker` options, e.g. ("--cpu", "--concurrency", "2")
 ) -> Iterator[Stack]:
     log_dir.mkdir(parents=True, exist_ok=True)
     with (
@@ -74,7 +79,7 @@ def running_stack(
         with open(log_dir / "worker.log", "wb") as worker_log, open(log_dir / "api.log", "wb") as api_log:
             procs = [
                 subprocess.Popen(
-                    [MLQ, "worker", "--kinds", kinds, "--loglevel", "WARNING"],
+                    [MLQ, "worker", "--kinds", kinds, "--loglevel", "WARNING", *worker_args],
                     env=env,
                     stdout=worker_log,
                     stderr=subprocess.STDOUT,

@@ -1,0 +1,418 @@
+"""Throughput (issue #5): the same N single-item embedding jobs, the same model, four ways.
+
+python -m bench throughput [--items 2000] [--concurrency 2] [--clients 8] [--direct-threads 0]
+                           [--modes direct,naive,mlq,mlq-batch]
+
+- direct: the EmbeddingAdapter in this one process, batches of 32, the faster of 1 and
+  all-cores torch threads: the single-process limit.
+- naive: one plain Celery task per item (bench/naive_celery.py), no database;
+  each task pushes its finish time to a Redis list.
+- mlq: N single jobs through POST /v1/jobs, `mlq worker --kinds embedding`,
+  every result in PostgreSQL.
+- mlq-batch: the same N items as one bulk run, POST /v1/batches (JSONL); n/a when the
+  API has no /v1/batches route (issue #4).
+
+Modes run one after another, each on its own fresh stack, torn down before the
+next. Seconds are first submit → last item finished (as the worker stamped it),
+after a warm-up that loads the models. Results: bench/results/throughput.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from sqlalchemy import text
+
+from bench.stack import Stack, running_stack
+from jobs.db import make_engine
+from jobs.modelsfile import load_models_file
+from tests.services import fresh_redis_db, start_services
+
+RESULTS = Path(__file__).with_name("results")
+DATA_DIR = RESULTS / "data"
+LOG_DIR = RESULTS / "logs"
+ROOT = Path(__file__).resolve().parent.parent
+CELERY = str(Path(sys.executable).with_name("celery"))
+BATCH_SIZE = 32  # direct mode: the models file's max_batch_size for embedding
+WARMUP = 4  # items each queued mode runs before timing, so every pool process has loaded its model
+POLL_S = 0.05
+MODES = ("direct", "naive", "mlq", "mlq-batch")
+
+
+@dataclass
+class Measured:
+    mode: str
+    items: int
+    seconds: float | None  # None: not run (n/a)
+    note: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_s(self) -> float | None:
+        return self.items / self.seconds if self.seconds else None
+
+
+def sentences(n: int, *, seed: int = 5) -> list[str]:
+    """Short varied English and Chinese sentences, the same for every run."""
+    rng = random.Random(seed)
+    english = (
+        ["The train", "My neighbour", "This small cafe", "Our new phone", "The weather", "A quiet library"],
+        ["arrived late again", "is better than I expected", "needs a software update", "smells of fresh bread"],
+        ["this morning", "after the rain", "on Friday", "for the third time", "near the station", ""],
+    )
+    chinese = (
+        ["我的朋友", "这家餐厅", "今天的天气", "新买的手机", "我们的团队", "楼下的超市"],
+        ["比想象中好", "又迟到了", "需要改进", "非常安静", "突然涨价了", "很受欢迎"],
+        ["。", "，真的。", "，大家都这么说。", "，我不太满意。", "！"],
+    )
+    out = []
+    for i in range(n):
+        subject, verb, tail = (rng.choice(part) for part in (chinese if i % 3 == 2 else english))
+        out.append(f"{subject}{verb}{tail}" if i % 3 == 2 else f"{subject} {verb} {tail}".strip() + ".")
+    return out
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_for(done: Callable[[], bool], *, timeout_s: float, what: str) -> float:
+    """Poll every 50 ms; return the time it was first seen done."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not done after {timeout_s:.0f}s")
+        time.sleep(POLL_S)
+    return time.time()
+
+
+def run_direct(texts: list[str], args: argparse.Namespace) -> Measured:
+    """In-process batches of 32, with 1 torch thread and with one per core (or --direct-threads); the faster wins.
+    On a small shared machine, torch's default of one thread per core can be the slower one."""
+    import torch
+
+    from jobs.kinds import EmbeddingInput
+    from models.registry import create_adapter
+
+    adapter = create_adapter(load_models_file("demo").kinds["embedding"], data_dir=DATA_DIR)
+    adapter.load("cpu")
+    seconds_by_threads = {}
+    for threads in [args.direct_threads] if args.direct_threads else sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        adapter.predict([adapter.prepare(EmbeddingInput(text=t)) for t in texts[:BATCH_SIZE]])  # warm-up
+        started = time.perf_counter()
+        for i in range(0, len(texts), BATCH_SIZE):
+            predictions = adapter.predict([adapter.prepare(EmbeddingInput(text=t)) for t in texts[i : i + BATCH_SIZE]])
+        seconds_by_threads[threads] = time.perf_counter() - started
+        assert predictions[-1].output.model_dump()["dimensions"] == 384
+    best = min(seconds_by_threads, key=seconds_by_threads.__getitem__)
+    detail = {"items_per_s_by_torch_threads": {n: round(len(texts) / s, 2) for n, s in seconds_by_threads.items()}}
+    note = f"in-process, batches of {BATCH_SIZE}, {best} torch thread(s)"
+    return Measured("direct", len(texts), seconds_by_threads[best], note, detail)
+
+
+def run_naive(texts: list[str], args: argparse.Namespace) -> Measured:
+    from bench import naive_celery
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        start_services(Path(tmp)) as services,
+        fresh_redis_db(services.redis_base_url) as redis_url,
+        open(LOG_DIR / "naive-worker.log", "wb") as log,
+    ):
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            HF_HUB_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+            MLQ_DATA_DIR=str(DATA_DIR),
+            **{
+                naive_celery.BROKER_ENV: redis_url,
+                naive_celery.THREADS_ENV: str(max(1, (os.cpu_count() or 1) // args.concurrency)),
+            },
+        )
+        command = [CELERY, "-A", "bench.naive_celery", "worker", "--queues", naive_celery.QUEUE, "-l", "WARNING"]
+        options = ["--pool", "prefork", "--concurrency", str(args.concurrency), "--without-gossip", "--without-mingle"]
+        worker = subprocess.Popen(
+            [*command, *options],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        naive_celery.app.conf.broker_url = redis_url
+        done = redis.Redis.from_url(redis_url)
+        try:
+            for t in texts[:WARMUP]:
+                naive_celery.embed.delay(t)
+            wait_for(lambda: done.llen(naive_celery.DONE_KEY) >= WARMUP, timeout_s=180, what="naive warm-up")
+            done.delete(naive_celery.DONE_KEY)
+            started = time.time()
+            for t in texts:
+                naive_celery.embed.delay(t)
+            submitted = time.time()
+            seen = wait_for(
+                lambda: done.llen(naive_celery.DONE_KEY) >= len(texts), timeout_s=60 + len(texts), what="naive run"
+            )
+            last = max(float(v) for v in done.lrange(naive_celery.DONE_KEY, 0, -1))
+        finally:
+            stop(worker)
+            done.close()
+    return Measured(
+        "naive",
+        len(texts),
+        last - started,
+        f"Celery task per item, prefork x{args.concurrency}, result: a timestamp pushed to Redis",
+        {"submit_s": round(submitted - started, 3), "observed_s": round(seen - started, 3)},
+    )
+
+
+async def submit_jobs(stack: Stack, texts: list[str], *, clients: int) -> list[str]:
+    """POST /v1/jobs once per text from ``clients`` concurrent connections; the job ids in order."""
+    ids = [""] * len(texts)
+    pending = iter(enumerate(texts))
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=60) as http:
+
+        async def client() -> None:
+            for i, t in pending:
+                response = await http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": t}})
+                response.raise_for_status()
+                ids[i] = response.json()["id"]
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return ids
+
+
+def submit_singles(stack: Stack, texts: list[str], args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """N single jobs; returns the SQL condition that selects them."""
+    ids = asyncio.run(submit_jobs(stack, texts, clients=args.clients))
+    return "id = ANY(CAST(:ids AS uuid[]))", {"ids": ids}
+
+
+def submit_batch(stack: Stack, texts: list[str], args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """One bulk run of N lines (JSONL) through /v1/batches; returns the SQL condition that selects its jobs."""
+    lines = (json.dumps({"custom_id": str(i), "input": {"text": t}}, ensure_ascii=False) for i, t in enumerate(texts))
+    response = httpx.post(
+        f"{stack.url}/v1/batches",
+        params={"kind": "embedding"},
+        content="\n".join(lines).encode(),
+        headers={"Authorization": f"Bearer {stack.key}", "Content-Type": "application/jsonl"},
+        timeout=120,
+    )
+    response.raise_for_status()
+    return "batch_id = CAST(:batch AS uuid)", {"batch": response.json()["id"]}
+
+
+def mlq_stack(args: argparse.Namespace) -> Any:
+    return running_stack(
+        kinds="embedding",
+        data_dir=DATA_DIR,
+        log_dir=LOG_DIR,
+        extra_env={"MLQ_MODELS": "demo"},
+        worker_args=("--cpu", "--concurrency", str(args.concurrency)),
+    )
+
+
+def has_batches_route(stack: Stack) -> bool:
+    paths = httpx.get(f"{stack.url}/openapi.json", timeout=10).json()["paths"]
+    return any(p.startswith("/v1/batches") for p in paths)
+
+
+JOB_TIMES = """
+WITH measured AS (SELECT * FROM jobs WHERE {where}),
+     claims AS (SELECT max(finished_at) - started_at AS run FROM measured GROUP BY worker, started_at)
+SELECT (SELECT count(*) FROM measured WHERE status = 'succeeded'),
+       (SELECT EXTRACT(EPOCH FROM max(finished_at)) FROM measured),
+       (SELECT EXTRACT(EPOCH FROM max(created_at)) FROM measured),
+       (SELECT array_agg(EXTRACT(EPOCH FROM started_at - created_at)) FROM measured),
+       (SELECT array_agg(EXTRACT(EPOCH FROM run)) FROM claims)
+"""
+
+Submit = Callable[[Stack, list[str], argparse.Namespace], tuple[str, dict[str, Any]]]
+
+
+def on_mlq(mode: str, texts: list[str], args: argparse.Namespace, *, submit: Submit, note: str) -> Measured:
+    """A fresh stack, warmed up with single jobs; then ``submit`` timed to the last of its jobs finished."""
+    with mlq_stack(args) as stack:
+        if submit is submit_batch and not has_batches_route(stack):
+            return Measured(mode, len(texts), None, "n/a: the API has no /v1/batches route (issue #4)")
+        with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.key}"}, timeout=200) as http:
+            for job_id in asyncio.run(submit_jobs(stack, texts[:WARMUP], clients=WARMUP)):
+                assert http.get(f"/v1/jobs/{job_id}", params={"wait": 60}).json()["status"] == "succeeded"
+        engine = make_engine(stack.database_url, pool_size=1)
+        started = time.time()
+        where, params = submit(stack, texts, args)
+        submitted = time.time()
+
+        def all_finished() -> bool:
+            with engine.connect() as conn:
+                query = f"SELECT count(*) FROM jobs WHERE {where} AND status IN ('succeeded', 'failed', 'cancelled')"
+                return bool(conn.execute(text(query), params).scalar_one() >= len(texts))
+
+        seen = wait_for(all_finished, timeout_s=60 + len(texts), what=f"{mode} run")
+        with engine.connect() as conn:
+            succeeded, last, last_created, waits, runs = conn.execute(text(JOB_TIMES.format(where=where)), params).one()
+        engine.dispose()
+    assert succeeded == len(texts), f"only {succeeded} of {len(texts)} jobs succeeded"
+    seconds = float(last) - started
+    runs_ms = [float(r) * 1000 for r in runs]
+    detail = {
+        "submit_s": round(submitted - started, 3),  # until the last POST was answered
+        "last_created_s": round(float(last_created) - started, 3),
+        "observed_s": round(seen - started, 3),  # when the 50 ms COUNT poll saw them all finished
+        "queue_wait_ms": summary([float(w) * 1000 for w in waits]),  # created_at -> started_at (claimed)
+        "claims": len(runs_ms),  # jobs claimed together (same worker and started_at) count once
+        "jobs_per_claim": round(len(texts) / len(runs_ms), 2),
+        "claim_run_ms": summary(runs_ms),  # started_at -> last finished_at of the claim: predict and writes
+        "worker_busy": round(sum(runs_ms) / 1000 / (seconds * args.concurrency), 3),  # share of pool time in claims
+    }
+    return Measured(mode, len(texts), seconds, note, detail)
+
+
+def run_mlq(texts: list[str], args: argparse.Namespace) -> Measured:
+    note = f"POST /v1/jobs x{len(texts)} ({args.clients} clients), mlq worker prefork x{args.concurrency}, PostgreSQL"
+    return on_mlq("mlq", texts, args, submit=submit_singles, note=note)
+
+
+def run_mlq_batch(texts: list[str], args: argparse.Namespace) -> Measured:
+    note = f"one POST /v1/batches (JSONL), mlq worker prefork x{args.concurrency}, PostgreSQL"
+    return on_mlq("mlq-batch", texts, args, submit=submit_batch, note=note)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50": round(ordered[len(ordered) // 2], 1),
+        "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 1),
+        "mean": round(statistics.mean(ordered), 1),
+    }
+
+
+def machine(items: int) -> dict[str, Any]:
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line), "")
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "items": items,
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),  # others' work on the machine
+    }
+
+
+def table(results: list[Measured]) -> str:
+    rates = {r.mode: r.per_s for r in results}
+
+    def ratio(value: float | None, base: float | None) -> str:
+        return f"{value / base:.2f}" if value and base else "n/a"
+
+    lines = [f"{'mode':10} {'items':>6} {'seconds':>8} {'items/s':>8} {'vs direct':>9} {'vs naive':>9}"]
+    for r in results:
+        seconds = f"{r.seconds:.2f}" if r.seconds else "n/a"
+        per_s = f"{r.per_s:.1f}" if r.per_s else "n/a"
+        direct, naive = ratio(r.per_s, rates.get("direct")), ratio(r.per_s, rates.get("naive"))
+        lines.append(f"{r.mode:10} {r.items:>6} {seconds:>8} {per_s:>8} {direct:>9} {naive:>9}  {r.note}")
+    return "\n".join(lines)
+
+
+def chart(results: list[Measured], path: Path, *, title: str) -> None:
+    """A horizontal bar chart of items/s, drawn with Pillow (matplotlib is not installed)."""
+    from PIL import Image, ImageDraw
+
+    width, left, bar_h, gap, top = 720, 110, 34, 16, 48
+    image = Image.new("RGB", (width, top + len(results) * (bar_h + gap) + 24), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 14), title, fill="black")
+    best = max((r.per_s or 0 for r in results), default=0) or 1
+    for i, r in enumerate(results):
+        y = top + i * (bar_h + gap)
+        draw.text((10, y + bar_h // 3), r.mode, fill="black")
+        length = int((width - left - 110) * (r.per_s or 0) / best)
+        if length:
+            draw.rectangle([left, y, left + length, y + bar_h], fill=(70, 110, 180))
+        label = f"{r.per_s:.1f} items/s" if r.per_s else "n/a"
+        draw.text((left + length + 8, y + bar_h // 3), label, fill="black")
+    image.save(path)
+
+
+RUNNERS: dict[str, Callable[[list[str], argparse.Namespace], Measured]] = {
+    "direct": run_direct,
+    "naive": run_naive,
+    "mlq": run_mlq,
+    "mlq-batch": run_mlq_batch,
+}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench throughput")
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=2, help="pool processes of the naive and mlq workers")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP submitters in mlq mode")
+    parser.add_argument("--direct-threads", type=int, default=0, help="direct mode torch threads (0: best of 1, all)")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if unknown := set(modes) - set(MODES):
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    texts = sentences(args.items)
+    about = machine(args.items)
+    results = []
+    for mode in modes:  # one at a time; each queued mode tears its stack down before the next starts
+        load = os.getloadavg()[0]
+        print(f"{mode}: {args.items} items (load average {load:.2f}) …", file=sys.stderr, flush=True)
+        measured = RUNNERS[mode](texts, args)
+        measured.detail["load_average_1m_before"] = round(load, 2)
+        results.append(measured)
+    report = {
+        "benchmark": "throughput: N single-item embedding jobs (all-MiniLM-L6-v2), items/s per mode",
+        "machine": about,
+        "settings": {"concurrency": args.concurrency, "clients": args.clients, "warmup": WARMUP},
+        "results": [
+            {
+                "mode": r.mode,
+                "items": r.items,
+                "seconds": round(r.seconds, 3) if r.seconds else None,
+                "items_per_s": round(r.per_s, 2) if r.per_s else None,
+                "note": r.note,
+                **r.detail,
+            }
+            for r in results
+        ],
+    }
+    (RESULTS / "throughput.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    title = f"embedding throughput, {args.items} items, {os.cpu_count()} cores"
+    chart(results, RESULTS / "throughput.png", title=title)
+    print(table(results))
+    return report
+
+
+if __name__ == "__main__":
+    main()
