@@ -1,12 +1,12 @@
-"""`python -m bench [latency|throughput] [args…]`."""
+"""`python -m bench [latency|throughput|batch] [args…]`."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import latency, throughput
+from bench import batch_accept, latency, throughput
 
-BENCHMARKS = {"latency": latency.main, "throughput": throughput.main}
+BENCHMARKS = {"latency": latency.main, "throughput": throughput.main, "batch": batch_accept.main}
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "latency"

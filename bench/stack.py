@@ -45,7 +45,7 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> No
 @contextlib.contextmanager
 def running_stack(
     *,
-    kinds: str,
+    kinds: str | None,  # None: no worker (measure the API alone)
     data_dir: Path,
     log_dir: Path,
     extra_env: dict[str, str] | None = None,
@@ -78,16 +78,19 @@ def running_stack(
         port = free_port()
         with open(log_dir / "worker.log", "wb") as worker_log, open(log_dir / "api.log", "wb") as api_log:
             procs = [
-                subprocess.Popen(
-                    [MLQ, "worker", "--kinds", kinds, "--loglevel", "WARNING", *worker_args],
-                    env=env,
-                    stdout=worker_log,
-                    stderr=subprocess.STDOUT,
-                ),
-                subprocess.Popen([MLQ, "api", "--port", str(port)], env=env, stdout=api_log, stderr=subprocess.STDOUT),
+                subprocess.Popen([MLQ, "api", "--port", str(port)], env=env, stdout=api_log, stderr=subprocess.STDOUT)
             ]
+            if kinds:
+                procs.append(
+                    subprocess.Popen(
+                        [MLQ, "worker", "--kinds", kinds, "--loglevel", "WARNING", *worker_args],
+                        env=env,
+                        stdout=worker_log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         try:
-            _wait(f"http://127.0.0.1:{port}/readyz", procs[1])
+            _wait(f"http://127.0.0.1:{port}/readyz", procs[0])
             yield Stack(
                 url=f"http://127.0.0.1:{port}", key=key, database_url=database_url, redis_url=redis_url, env=env
             )

@@ -61,6 +61,7 @@ def settings(database_url: str, redis_url: str, data_dir: Path) -> Settings:
         data_dir=data_dir,
         allow_hosts=["127.0.0.1"],  # the tests' webhook receivers listen there
         webhook_retry_base_s=0.3,
+        max_wait_s=300,  # the first jobs wait for a cold worker to build the demo models
     )
 
 
@@ -80,6 +81,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         MLQ_BATCH_MAX_LINES=str(settings.batch_max_lines),
         MLQ_ALLOW_HOSTS=json.dumps(settings.allow_hosts),
         MLQ_WEBHOOK_RETRY_BASE_S=str(settings.webhook_retry_base_s),
+        MLQ_MAX_WAIT_S=str(settings.max_wait_s),
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
     )
