@@ -7,7 +7,8 @@ A batch's counts and status are read from its jobs, never stored twice.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,28 +58,37 @@ def insert_batch(
     session: Session,
     *,
     tenant_id: uuid.UUID,
-    items: Sequence[BatchItem],
-    kind: str | None,
     priority: int,
     metadata: dict[str, Any],
     webhook_url: str | None = None,
 ) -> Batch:
-    """Store a batch and all its jobs (``queued``) in the session's transaction, with COPY."""
+    """The batch row; its jobs follow through :func:`copy_jobs` in the same transaction."""
     batch = Batch(
-        id=uuid.uuid4(), tenant_id=tenant_id, kind=kind, total=len(items), priority=priority,
-        metadata_=metadata, webhook_url=webhook_url,
+        id=uuid.uuid4(), tenant_id=tenant_id, kind=None, total=0, priority=priority, metadata_=metadata,
+        webhook_url=webhook_url,
     )  # fmt: skip
     session.add(batch)
     session.flush()
+    return batch
+
+
+@contextmanager
+def copy_jobs(session: Session, *, batch: Batch) -> Iterator[Callable[[BatchItem], None]]:
+    """A writer that streams jobs of ``batch`` to PostgreSQL with COPY while the caller is
+    still validating: PostgreSQL stores rows while Python checks the next lines. Nothing is
+    visible until the transaction commits; an exception rolls every row back."""
     raw = session.connection().connection.driver_connection
     statement = sql.SQL("COPY jobs ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)))
+    queued, tenant_id, priority = JobStatus.queued.value, batch.tenant_id, batch.priority
     with raw.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
-        for item in items:
+
+        def write(item: BatchItem) -> None:
             copy.write_row((
-                item.id, tenant_id, item.kind, item.model, item.profile, JobStatus.queued.value, priority,
+                item.id, tenant_id, item.kind, item.model, item.profile, queued, priority,
                 item.input_json, "{}", 0, item.max_attempts, batch.id, item.index, item.custom_id,
             ))  # fmt: skip
-    return batch
+
+        yield write
 
 
 def get_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch | None:

@@ -24,7 +24,7 @@ class Settings(BaseSettings):
 
     lease_s: float = 300.0  # how long a claim holds before the reconciler may take it back
     max_wait_s: float = 60.0  # longest ?wait a client may ask for on GET /v1/jobs/{id}
-    max_request_bytes: int = 1_000_000  # largest JSON body accepted by POST /v1/jobs
+    max_request_bytes: int = 32_000_000  # largest body of POST /v1/jobs (inline base64 files included)
     page_size_max: int = 200  # largest page of GET /v1/jobs
     batch_max_lines: int = 200_000  # lines in one bulk run
     batch_max_bytes: int = 256_000_000  # bytes of one bulk run's JSONL

@@ -231,24 +231,38 @@ class Claimed:
     tenant_id: uuid.UUID
 
 
-def claim(session: Session, *, job_ids: Sequence[uuid.UUID], kind: str, worker: str, lease_s: float) -> list[Claimed]:
-    """Take the still-queued jobs among ``job_ids`` in one statement."""
+_CLAIM_SQL = text(
+    """
+    WITH own AS (
+        SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued' AND kind = :kind
+        FOR UPDATE SKIP LOCKED
+    ), extra AS (
+        SELECT id FROM jobs
+        WHERE kind = :kind AND status = 'queued' AND :fill > 0 AND NOT (id = ANY(CAST(:ids AS uuid[])))
+        ORDER BY priority DESC, created_at LIMIT :fill FOR UPDATE SKIP LOCKED
+    )
+    UPDATE jobs SET
+        status = 'running', attempt = jobs.attempt + 1, worker = :worker,
+        started_at = now(), updated_at = now(), lease_expires_at = now() + make_interval(secs => :lease_s)
+    WHERE jobs.id IN (SELECT id FROM own UNION ALL SELECT id FROM extra) AND jobs.status = 'queued'
+    RETURNING jobs.id, jobs.attempt, jobs.input, jobs.tenant_id
+    """
+)
+
+
+def claim(
+    session: Session, *, job_ids: Sequence[uuid.UUID], kind: str, worker: str, lease_s: float, fill: int = 0
+) -> list[Claimed]:
+    """Take the still-queued jobs among ``job_ids`` and up to ``fill`` more queued jobs of
+    the kind (most urgent first), in one statement.
+
+    Filling is how single-job messages become batches: PostgreSQL already holds every
+    accepted job, so a worker takes what is waiting instead of waiting for messages.
+    The messages of filled jobs later find nothing queued and are no-ops.
+    """
     rows = session.execute(
-        update(Job)
-        .where(
-            Job.id.in_(list(job_ids)),
-            Job.status == JobStatus.queued.value,
-            Job.kind == kind,
-        )
-        .values(
-            status=JobStatus.running.value,
-            attempt=Job.attempt + 1,
-            worker=worker,
-            started_at=func.now(),
-            updated_at=func.now(),
-            lease_expires_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, lease_s),
-        )
-        .returning(Job.id, Job.attempt, Job.input, Job.tenant_id)
+        _CLAIM_SQL,
+        {"ids": list(job_ids), "kind": kind, "worker": worker, "lease_s": lease_s, "fill": max(0, fill)},
     ).all()
     return [Claimed(id=r.id, attempt=r.attempt, input=r.input, tenant_id=r.tenant_id) for r in rows]
 

@@ -82,11 +82,13 @@ class Job(Base):
         Index("jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("jobs_batch_order", "batch_id", "batch_index", postgresql_where=text("batch_id IS NOT NULL")),
         Index(
-            "jobs_unfinished",
-            "status",
+            "jobs_queued_by_urgency",
             "kind",
-            postgresql_where=text("status IN ('queued', 'running')"),
+            text("priority DESC"),
+            "created_at",
+            postgresql_where=text("status = 'queued'"),
         ),
+        Index("jobs_running_lease", "lease_expires_at", postgresql_where=text("status = 'running'")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -107,7 +109,8 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     worker: Mapped[str | None] = mapped_column(String(255))
-    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    # no foreign key: the bulk COPY path pays for one per row (see migration 0004)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     batch_index: Mapped[int | None] = mapped_column(Integer)  # line number in the batch, from 1
     custom_id: Mapped[str | None] = mapped_column(String(255))  # the caller's id for a batch item
     webhook_url: Mapped[str | None] = mapped_column(Text)

@@ -69,9 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
+        bulk = request.url.path.startswith("/v1/batches")
+        limit, name = (
+            (settings.batch_max_bytes, "batch_max_bytes") if bulk else (settings.max_request_bytes, "max_request_bytes")
+        )
+        if length is not None and length.isdigit() and int(length) > limit:
             return JSONResponse(
-                {"detail": f"body is {length} bytes; the limit is max_request_bytes={settings.max_request_bytes}"},
+                {"detail": f"body is {length} bytes; the limit is {name}={limit}"},
                 status_code=status.HTTP_413_CONTENT_TOO_LARGE,
             )
         return await call_next(request)

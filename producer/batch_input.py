@@ -7,15 +7,17 @@ errors by line number and custom_id.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from jobs.batches import BatchItem
-from jobs.kinds import KINDS, BinaryInput
+from jobs.kinds import KINDS, Schema
 from jobs.modelsfile import ModelsConfig
 
 
@@ -37,17 +39,22 @@ class BatchRefused(Exception):
 
 @dataclass
 class Parser:
+    """Validates lines one by one and hands each good one to ``sink`` (the COPY writer)
+    while no line has failed; holds only the ids to publish, not the items."""
+
     models: ModelsConfig
     default_kind: str | None
     max_lines: int
     max_errors: int
-    items: list[BatchItem] = field(default_factory=list)
+    sink: Callable[[BatchItem], None] = lambda item: None
+    ids: dict[str, list[uuid.UUID]] = field(default_factory=dict)  # per kind, in input order
+    count: int = 0
     errors: list[LineError] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
-    kinds: set[str] = field(default_factory=set)
 
     def add(self, number: int, raw: Any) -> None:
-        if len(self.items) + len(self.errors) >= self.max_lines:
+        self.count += 1
+        if self.count > self.max_lines:
             raise BatchRefused(f"more than batch_max_lines={self.max_lines} lines; split the batch")
         if not isinstance(raw, dict):
             return self.error(number, None, [], "each line must be a JSON object")
@@ -76,15 +83,15 @@ class Parser:
             for e in exc.errors(include_url=False)[:3]:
                 self.error(number, custom_id, ["input", *e["loc"]], e["msg"])
             return None
-        if any(isinstance(getattr(parsed, f), BinaryInput) for f in type(parsed).model_fields):
+        if any(getattr(parsed, name) is not None for name in file_fields(type(parsed))):
             return self.error(number, custom_id, ["input"], "files are not accepted in batches; submit single jobs")
-        self.kinds.add(kind)
-        self.items.append(
-            BatchItem(
-                index=number, custom_id=custom_id, kind=kind, model=spec.model, profile=self.models.profile,
-                input_json=parsed.model_dump_json(), max_attempts=spec.max_attempts,
-            )
+        item = BatchItem(
+            index=number, custom_id=custom_id, kind=kind, model=spec.model, profile=self.models.profile,
+            input_json=parsed.model_dump_json(), max_attempts=spec.max_attempts,
         )  # fmt: skip
+        self.ids.setdefault(kind, []).append(item.id)
+        if not self.errors:  # after a bad line, only validate: nothing more is written
+            self.sink(item)
         return None
 
     def error(self, number: int, custom_id: str | None, loc: list[Any], msg: str) -> None:
@@ -99,28 +106,35 @@ class Parser:
             shown,
         )
 
-    def finish(self) -> list[BatchItem]:
+    def finish(self) -> dict[str, list[uuid.UUID]]:
+        """The ids to publish, per kind; raises BatchRefused if any line was bad."""
         if self.errors:
             self.refuse()
-        if not self.items:
+        if not self.ids:
             raise BatchRefused("the batch has no lines")
-        return self.items
+        return self.ids
 
 
-def parse_jsonl(lines: Iterable[bytes], parser: Parser) -> list[BatchItem]:
+@cache
+def file_fields(model: type[Schema]) -> tuple[str, ...]:
+    """Fields of a kind's input that may hold a file (BinaryInput)."""
+    return tuple(name for name, f in model.model_fields.items() if "BinaryInput" in str(f.annotation))
+
+
+def parse_jsonl(lines: Iterable[bytes], parser: Parser) -> dict[str, list[uuid.UUID]]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raw = from_json(line)
+        except ValueError as exc:
             parser.error(number, None, [], f"not JSON: {exc}")
             continue
         parser.add(number, raw)
     return parser.finish()
 
 
-def parse_list(items: list[Any], parser: Parser) -> list[BatchItem]:
+def parse_list(items: list[Any], parser: Parser) -> dict[str, list[uuid.UUID]]:
     for number, raw in enumerate(items, start=1):
         parser.add(number, raw)
     return parser.finish()

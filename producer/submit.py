@@ -6,6 +6,8 @@ row is committed (a failed publish leaves it ``queued`` for the reconciler).
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import HTTPException, status
@@ -13,11 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from jobs import batches, store
-from jobs.batches import BatchItem
 from jobs.errors import InvalidInput
 from jobs.kinds import KINDS
 from jobs.netfetch import check_url
 from jobs.tables import Batch, Job
+from producer.batch_input import Parser
 from producer.deps import State
 from producer.inputs import stage_binaries
 from producer.schemas import SubmitJob
@@ -92,29 +94,29 @@ def accept_job(
 
 def accept_batch(
     state: State,
-    items: list[BatchItem],
+    parse: Callable[[Parser], dict[str, list[uuid.UUID]]],
+    parser: Parser,
     *,
     principal: store.Principal,
     priority: int,
     metadata: dict[str, Any],
     webhook_url: str | None = None,
-) -> Batch:
-    """Store a validated bulk run with one COPY, commit, then publish one message per chunk of ids."""
-    kinds = {item.kind for item in items}
+) -> tuple[Batch, int]:
+    """Validate and store a bulk run in one transaction: lines stream into COPY as they pass,
+    and one bad line rolls everything back (BatchRefused). Then publish one message per chunk
+    of ids. Returns the batch and its size."""
     with state.sessions.begin() as session:
         batch = batches.insert_batch(
-            session,
-            tenant_id=principal.tenant_id,
-            items=items,
-            kind=next(iter(kinds)) if len(kinds) == 1 else None,
-            priority=priority,
-            metadata=metadata,
-            webhook_url=webhook_url,
+            session, tenant_id=principal.tenant_id, priority=priority, metadata=metadata, webhook_url=webhook_url
         )
-    for kind in sorted(kinds):
-        ids = [item.id for item in items if item.kind == kind]
+        with batches.copy_jobs(session, batch=batch) as write:
+            parser.sink = write
+            ids = parse(parser)
+        batch.total = sum(len(v) for v in ids.values())
+        batch.kind = next(iter(ids)) if len(ids) == 1 else None
+    for kind, kind_ids in sorted(ids.items()):
         size = state.models.kinds[kind].batch_chunk_size
         state.publisher.publish_chunks(
-            kind=kind, chunks=[ids[i : i + size] for i in range(0, len(ids), size)], priority=priority
+            kind=kind, chunks=[kind_ids[i : i + size] for i in range(0, len(kind_ids), size)], priority=priority
         )
-    return batch
+    return batch, batch.total

@@ -22,7 +22,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import store
 from jobs.artifacts import ArtifactStore
-from jobs.errors import InvalidInput, MlqError, ModelError, ModelNotConfigured, PermanentError, RetryableError
+from jobs.errors import (
+    InvalidInput,
+    MlqError,
+    ModelError,
+    ModelNotConfigured,
+    OutOfMemory,
+    PermanentError,
+    RetryableError,
+)
 from jobs.kinds import BinaryInput, Schema, get_kind
 from jobs.modelsfile import ModelsConfig, ModelSpec
 from models.base import Adapter, Prediction
@@ -53,7 +61,9 @@ class Runner:
         data_dir: Path,
         worker: str,
         lease_s: float,
+        fill: bool = True,
     ) -> None:
+        self.fill = fill  # fill each slice with other queued jobs of the kind (micro-batching)
         self.sessions = sessions
         self.models = models
         self.artifacts = artifacts
@@ -99,7 +109,10 @@ class Runner:
     def _run_slice(self, adapter: Adapter[Any], ids: list[uuid.UUID], report: RunReport) -> None:
         kind = adapter.kind
         with self.sessions.begin() as session:
-            claimed = store.claim(session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s)
+            claimed = store.claim(
+                session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s,
+                fill=adapter.spec.max_batch_size - len(ids) if self.fill else 0,
+            )  # fmt: skip
             files = store.artifact_uris(session, job_ids=[c.id for c in claimed]) if _has_files(claimed) else {}
         report.claimed += len(claimed)
         if not claimed:
@@ -191,6 +204,8 @@ class Runner:
         outcomes: list[_Done | _Failed],
         retry: list[tuple[store.Claimed, str]],
     ) -> None:
+        """Predict; on out-of-memory try the halves, on a model error each item alone,
+        so only what cannot run fails; other transient errors send the jobs back."""
         if not ready:
             return
         try:
@@ -198,17 +213,22 @@ class Runner:
             if len(predictions) != len(ready):
                 raise ModelError(f"adapter returned {len(predictions)} results for {len(ready)} inputs")
             outcomes.extend(_Done(job, p) for (job, _), p in zip(ready, predictions, strict=True))
-        except RetryableError as exc:
-            retry.extend((job, f"{exc.code}: {exc}") for job, _ in ready)
-        except Exception as exc:  # a model error: find the culprit rather than fail the batch
-            if len(ready) > 1:
-                for pair in ready:
-                    self._predict(adapter, [pair], outcomes, retry)
-                return
+            return
+        except Exception as raised:
+            error = OutOfMemory(str(raised)) if _is_out_of_memory(raised) else raised
+        transient = isinstance(error, RetryableError)
+        if len(ready) > 1 and (isinstance(error, OutOfMemory) or not transient):
+            half = len(ready) // 2
+            parts = [ready[:half], ready[half:]] if isinstance(error, OutOfMemory) else [[p] for p in ready]
+            for part in parts:
+                self._predict(adapter, part, outcomes, retry)
+        elif transient:
+            retry.extend((job, f"{error.code}: {error}") for job, _ in ready)  # type: ignore[attr-defined]
+        else:
             job = ready[0][0]
-            code = exc.code if isinstance(exc, MlqError) else ModelError.code
-            log.exception("job %s: model raised", job.id)
-            outcomes.append(_Failed(job, code, f"{type(exc).__name__}: {exc}"))
+            log.error("job %s: model raised %s", job.id, error, exc_info=error)
+            code = error.code if isinstance(error, MlqError) else ModelError.code
+            outcomes.append(_Failed(job, code, f"{type(error).__name__}: {error}"))
 
 
 @dataclass
@@ -232,6 +252,11 @@ class _Failed:
         return store.Outcome(
             job_id=self.job.id, attempt=self.job.attempt, error_code=self.code, error_message=self.message
         )
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA) or MemoryError, told apart without importing torch here."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
 def _has_files(claimed: Sequence[store.Claimed]) -> bool:

@@ -140,12 +140,14 @@ async def create_batch(
     )
 
     def accept() -> BatchView:
-        items = parse_list(payload, parser) if form == "list" else parse_jsonl(payload, parser)
-        batch = accept_batch(
-            state, items, principal=principal, priority=options["priority"], metadata=options["metadata"],
+        def parse(p: Parser) -> dict[str, list[uuid.UUID]]:
+            return parse_list(payload, p) if form == "list" else parse_jsonl(payload, p)
+
+        batch, total = accept_batch(
+            state, parse, parser, principal=principal, priority=options["priority"], metadata=options["metadata"],
             webhook_url=options["webhook_url"],
         )  # fmt: skip
-        return BatchView.of(batch, batches.Counts(total=len(items), queued=len(items)))
+        return BatchView.of(batch, batches.Counts(total=total, queued=total))
 
     try:
         return await run_in_threadpool(accept)

@@ -25,6 +25,7 @@ def runner(sessions: sessionmaker[Session], data_dir: Path) -> Runner:
         data_dir=data_dir,
         worker="test-worker",
         lease_s=60,
+        fill=False,  # these tests look at exactly the jobs they submit; filling has its own test
     )
 
 
@@ -134,3 +135,32 @@ def test_a_model_that_cannot_load_fails_its_jobs_with_the_reason(
     [row] = rows(sessions, [job_id])
     assert report.failed == 1 and row.status == "failed" and row.error_code == "model_not_configured"
     assert "no_such_weights" in row.error_message
+
+
+def test_one_message_fills_its_batch_with_other_queued_jobs_of_the_kind(
+    runner: Runner, sessions: sessionmaker[Session]
+) -> None:
+    runner.fill = True
+    ids = submit(sessions, "text-classification", [{"text": f"news {i}"} for i in range(5)])
+    report = runner.run(kind="text-classification", job_ids=ids[:1])  # one job's message
+    assert 5 <= report.claimed <= runner.spec("text-classification").max_batch_size
+    assert {r.status for r in rows(sessions, ids)} == {"succeeded"}
+    runner.run(kind="text-classification", job_ids=ids[1:2])  # that job's own message arrives later
+    assert all(r.attempt == 1 for r in rows(sessions, ids))
+
+
+class Greedy(Flaky):
+    """Runs out of memory on more than two items at once."""
+
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        if len(batch) > 2:
+            raise OutOfMemory("CUDA out of memory: tried to allocate 2.00 GiB")
+        return super().predict(batch)
+
+
+def test_out_of_memory_splits_the_batch_before_failing_anyone(runner: Runner, sessions: sessionmaker[Session]) -> None:
+    runner.adapters["embedding"] = Greedy(load_models_file("demo").kinds["embedding"])
+    ids = submit(sessions, "embedding", [{"text": f"t{i}"} for i in range(7)])
+    report = runner.run(kind="embedding", job_ids=ids)
+    assert (report.succeeded, report.failed, report.released) == (7, 0, 0)
+    assert {r.status for r in rows(sessions, ids)} == {"succeeded"}
