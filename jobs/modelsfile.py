@@ -29,6 +29,7 @@ class ModelSpec(BaseModel):
     )
     revision: str | None = None  # pinned hub revision; required in production
     group: str = "default"  # worker group: `mlq standalone` runs one worker per group
+    adapter: str | None = None  # "module:Class" of your own adapter for this kind; default: mlq's registry
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_batch_size: int = Field(default=32, ge=1, le=4096)

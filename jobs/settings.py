@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 
-    lease_s: float = 300.0  # how long a claim holds before the reconciler may take it back
+    lease_s: float = 60.0  # a claim's lease; workers renew it every third of it while they run
+    requeue_after_s: float = 30.0  # a queued job untouched this long, with its kind's queue empty, is republished
+    reconcile_every_s: float = 5.0  # how often the reconciler runs a round
     max_wait_s: float = 60.0  # longest ?wait a client may ask for on GET /v1/jobs/{id}
     max_request_bytes: int = 32_000_000  # largest body of POST /v1/jobs (inline base64 files included)
     page_size_max: int = 200  # largest page of GET /v1/jobs

@@ -334,6 +334,8 @@ def release(session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequenc
         text(
             """
             UPDATE jobs SET
+                history = jobs.history || jsonb_build_object('attempt', jobs.attempt, 'worker', jobs.worker,
+                    'started_at', jobs.started_at, 'ended_at', now(), 'reason', CAST(:reason AS text)),
                 status = CASE WHEN jobs.attempt >= jobs.max_attempts THEN 'failed' ELSE 'queued' END,
                 error_code = CASE WHEN jobs.attempt >= jobs.max_attempts
                                   THEN 'max_attempts_exceeded' END,

@@ -24,6 +24,7 @@ app.add_typer(producer_cli.batch, name="batch")
 
 app.command("worker")(workers_cli.worker)
 app.command("flower")(workers_cli.flower)
+app.command("reconcile")(workers_cli.reconcile)
 app.add_typer(workers_cli.models_cli, name="models")
 
 

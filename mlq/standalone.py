@@ -64,6 +64,7 @@ class Stack:
         self._spawn("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)], logs)
         for group, kinds in load_models_file(self.settings.models).groups().items():
             self._spawn(f"worker-{group}", ["worker", "--kinds", ",".join(kinds)], logs)
+        self._spawn("reconciler", ["reconcile"], logs)
         self._wait_ready()
         (self.data_dir / STATE_FILE).write_text(json.dumps({"api_url": self.api_url, "api_key": self.api_key}))
         os.chmod(self.data_dir / STATE_FILE, 0o600)

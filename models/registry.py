@@ -29,14 +29,15 @@ ADAPTERS: dict[str, str] = {
 }
 
 
-def adapter_class(kind: str) -> type[Adapter[Any]]:
-    try:
-        module_name, _, class_name = ADAPTERS[kind].partition(":")
-    except KeyError:
-        raise KeyError(f"no adapter for kind {kind!r}; adapters exist for: {', '.join(ADAPTERS)}") from None
+def adapter_class(kind: str, *, path: str | None = None) -> type[Adapter[Any]]:
+    """The adapter class of ``kind``: mlq's, or the ``module:Class`` a models file names."""
+    if path is None and kind not in ADAPTERS:
+        raise KeyError(f"no adapter for kind {kind!r}; adapters exist for: {', '.join(ADAPTERS)}")
+    path = path or ADAPTERS[kind]
+    module_name, _, class_name = path.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
-        raise TypeError(f"{ADAPTERS[kind]} is not an Adapter")
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)) or cls.kind != kind:
+        raise TypeError(f"{path} is not an Adapter for {kind!r}")
     return cls
 
 
@@ -46,4 +47,5 @@ def create_adapter(spec: ModelSpec, *, data_dir: Path) -> Adapter[Any]:
     def resolve(ref: str) -> str:
         return resolve_source(spec.model_copy(update={"model": ref, "revision": None}), data_dir=data_dir)
 
-    return adapter_class(spec.kind)(spec, source=resolve_source(spec, data_dir=data_dir), resolve=resolve)
+    cls = adapter_class(spec.kind, path=spec.adapter)
+    return cls(spec, source=resolve_source(spec, data_dir=data_dir), resolve=resolve)

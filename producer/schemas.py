@@ -62,6 +62,7 @@ class JobView(BaseModel):
     output: dict[str, Any] | None
     error: JobError | None
     attempt: int
+    history: list[dict[str, Any]] = Field(description="Attempts that ended without a result, and why.")
     metadata: dict[str, Any]
     webhook_url: str | None
     created_at: datetime
@@ -81,6 +82,7 @@ class JobView(BaseModel):
             output=job.output,
             error=JobError(code=job.error_code, message=job.error_message) if job.error_code else None,
             attempt=job.attempt,
+            history=job.history,
             metadata=job.metadata_,
             webhook_url=job.webhook_url,
             created_at=job.created_at,

@@ -148,3 +148,30 @@ def models_fetch(
     except MlqError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def reconcile(
+    every: Annotated[float | None, typer.Option(help="Seconds between rounds (MLQ_RECONCILE_EVERY_S).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="One round, print what it did, exit.")] = False,
+) -> None:
+    """Put right what the broker or a worker lost: expired leases, lost wake-ups, dead letters.
+    Run one per deployment (`mlq standalone` runs it); extra ones wait as standbys."""
+    from jobs.db import make_engine
+    from workers.app import app
+    from workers.reconciler import Reconciler
+
+    settings = get_settings()
+    reconciler = Reconciler(
+        engine=make_engine(settings.require_database_url(), pool_size=2),
+        app=app,
+        models=load_models_file(settings.models),
+        requeue_after_s=settings.requeue_after_s,
+    )
+    if once:
+        done = reconciler.run_once()
+        typer.echo(
+            f"leases taken back {done.requeued}, dead-lettered {done.dead}, republished {done.republished}"
+            + (" (broker unavailable)" if done.broker_down else "")
+        )
+        return
+    reconciler.run_forever(every_s=every or settings.reconcile_every_s)

@@ -9,9 +9,11 @@ gives the jobs back to the queue.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import store
+from jobs import reconcile, store
 from jobs.artifacts import ArtifactStore
 from jobs.errors import (
     InvalidInput,
@@ -118,7 +120,8 @@ class Runner:
         if not claimed:
             return
         started = time.perf_counter()
-        outcomes, retry = self.process(adapter, claimed, files=files)
+        with self._leases_kept(claimed):
+            outcomes, retry = self.process(adapter, claimed, files=files)
         stored = [
             (o.job.id, self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type))
             for o in outcomes
@@ -149,6 +152,33 @@ class Runner:
                 report.failed += 1
                 log.info("job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message)
         report.released += len(retry)
+
+    @contextmanager
+    def _leases_kept(self, claimed: Sequence[store.Claimed]) -> Iterator[None]:
+        """Renew the claimed jobs' leases every third of a lease while they run, so a slow
+        job is never taken back from a live worker; a dead worker stops renewing."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_s / 3):
+                try:
+                    with self.sessions.begin() as session:
+                        reconcile.extend_leases(
+                            session,
+                            job_ids=[c.id for c in claimed],
+                            attempts=[c.attempt for c in claimed],
+                            lease_s=self.lease_s,
+                        )
+                except Exception as exc:  # the next beat tries again; the lease has slack
+                    log.warning("jobs %s: lease renewal failed: %s", ",".join(str(c.id) for c in claimed), exc)
+
+        thread = threading.Thread(target=beat, name="mlq-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def fail_unrunnable(self, *, kind: str, job_ids: list[uuid.UUID], error: PermanentError) -> RunReport:
         log.error("jobs %s: cannot load the %s model: %s", ",".join(map(str, job_ids)), kind, error)

@@ -1,0 +1,98 @@
+"""The reconciler on the real PostgreSQL and Redis: expired leases, dead letters, lost wake-ups."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+import redis
+from celery import Celery
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import reconcile, store
+from jobs.broker import celery_config
+from jobs.db import make_engine
+from jobs.modelsfile import load_models_file
+from jobs.settings import Settings
+from tests.services import Services, fresh_redis_db
+from workers.reconciler import Reconciler
+
+
+def queued_job(sessions: sessionmaker[Session], *, max_attempts: int = 3) -> uuid.UUID:
+    with sessions.begin() as session:
+        tenant = store.ensure_tenant(session, name="reconciler-tests")
+        job, _ = store.insert_job(session, tenant_id=tenant, job=store.NewJob(
+            kind="text2text-generation", model="m", profile="demo", input={"text": "x"}, priority=5, metadata={},
+            max_attempts=max_attempts))  # fmt: skip
+        return job.id
+
+
+def claim_and_expire(sessions: sessionmaker[Session], job_id: uuid.UUID) -> None:
+    with sessions.begin() as session:
+        [claimed] = store.claim(
+            session, job_ids=[job_id], kind="text2text-generation", worker="dead-worker", lease_s=30
+        )
+        session.execute(
+            text("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": claimed.id}
+        )
+
+
+def row(sessions: sessionmaker[Session], job_id: uuid.UUID) -> dict[str, object]:
+    with sessions() as session:
+        found = (
+            session.execute(
+                text("SELECT status, attempt, error_code, error_message, history FROM jobs WHERE id = :id"),
+                {"id": job_id},
+            )
+            .mappings()
+            .one()
+        )
+        return dict(found)
+
+
+def test_expired_lease_goes_back_to_queued_then_to_the_dead_letter(sessions: sessionmaker[Session]) -> None:
+    job_id = queued_job(sessions, max_attempts=2)
+    for attempt in (1, 2):
+        claim_and_expire(sessions, job_id)
+        with sessions.begin() as session:
+            taken = reconcile.expired_leases(session, limit=100)
+        assert job_id in ([w.id for w in taken.requeued] if attempt == 1 else taken.dead)
+    final = row(sessions, job_id)
+    assert final["status"] == "failed" and final["error_code"] == "max_attempts_exceeded"
+    assert "gave up after 2 attempts" in str(final["error_message"])
+    history = final["history"]
+    assert isinstance(history, list) and [h["attempt"] for h in history] == [1, 2]
+    assert all(h["worker"] == "dead-worker" and h["reason"] == "lease expired" for h in history)
+
+
+def test_heartbeat_keeps_a_live_lease(sessions: sessionmaker[Session]) -> None:
+    job_id = queued_job(sessions)
+    claim_and_expire(sessions, job_id)
+    with sessions.begin() as session:
+        assert reconcile.extend_leases(session, job_ids=[job_id], attempts=[1], lease_s=30) == 1
+        assert reconcile.extend_leases(session, job_ids=[job_id], attempts=[7], lease_s=30) == 0  # fenced
+        taken = reconcile.expired_leases(session, limit=100)
+    assert job_id not in [w.id for w in taken.requeued] and row(sessions, job_id)["status"] == "running"
+
+
+def test_lost_wake_ups_are_republished_only_when_the_queue_is_empty(
+    sessions: sessionmaker[Session], settings: Settings, services: Services
+) -> None:
+    with fresh_redis_db(services.redis_base_url) as redis_url:
+        app = Celery("test-reconciler")
+        app.conf.update(celery_config(Settings(**{**settings.model_dump(), "redis_url": redis_url})))
+        engine = make_engine(settings.require_database_url(), pool_size=1)
+        reconciler = Reconciler(engine=engine, app=app, models=load_models_file("demo"), requeue_after_s=0)
+        job_id = queued_job(sessions)  # committed, never published: a crash between commit and publish
+        first = reconciler.run_once()
+        assert first.republished >= 1 and reconciler.queue_size("text2text-generation") >= 1
+        client = redis.Redis.from_url(redis_url)
+        messages = [json.loads(m) for k in client.keys("mlq.text2text-generation*") for m in client.lrange(k, 0, -1)]
+        published = {i for m in messages for i in json.loads(base64.b64decode(m["body"]))[0][0]}
+        assert str(job_id) in published
+        second = reconciler.run_once()  # its queue now holds a message: nothing republished twice
+        assert second.republished == 0
+        engine.dispose()
+        app.close()

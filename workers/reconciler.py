@@ -1,0 +1,107 @@
+"""The reconciler: PostgreSQL is the record, so anything the broker or a worker lost is
+found there and put right.
+
+Each round: running jobs whose lease expired go back to ``queued`` (or fail with
+``max_attempts_exceeded``) and are published again; queued jobs of a kind whose broker
+queue is empty and that have waited ``requeue_after_s`` are published again (a crash
+between commit and publish, a Redis that lost its data). One reconciler works at a
+time: it holds a PostgreSQL advisory lock; others wait as standbys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from celery import Celery
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import reconcile
+from jobs.modelsfile import ModelsConfig
+from jobs.queues import broker_priority, queue_name, task_name
+
+log = logging.getLogger("mlq.reconciler")
+
+LOCK_ID = 7_311_002  # pg advisory lock held by the one active reconciler
+ROUND_LIMIT = 10_000  # jobs handled per round and per action
+CHUNK = 256  # job ids per republished message
+
+
+@dataclass
+class Round:
+    requeued: int = 0  # expired leases given back
+    dead: int = 0  # expired leases out of attempts: failed
+    republished: int = 0  # queued jobs whose wake-up was lost
+    broker_down: bool = False
+
+
+class Reconciler:
+    def __init__(self, *, engine: Engine, app: Celery, models: ModelsConfig, requeue_after_s: float) -> None:
+        self.engine = engine
+        self.sessions: sessionmaker[Session] = sessionmaker(engine)
+        self.app = app
+        self.models = models
+        self.requeue_after_s = requeue_after_s
+
+    def run_once(self) -> Round:
+        done = Round()
+        with self.sessions.begin() as session:
+            taken = reconcile.expired_leases(session, limit=ROUND_LIMIT)
+        done.dead = len(taken.dead)
+        try:
+            done.requeued = self.publish(taken.requeued)
+            idle = [kind for kind in self.models.kinds if self.queue_size(kind) == 0]
+        except Exception as exc:  # Redis away: the jobs stay queued; next round tries again
+            log.warning("broker unavailable (%s); will publish next round", exc)
+            done.broker_down = True
+            return done
+        with self.sessions.begin() as session:
+            stale = reconcile.stale_queued(session, kinds=idle, older_than_s=self.requeue_after_s, limit=ROUND_LIMIT)
+        done.republished = self.publish(stale)
+        if done.requeued or done.dead or done.republished:
+            log.info(
+                "reconciled: %d leases taken back, %d dead-lettered, %d queued jobs republished",
+                done.requeued,
+                done.dead,
+                done.republished,
+            )
+        return done
+
+    def queue_size(self, kind: str) -> int:
+        with self.app.connection_for_read() as conn:
+            return int(conn.default_channel._size(queue_name(kind)))
+
+    def publish(self, jobs: Sequence[reconcile.Waiting]) -> int:
+        groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+        for job in jobs:
+            groups[(job.kind, job.priority)].append(str(job.id))
+        with self.app.producer_or_acquire() as producer:
+            for (kind, priority), ids in groups.items():
+                for start in range(0, len(ids), CHUNK):
+                    self.app.send_task(
+                        task_name(kind), args=[ids[start : start + CHUNK]], queue=queue_name(kind),
+                        priority=broker_priority(priority), producer=producer,
+                    )  # fmt: skip
+        return len(jobs)
+
+    def run_forever(self, *, every_s: float) -> None:
+        """Rounds every ``every_s`` while holding the advisory lock; standby without it."""
+        while True:
+            try:
+                with self.engine.connect() as lock:
+                    if not lock.execute(text("SELECT pg_try_advisory_lock(:id)"), {"id": LOCK_ID}).scalar():
+                        time.sleep(every_s)
+                        continue
+                    lock.commit()
+                    log.info("this reconciler is active")
+                    while True:
+                        self.run_once()
+                        time.sleep(every_s)
+                        lock.execute(text("SELECT 1"))  # notice a lost connection, and with it the lock
+            except Exception as exc:  # a PostgreSQL restart: reconnect, take the lock again
+                log.warning("reconciler lost PostgreSQL (%s); retrying", exc)
+                time.sleep(every_s)
