@@ -22,6 +22,7 @@ class Waiting:
     id: uuid.UUID
     kind: str
     priority: int
+    retried: bool = False  # it lost an attempt before: run it alone
 
 
 def stale_queued(session: Session, *, kinds: Sequence[str], older_than_s: float, limit: int) -> list[Waiting]:
@@ -37,12 +38,12 @@ def stale_queued(session: Session, *, kinds: Sequence[str], older_than_s: float,
                   AND updated_at < now() - make_interval(secs => :older_than_s)
                 ORDER BY priority DESC, created_at LIMIT :limit FOR UPDATE SKIP LOCKED
             )
-            RETURNING id, kind, priority
+            RETURNING id, kind, priority, attempt
             """
         ),
         {"kinds": list(kinds), "older_than_s": older_than_s, "limit": limit},
     ).all()
-    return [Waiting(r.id, r.kind, r.priority) for r in rows]
+    return [Waiting(r.id, r.kind, r.priority, retried=r.attempt > 0) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def expired_leases(session: Session, *, limit: int) -> TakenBack:
     dead = [r.id for r in rows if r.status == "failed"]
     notify_finished(session, job_ids=dead)
     enqueue_webhooks(session, job_ids=dead)
-    return TakenBack(requeued=[Waiting(r.id, r.kind, r.priority) for r in rows if r.status == "queued"], dead=dead)
+    requeued = [Waiting(r.id, r.kind, r.priority, retried=True) for r in rows if r.status == "queued"]
+    return TakenBack(requeued=requeued, dead=dead)
 
 
 def extend_leases(session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequence[int], lease_s: float) -> int:

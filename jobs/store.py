@@ -234,11 +234,13 @@ class Claimed:
 _CLAIM_SQL = text(
     """
     WITH own AS (
-        SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued' AND kind = :kind
+        SELECT id, attempt FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued' AND kind = :kind
         FOR UPDATE SKIP LOCKED
     ), extra AS (
         SELECT id FROM jobs
-        WHERE kind = :kind AND status = 'queued' AND :fill > 0 AND NOT (id = ANY(CAST(:ids AS uuid[])))
+        WHERE kind = :kind AND status = 'queued' AND attempt = 0 AND :fill > 0
+          AND NOT (id = ANY(CAST(:ids AS uuid[])))
+          AND NOT EXISTS (SELECT 1 FROM own WHERE own.attempt > 0)
         ORDER BY priority DESC, created_at LIMIT :fill FOR UPDATE SKIP LOCKED
     )
     UPDATE jobs SET
@@ -258,7 +260,9 @@ def claim(
 
     Filling is how single-job messages become batches: PostgreSQL already holds every
     accepted job, so a worker takes what is waiting instead of waiting for messages.
-    The messages of filled jobs later find nothing queued and are no-ops.
+    The messages of filled jobs later find nothing queued and are no-ops. Only fresh jobs
+    fill, and a retried job never gets company: if it is what killed its last worker, it
+    must not take innocent jobs' attempts down with it again.
     """
     rows = session.execute(
         _CLAIM_SQL,

@@ -29,6 +29,7 @@ log = logging.getLogger("mlq.worker")
 KINDS_ENV = "MLQ_WORKER_KINDS"  # set by `mlq worker`: the kinds this worker preloads
 RETRY_BASE_S = 0.5  # first retry after a database blip; doubles each time, with jitter
 RETRY_MAX_S = 30.0
+MODEL_LOAD_TIMEOUT_S = 900.0  # the longest a pool process may take to load its models
 
 _runner: Runner | None = None
 
@@ -37,6 +38,9 @@ def create_app() -> Celery:
     app = Celery("mlq")
     app.conf.update(celery_config(get_settings()))
     app.conf.task_routes = {task_name(kind): {"queue": queue_name(kind)} for kind in KINDS}
+    # A pool process loads its models before it reports up; Celery's default 4 s wait would
+    # kill it in a loop while a large model loads.
+    app.conf.worker_proc_alive_timeout = MODEL_LOAD_TIMEOUT_S
     for kind in KINDS:
         _register(app, kind)
     return app

@@ -76,14 +76,16 @@ class Reconciler:
             return int(conn.default_channel._size(queue_name(kind)))
 
     def publish(self, jobs: Sequence[reconcile.Waiting]) -> int:
-        groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+        """Fresh jobs in chunks; a job that lost an attempt alone (it may be what killed a worker)."""
+        groups: dict[tuple[str, int, bool], list[str]] = defaultdict(list)
         for job in jobs:
-            groups[(job.kind, job.priority)].append(str(job.id))
+            groups[(job.kind, job.priority, job.retried)].append(str(job.id))
         with self.app.producer_or_acquire() as producer:
-            for (kind, priority), ids in groups.items():
-                for start in range(0, len(ids), CHUNK):
+            for (kind, priority, retried), ids in groups.items():
+                chunk = 1 if retried else CHUNK
+                for start in range(0, len(ids), chunk):
                     self.app.send_task(
-                        task_name(kind), args=[ids[start : start + CHUNK]], queue=queue_name(kind),
+                        task_name(kind), args=[ids[start : start + chunk]], queue=queue_name(kind),
                         priority=broker_priority(priority), producer=producer,
                     )  # fmt: skip
         return len(jobs)

@@ -1,0 +1,19 @@
+"""An embedding adapter that kills its process on the text "poison": a job that takes its
+worker down every time, as a corrupt input can with native code."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from models.base import Prediction
+from models.embedding import EmbeddingAdapter
+
+POISON = "poison"
+
+
+class PoisonEmbedding(EmbeddingAdapter):
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        if any(item.text == POISON for item in batch):
+            os._exit(1)  # like a segfault: no exception, no cleanup
+        return super().predict(batch)

