@@ -51,6 +51,45 @@ def fetch_models(config: ModelsConfig, *, data_dir: Path, cache_dir: Path | None
     return fetched
 
 
+def pinned_revision(path: str) -> str | None:
+    """The commit a hub snapshot folder holds (``…/snapshots/<40-hex sha>``), else None."""
+    name = Path(path).name
+    return name if len(name) == 40 and all(c in "0123456789abcdef" for c in name) else None
+
+
+def pin(models_toml: str, fetched: list[Fetched]) -> str:
+    """The models file with each hub model's ``revision`` set to the commit just fetched."""
+    import tomllib
+
+    raw = tomllib.loads(models_toml)
+    for item in fetched:
+        sha = pinned_revision(item.path)
+        entry = raw.get("kinds", {}).get(item.kind, {})
+        if sha and entry.get("model") == item.ref:
+            entry["revision"] = sha
+    return dumps_toml(raw)
+
+
+def dumps_toml(value: dict[str, object], prefix: str = "") -> str:
+    """A small TOML writer for models files (tables, strings, numbers, booleans, flat lists)."""
+    import json
+
+    scalars, tables = [], []
+    for key, item in value.items():
+        if isinstance(item, dict):
+            tables.append((key, item))
+        else:
+            scalars.append(
+                f"{json.dumps(key) if not key.replace('-', '').replace('_', '').isalnum() else key} = "
+                f"{json.dumps(item, ensure_ascii=False)}"
+            )
+    out = "\n".join(scalars) + ("\n" if scalars else "")
+    for key, table in tables:
+        name = f"{prefix}.{key}" if prefix else key
+        out += f"\n[{name}]\n" + dumps_toml(table, name)
+    return out
+
+
 def download(repo_id: str, *, revision: str | None, cache_dir: Path | None) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError

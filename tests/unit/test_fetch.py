@@ -38,3 +38,19 @@ def test_hub_model_offline_fails_with_what_to_do(
 def test_only_safetensors_weights_are_fetched() -> None:
     weights = [p for p in ALLOW_PATTERNS if not p.endswith((".json", ".txt", ".model", ".tiktoken", ".jinja"))]
     assert weights and all(p.endswith(".safetensors") for p in weights)
+
+
+def test_pinning_writes_the_fetched_commit_into_a_models_file_that_loads(tmp_path: Path) -> None:
+    from jobs.modelsfile import PROFILES_DIR, load_models_file
+    from models.fetch import Fetched, pin
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = f"/cache/models--openai--whisper-small/snapshots/{sha}"
+    source = (PROFILES_DIR / "production.toml").read_text()
+    pinned = tmp_path / "production.lock.toml"
+    pinned.write_text(pin(source, [Fetched("speech-recognition", "openai/whisper-small", "main", snapshot)]))
+    before, after = load_models_file("production"), load_models_file(pinned)
+    assert after.kinds["speech-recognition"].revision == sha
+    for kind, spec in before.kinds.items():  # everything else survives the round trip
+        if kind != "speech-recognition":
+            assert after.kinds[kind] == spec
