@@ -9,8 +9,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from psycopg import sql
 from sqlalchemy import and_, func, or_, select, text, update
@@ -26,18 +26,18 @@ COPY_COLUMNS = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class BatchItem:
-    """One validated line, ready to store: ``input_json`` is already serialized."""
+class BatchItem(NamedTuple):
+    """One validated line, ready to store: ``input_json`` is already serialized.
+    (A named tuple: 100,000 of these are made per bulk run.)"""
 
-    index: int  # line number, from 1
+    id: uuid.UUID
+    line: int  # line number, from 1
     custom_id: str
     kind: str
     model: str
     profile: str
     input_json: str
     max_attempts: int
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def copy_jobs(session: Session, *, batch: Batch) -> Iterator[Callable[[BatchItem
         def write(item: BatchItem) -> None:
             copy.write_row((
                 item.id, tenant_id, item.kind, item.model, item.profile, queued, priority,
-                item.input_json, "{}", 0, item.max_attempts, batch.id, item.index, item.custom_id,
+                item.input_json, "{}", 0, item.max_attempts, batch.id, item.line, item.custom_id,
             ))  # fmt: skip
 
         yield write

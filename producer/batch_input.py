@@ -11,7 +11,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
+from os import urandom
 from typing import Any
+from uuid import UUID
 
 from pydantic import ValidationError
 from pydantic_core import from_json
@@ -51,6 +53,7 @@ class Parser:
     count: int = 0
     errors: list[LineError] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
+    contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, number: int, raw: Any) -> None:
         self.count += 1
@@ -78,7 +81,7 @@ class Parser:
         if spec is None:
             return self.error(number, custom_id, ["kind"], f"kind {kind!r} is not served here")
         try:
-            parsed = KINDS[kind].validate_input(data, limits=spec.limits)
+            parsed = KINDS[kind].input_model.model_validate(data, context=self.context(kind))
         except ValidationError as exc:
             for e in exc.errors(include_url=False)[:3]:
                 self.error(number, custom_id, ["input", *e["loc"]], e["msg"])
@@ -86,13 +89,21 @@ class Parser:
         if any(getattr(parsed, name) is not None for name in file_fields(type(parsed))):
             return self.error(number, custom_id, ["input"], "files are not accepted in batches; submit single jobs")
         item = BatchItem(
-            index=number, custom_id=custom_id, kind=kind, model=spec.model, profile=self.models.profile,
-            input_json=parsed.model_dump_json(), max_attempts=spec.max_attempts,
+            UUID(bytes=urandom(16), version=4), number, custom_id, kind, spec.model, self.models.profile,
+            parsed.model_dump_json(), spec.max_attempts,
         )  # fmt: skip
         self.ids.setdefault(kind, []).append(item.id)
         if not self.errors:  # after a bad line, only validate: nothing more is written
             self.sink(item)
         return None
+
+    def context(self, kind: str) -> dict[str, Any]:
+        """The validation context of ``kind`` (its limits), made once per kind."""
+        found = self.contexts.get(kind)
+        if found is None:
+            spec = self.models.spec(kind)
+            found = self.contexts[kind] = {"limits": spec.limits if spec else {}}
+        return found
 
     def error(self, number: int, custom_id: str | None, loc: list[Any], msg: str) -> None:
         self.errors.append(LineError(line=number, custom_id=custom_id, loc=loc, msg=msg))
