@@ -9,6 +9,7 @@ gives the jobs back to the queue.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -40,6 +41,9 @@ from models.loading import pick_device
 from models.registry import create_adapter
 
 log = logging.getLogger("mlq.runner")
+
+
+TIME_LIMIT_EXIT_CODE = 75  # a pool process that exits with this ran past a time limit
 
 
 @dataclass
@@ -120,7 +124,7 @@ class Runner:
         if not claimed:
             return
         started = time.perf_counter()
-        with self._leases_kept(claimed):
+        with self._leases_kept(claimed), self._time_limited(claimed, limit_s=adapter.spec.time_limit_s):
             outcomes, retry = self.process(adapter, claimed, files=files)
         stored = [
             (o.job.id, self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type))
@@ -152,6 +156,43 @@ class Runner:
                 report.failed += 1
                 log.info("job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message)
         report.released += len(retry)
+
+    @contextmanager
+    def _time_limited(self, claimed: Sequence[store.Claimed], *, limit_s: float) -> Iterator[None]:
+        """The hard time limit: past ``limit_s`` the jobs are recorded and this process exits, so
+        Celery replaces it (native code cannot be interrupted safely). A lone job fails with
+        ``timed_out``; a batch goes back to the queue, and its jobs, having lost an attempt, run
+        alone next time, so only the one that hangs fails."""
+        done = threading.Event()
+
+        def watchdog() -> None:
+            if done.wait(limit_s):
+                return
+            ids = ",".join(str(c.id) for c in claimed)
+            log.error("jobs %s: over the time limit of %.0fs; this worker process exits", ids, limit_s)
+            try:
+                with self.sessions.begin() as session:
+                    if len(claimed) == 1:
+                        message = f"ran longer than the time limit of {limit_s:.0f}s for this kind"
+                        store.finish(session, outcomes=[store.Outcome(
+                            job_id=claimed[0].id, attempt=claimed[0].attempt, error_code="timed_out",
+                            error_message=message)])  # fmt: skip
+                    else:
+                        store.release(
+                            session,
+                            job_ids=[c.id for c in claimed],
+                            attempts=[c.attempt for c in claimed],
+                            reason=f"timed_out: a batch ran past {limit_s:.0f}s; each job runs alone next",
+                        )
+            finally:
+                os._exit(TIME_LIMIT_EXIT_CODE)
+
+        thread = threading.Thread(target=watchdog, name="mlq-time-limit", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
 
     @contextmanager
     def _leases_kept(self, claimed: Sequence[store.Claimed]) -> Iterator[None]:

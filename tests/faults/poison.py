@@ -17,3 +17,17 @@ class PoisonEmbedding(EmbeddingAdapter):
         if any(item.text == POISON for item in batch):
             os._exit(1)  # like a segfault: no exception, no cleanup
         return super().predict(batch)
+
+
+HANG = "hang"
+
+
+class HangingEmbedding(EmbeddingAdapter):
+    """Never returns on the text "hang", like a generation stuck in native code."""
+
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        if any(item.text == HANG for item in batch):
+            import time
+
+            time.sleep(3600)
+        return super().predict(batch)

