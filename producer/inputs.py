@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +63,7 @@ def stage_binaries(
             raise input_error((field,), f"file is {len(data)} bytes; the limit is max_input_bytes={max_bytes}")
         if not data:
             raise input_error((field,), "file is empty")
+        HEADER_CHECKS.get(field, lambda *_: None)(data, (field,), limits)
         files.append(PendingFile(name=name, data=data, content_type=content_type))
         stored[field] = {"artifact": name}
     return stored, files
@@ -73,3 +76,43 @@ def decode_base64(text: str, *, loc: tuple[Any, ...], max_bytes: int) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise input_error(loc, "not valid base64") from None
+
+
+def check_audio_header(data: bytes, loc: tuple[Any, ...], limits: dict[str, int]) -> None:
+    """Refuse audio longer than ``max_audio_s`` from its header alone, before anything is stored.
+    A file whose header cannot be read is left to the worker, which fails that job saying why."""
+    import soundfile
+
+    limit_s = limits.get("max_audio_s")
+    if limit_s is None:
+        return
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except Exception:  # undecodable: the worker fails the job with the decoder's reason
+        return
+    duration_s = info.frames / info.samplerate if info.samplerate else float("inf")
+    if duration_s > limit_s:
+        raise input_error(loc, f"audio is {duration_s:.1f} s long; the limit is max_audio_s={limit_s}")
+
+
+def check_image_header(data: bytes, loc: tuple[Any, ...], limits: dict[str, int]) -> None:
+    """Refuse an image over ``max_image_pixels`` from its header alone (no pixel is decoded)."""
+    from PIL import Image
+
+    limit = limits.get("max_image_pixels")
+    if limit is None:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides here
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise input_error(loc, f"image is over the limit max_image_pixels={limit}") from None
+    except Exception:  # undecodable: the worker fails the job with the decoder's reason
+        return
+    if width * height > limit:
+        raise input_error(loc, f"image is {width}x{height} pixels; the limit is max_image_pixels={limit}")
+
+
+HEADER_CHECKS = {"audio": check_audio_header, "image": check_image_header}

@@ -16,6 +16,30 @@ from PIL import Image
 from tests.e2e.conftest import Api
 
 WAIT_S = 180  # the first jobs wait for the worker to build and load the demo models
+
+
+def _huge_png_header() -> str:
+    """A PNG whose header claims 50,000 x 50,000 pixels (no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return base64.b64encode(png).decode()
+
+
+def _long_wav() -> str:
+    """A real 20-minute WAV at 8 Hz (small, but over the demo's max_audio_s=600)."""
+    out = io.BytesIO()
+    soundfile.write(out, [0.0] * (8 * 1200), 8, format="WAV", subtype="PCM_16")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+HUGE_PNG_HEADER = _huge_png_header()
+LONG_WAV_HEADER = _long_wav()
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
@@ -195,6 +219,13 @@ def test_recommendation_puts_the_film_first_for_a_movie_fan(http: httpx.Client) 
         ),
         ("speech-recognition", {}, ["body", "input", "audio"], "Field required"),
         ("recommendation", {"user": {}, "items": [{"id": "a", "text": "x"}]}, ["body", "input", "user"], "interest"),
+        (
+            "image-classification",
+            {"image": {"base64": HUGE_PNG_HEADER}},
+            ["body", "input", "image"],
+            "max_image_pixels",
+        ),
+        ("speech-recognition", {"audio": {"base64": LONG_WAV_HEADER}}, ["body", "input", "audio"], "max_audio_s"),
         ("chat", {"messages": [{"role": "robot", "content": "x"}]}, ["body", "input", "messages", 0, "role"], ""),
     ],
 )
