@@ -149,7 +149,7 @@ class StopOnStrings(StoppingCriteria):
         begin = max(self.start, input_ids.shape[1] - self.window)
         tails = self.tokenizer.batch_decode(input_ids[:, begin:].tolist(), skip_special_tokens=True)
         hits = [first_stop(tail, self.stop) is not None for tail in tails]
-        return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+        return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
 
 
 def eos_ids(model: Any, tokenizer: Any) -> set[int]:
