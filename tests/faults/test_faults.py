@@ -141,3 +141,41 @@ def test_a_job_over_its_hard_time_limit_fails_alone_and_the_worker_goes_on(fault
     )
     assert (status, code) == ("failed", "timed_out") and "time limit of 3s" in message
     assert figures["succeeded"] == N - 1 and figures["failed"] == 1
+
+
+def test_redis_stopped_for_ten_seconds_then_started(fault_stack: FaultStack, tmp_path: object) -> None:
+    """A Redis of this test's own (no persistence): while it is down the API still accepts,
+    /readyz says degraded, and when it is back the reconciler publishes what waited."""
+    from pathlib import Path
+
+    from mlq.embedded import free_port, start_redis
+    from tests.conftest import wait_http
+
+    port = free_port()
+    folder = Path(str(tmp_path))
+    broker = start_redis(folder, port=port, persist=False)
+    url = f"redis://127.0.0.1:{port}/0"
+    for name in ("api", "reconciler"):  # this test's own API and reconciler use the stoppable Redis
+        proc = fault_stack.procs.pop(name)
+        os.killpg(proc.popen.pid, signal.SIGKILL)
+        proc.stop(timeout_s=5)
+    api_port = free_port()
+    api = fault_stack.start("api-r", ["api", "--port", str(api_port)], MLQ_REDIS_URL=url, MLQ_PUBLISH_TIMEOUT_S="0.5")
+    wait_http(f"http://127.0.0.1:{api_port}/healthz", api)
+    fault_stack.start("reconciler-r", ["reconcile"], MLQ_REDIS_URL=url)
+    fault_stack.start("worker", WORKER, MLQ_REDIS_URL=url)
+    api_url = f"http://127.0.0.1:{api_port}"
+    accepted = fault_stack.submit(texts(N // 2), url=api_url)
+    fault_stack.wait_for("succeeded", 20)
+    broker.stop()
+    fault_at = time.monotonic()
+    accepted += fault_stack.submit(texts(N // 2), url=api_url)  # accepted while Redis is down
+    ready = httpx.get(f"{api_url}/readyz", timeout=10).json()
+    assert ready["status"] == "degraded"
+    time.sleep(max(0.0, 10 - (time.monotonic() - fault_at)))
+    broker = start_redis(folder, port=port, persist=False)
+    try:
+        fault_stack.settle(accepted, fault_at=fault_at, name="Redis stopped 10 s, then started")
+        assert fault_stack.count("succeeded") == N
+    finally:
+        broker.stop()
