@@ -44,6 +44,15 @@ log = logging.getLogger("mlq.runner")
 
 
 TIME_LIMIT_EXIT_CODE = 75  # a pool process that exits with this ran past a time limit
+DEVICE_ERROR_EXIT_CODE = 76  # ... or lost its GPU context (illegal memory access and the like)
+STICKY_DEVICE_ERRORS = (  # CUDA errors after which the process's context cannot be used again
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "misaligned address",
+    "CUDA error: an illegal instruction",
+    "uncorrectable ECC error",
+)
 
 
 @dataclass
@@ -168,24 +177,13 @@ class Runner:
         def watchdog() -> None:
             if done.wait(limit_s):
                 return
-            ids = ",".join(str(c.id) for c in claimed)
-            log.error("jobs %s: over the time limit of %.0fs; this worker process exits", ids, limit_s)
-            try:
-                with self.sessions.begin() as session:
-                    if len(claimed) == 1:
-                        message = f"ran longer than the time limit of {limit_s:.0f}s for this kind"
-                        store.finish(session, outcomes=[store.Outcome(
-                            job_id=claimed[0].id, attempt=claimed[0].attempt, error_code="timed_out",
-                            error_message=message)])  # fmt: skip
-                    else:
-                        store.release(
-                            session,
-                            job_ids=[c.id for c in claimed],
-                            attempts=[c.attempt for c in claimed],
-                            reason=f"timed_out: a batch ran past {limit_s:.0f}s; each job runs alone next",
-                        )
-            finally:
-                os._exit(TIME_LIMIT_EXIT_CODE)
+            log.error("jobs %s: over the time limit of %.0fs", ",".join(str(c.id) for c in claimed), limit_s)
+            self.give_up(
+                claimed,
+                code="timed_out",
+                message=f"ran longer than the time limit of {limit_s:.0f}s for this kind",
+                exit_code=TIME_LIMIT_EXIT_CODE,
+            )
 
         thread = threading.Thread(target=watchdog, name="mlq-time-limit", daemon=True)
         thread.start()
@@ -193,6 +191,27 @@ class Runner:
             yield
         finally:
             done.set()
+
+    def give_up(self, claimed: Sequence[store.Claimed], *, code: str, message: str, exit_code: int) -> None:
+        """Record the jobs this process can no longer run, then exit so Celery replaces it.
+        A lone job fails with ``code``; a batch goes back to the queue, and its jobs, having
+        lost an attempt, run alone next time, so only the culprit fails."""
+        try:
+            with self.sessions.begin() as session:
+                if len(claimed) == 1:
+                    only = claimed[0]
+                    store.finish(session, outcomes=[
+                        store.Outcome(job_id=only.id, attempt=only.attempt, error_code=code, error_message=message)
+                    ])  # fmt: skip
+                else:
+                    store.release(
+                        session,
+                        job_ids=[c.id for c in claimed],
+                        attempts=[c.attempt for c in claimed],
+                        reason=f"{code} in a batch ({message}); each job runs alone next",
+                    )
+        finally:
+            os._exit(exit_code)
 
     @contextmanager
     def _leases_kept(self, claimed: Sequence[store.Claimed]) -> Iterator[None]:
@@ -286,6 +305,14 @@ class Runner:
             outcomes.extend(_Done(job, p) for (job, _), p in zip(ready, predictions, strict=True))
             return
         except Exception as raised:
+            if _is_sticky_device_error(raised):  # the CUDA context is gone: nothing here can run again
+                log.error("jobs %s: device failed for good: %s", ",".join(str(j.id) for j, _ in ready), raised)
+                self.give_up(
+                    [job for job, _ in ready],
+                    code="device_error",
+                    message=f"{type(raised).__name__}: {raised}",
+                    exit_code=DEVICE_ERROR_EXIT_CODE,
+                )
             error = OutOfMemory(str(raised)) if _is_out_of_memory(raised) else raised
         transient = isinstance(error, RetryableError)
         if len(ready) > 1 and (isinstance(error, OutOfMemory) or not transient):
@@ -323,6 +350,11 @@ class _Failed:
         return store.Outcome(
             job_id=self.job.id, attempt=self.job.attempt, error_code=self.code, error_message=self.message
         )
+
+
+def _is_sticky_device_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(marker in text for marker in STICKY_DEVICE_ERRORS)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -31,3 +31,15 @@ class HangingEmbedding(EmbeddingAdapter):
 
             time.sleep(3600)
         return super().predict(batch)
+
+
+GPU_CRASH = "gpu-crash"
+
+
+class BrokenDeviceEmbedding(EmbeddingAdapter):
+    """Raises what CUDA raises after an illegal memory access, on the text "gpu-crash"."""
+
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        if any(item.text == GPU_CRASH for item in batch):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().predict(batch)

@@ -13,7 +13,7 @@ import httpx
 import redis
 
 from tests.faults.conftest import FaultStack, N, children, texts
-from tests.faults.poison import HANG, POISON
+from tests.faults.poison import GPU_CRASH, HANG, POISON
 
 WORKER = ["worker", "--kinds", "embedding"]
 
@@ -179,3 +179,15 @@ def test_redis_stopped_for_ten_seconds_then_started(fault_stack: FaultStack, tmp
         assert fault_stack.count("succeeded") == N
     finally:
         broker.stop()
+
+
+def test_a_sticky_gpu_error_replaces_the_process_and_fails_one_job(fault_stack: FaultStack) -> None:
+    fault_stack.env["MLQ_MODELS"] = str(write_poison_models(fault_stack, "BrokenDeviceEmbedding"))
+    fault_stack.start("worker", WORKER)
+    accepted = fault_stack.submit([GPU_CRASH, *texts(N - 1)])
+    figures = fault_stack.settle(accepted, fault_at=time.monotonic(), name="sticky GPU error (illegal memory access)")
+    [(status, code, message)] = fault_stack.sql(
+        "SELECT status, error_code, error_message FROM jobs WHERE input->>'text' = %s", GPU_CRASH
+    )
+    assert (status, code) == ("failed", "device_error") and "illegal memory access" in message
+    assert figures["succeeded"] == N - 1 and figures["failed"] == 1
