@@ -169,7 +169,8 @@ SELECT json_build_object(
                   FROM artifacts a WHERE a.job_id = j.id AND a.name NOT LIKE 'input-%')
 )::text
 FROM jobs j
-WHERE j.batch_id = :batch_id AND j.tenant_id = :tenant_id {status_filter}
+WHERE j.batch_id = :batch_id AND j.tenant_id = :tenant_id
+  AND (CAST(:status AS text) IS NULL OR j.status = CAST(:status AS text))
 ORDER BY j.batch_index
 """
 
@@ -183,10 +184,8 @@ def stream_results(
     rows_per_fetch: int = 5000,
 ) -> Iterator[str]:
     """JSON lines in input order, built by PostgreSQL and read with a server-side cursor."""
-    query = text(_RESULTS_SQL.format(status_filter="AND j.status = :status" if status else ""))
-    params: dict[str, Any] = {"batch_id": batch_id, "tenant_id": tenant_id}
-    if status:
-        params["status"] = status.value
+    query = text(_RESULTS_SQL)
+    params: dict[str, Any] = {"batch_id": batch_id, "tenant_id": tenant_id, "status": status.value if status else None}
     result = session.execute(query.execution_options(stream_results=True, yield_per=rows_per_fetch), params)
     for partition in result.partitions():
         yield "".join(row[0] + "\n" for row in partition)

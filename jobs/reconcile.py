@@ -12,10 +12,6 @@ from sqlalchemy.orm import Session
 
 from jobs.store import enqueue_webhooks, notify_finished
 
-_LOST_ATTEMPT = """jsonb_build_object(
-    'attempt', jobs.attempt, 'worker', jobs.worker, 'started_at', jobs.started_at,
-    'ended_at', now(), 'reason', CAST(:reason AS text))"""
-
 
 @dataclass(frozen=True)
 class Waiting:
@@ -57,9 +53,11 @@ def expired_leases(session: Session, *, limit: int) -> TakenBack:
     ``failed`` with ``max_attempts_exceeded`` once they used every attempt."""
     rows = session.execute(
         text(
-            f"""
+            """
             UPDATE jobs SET
-                history = jobs.history || {_LOST_ATTEMPT},
+                history = jobs.history || jsonb_build_object(
+                    'attempt', jobs.attempt, 'worker', jobs.worker, 'started_at', jobs.started_at,
+                    'ended_at', now(), 'reason', CAST(:reason AS text)),
                 status = CASE WHEN jobs.attempt >= jobs.max_attempts THEN 'failed' ELSE 'queued' END,
                 error_code = CASE WHEN jobs.attempt >= jobs.max_attempts THEN 'max_attempts_exceeded' END,
                 error_message = CASE WHEN jobs.attempt >= jobs.max_attempts THEN

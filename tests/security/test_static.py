@@ -1,0 +1,69 @@
+"""Rules read off the source: SQL only through bound parameters; safe model loading."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("jobs", "producer", "workers", "models", "mlq")
+SQL_CALLS = {"text", "execute", "exec_driver_sql", "SQL"}
+
+
+def sources() -> list[Path]:
+    return [p for package in PACKAGES for p in (ROOT / package).rglob("*.py")]
+
+
+def is_psycopg_sql(call: ast.Call) -> bool:
+    """psycopg.sql.SQL("...").format(sql.Identifier(...)) quotes identifiers: that is the safe way."""
+    receiver = getattr(call.func, "value", None)
+    return isinstance(receiver, ast.Call) and getattr(receiver.func, "attr", "") == "SQL"
+
+
+def built_sql_lines(tree: ast.AST) -> list[int]:
+    """Lines where SQL text is built by f-string, % or + formatting, or str.format."""
+    lines = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and node.args):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        first = node.args[0]
+        formatted = isinstance(first, ast.Call) and getattr(first.func, "attr", "") == "format"
+        built = (
+            isinstance(first, ast.JoinedStr)
+            or (isinstance(first, ast.BinOp) and isinstance(first.op, ast.Mod | ast.Add))
+            or (formatted and not is_psycopg_sql(first))  # type: ignore[arg-type]
+        )
+        if name in SQL_CALLS and built:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_sql_is_built_from_f_strings_or_formatting() -> None:
+    offences = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in sources()
+        for line in built_sql_lines(ast.parse(path.read_text(), filename=str(path)))
+    ]
+    assert offences == []
+
+
+def test_the_rule_above_can_fail() -> None:
+    bad = [
+        'session.execute(text(f"SELECT * FROM jobs WHERE id = {job_id}"))',
+        'session.execute(text("SELECT * FROM jobs WHERE id = %s" % job_id))',
+        'session.execute(text("SELECT * FROM jobs WHERE id = {}".format(job_id)))',
+    ]
+    assert all(built_sql_lines(ast.parse(code)) for code in bad)
+    good = 'conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))'
+    assert built_sql_lines(ast.parse(good)) == []
+
+
+def test_weights_load_as_safetensors_without_remote_code() -> None:
+    from jobs.modelsfile import ModelSpec
+    from models.loading import pretrained_kwargs
+
+    kwargs = pretrained_kwargs(ModelSpec(kind="embedding", model="org/model", revision="abc"), "org/model")
+    assert kwargs["use_safetensors"] is True and kwargs["trust_remote_code"] is False
+    text = "\n".join(p.read_text() for p in (ROOT / "models").rglob("*.py"))
+    assert "trust_remote_code=True" not in text and "torch.load(" not in text and "import pickle" not in text
