@@ -299,7 +299,7 @@ _FINISH_SQL = text(
                 CAST(:codes AS text[]), CAST(:messages AS text[]))
          AS v(id, attempt, output, error_code, error_message)
     WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.status = 'running'
-    RETURNING jobs.id
+    RETURNING jobs.id, jobs.webhook_url IS NOT NULL AS hook, jobs.batch_id IS NOT NULL AS in_batch
     """
 )
 
@@ -312,23 +312,22 @@ def finish(session: Session, *, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
     """
     if not outcomes:
         return []
-    written = (
-        session.execute(
-            _FINISH_SQL,
-            {
-                "ids": [o.job_id for o in outcomes],
-                "attempts": [o.attempt for o in outcomes],
-                "outputs": [None if o.output is None else json.dumps(o.output) for o in outcomes],
-                "codes": [o.error_code for o in outcomes],
-                "messages": [o.error_message for o in outcomes],
-            },
-        )
-        .scalars()
-        .all()
-    )
+    rows = session.execute(
+        _FINISH_SQL,
+        {
+            "ids": [o.job_id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "outputs": [None if o.output is None else json.dumps(o.output) for o in outcomes],
+            "codes": [o.error_code for o in outcomes],
+            "messages": [o.error_message for o in outcomes],
+        },
+    ).all()
+    written = [row.id for row in rows]
     notify_finished(session, job_ids=written)
-    enqueue_webhooks(session, job_ids=written)
-    return list(written)
+    enqueue_webhooks(
+        session, job_ids=written, hooks=any(row.hook for row in rows), batches=any(row.in_batch for row in rows)
+    )
+    return written
 
 
 def release(session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequence[int], reason: str) -> None:
@@ -387,15 +386,18 @@ _BATCH_WEBHOOKS_SQL = text(
 )
 
 
-def enqueue_webhooks(session: Session, *, job_ids: Sequence[uuid.UUID]) -> None:
+def enqueue_webhooks(
+    session: Session, *, job_ids: Sequence[uuid.UUID], hooks: bool = True, batches: bool = True
+) -> None:
     """Outbox rows for finished jobs that asked for a webhook, and for their batches once the
     last item is done. The batch row is locked first, so two workers finishing a batch's last
     items at once cannot both miss (or both send) its webhook."""
     if not job_ids:
         return
     ids = list(job_ids)
-    session.execute(_JOB_WEBHOOKS_SQL, {"ids": ids})
-    batch_ids = session.execute(_BATCH_LOCK_SQL, {"ids": ids}).scalars().all()
+    if hooks:  # ``hooks``/``batches`` False: the caller knows none asked / none is in a batch
+        session.execute(_JOB_WEBHOOKS_SQL, {"ids": ids})
+    batch_ids = session.execute(_BATCH_LOCK_SQL, {"ids": ids}).scalars().all() if batches else []
     if batch_ids:
         session.execute(_BATCH_WEBHOOKS_SQL, {"batch_ids": list(batch_ids)})
 
