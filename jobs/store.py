@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from jobs.artifacts import StoredArtifact
 from jobs.db import NOTIFY_CHANNEL
-from jobs.status import TERMINAL, JobStatus
+from jobs.status import JobStatus
 from jobs.tables import ApiKey, Artifact, Batch, Job, Tenant
 
 SCOPES = ("submit", "read", "admin")
@@ -407,10 +407,6 @@ def notify_finished(session: Session, *, job_ids: Sequence[uuid.UUID]) -> None:
     for start in range(0, len(job_ids), NOTIFY_IDS_PER_MESSAGE):
         chunk = job_ids[start : start + NOTIFY_IDS_PER_MESSAGE]
         session.execute(select(func.pg_notify(NOTIFY_CHANNEL, ",".join(str(i) for i in chunk))))
-
-
-def is_terminal(status: str) -> bool:
-    return JobStatus(status) in TERMINAL
 
 
 def add_artifacts(session: Session, *, rows: Sequence[tuple[uuid.UUID, StoredArtifact]]) -> None:

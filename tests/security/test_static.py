@@ -32,7 +32,7 @@ def built_sql_lines(tree: ast.AST) -> list[int]:
         built = (
             isinstance(first, ast.JoinedStr)
             or (isinstance(first, ast.BinOp) and isinstance(first.op, ast.Mod | ast.Add))
-            or (formatted and not is_psycopg_sql(first))  # type: ignore[arg-type]
+            or (formatted and isinstance(first, ast.Call) and not is_psycopg_sql(first))
         )
         if name in SQL_CALLS and built:
             lines.append(node.lineno)
