@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         accept_s = time.perf_counter() - started
         assert answer.status_code == 202, answer.text[:500]
         batch = answer.json()
+        rss_accepted = peak_rss_mib(pid)
         messages = sum(
             redis.Redis.from_url(stack.redis_url).llen(k) for k in redis.Redis.from_url(stack.redis_url).keys("mlq.*")
         )
@@ -97,7 +98,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "results_lines": lines,
         "results_s": round(results_s, 2),
         "results_lines_per_s": round(lines / results_s),
-        "api_peak_rss_mib": {"before": round(rss_before), "after": round(rss_after)},
+        "api_peak_rss_mib": {
+            "before": round(rss_before),
+            "after_accept": round(rss_accepted),
+            "after_results": round(rss_after),
+        },
     }
     (RESULTS / "batch.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -187,5 +187,5 @@ def stream_results(
     query = text(_RESULTS_SQL)
     params: dict[str, Any] = {"batch_id": batch_id, "tenant_id": tenant_id, "status": status.value if status else None}
     result = session.execute(query.execution_options(stream_results=True, yield_per=rows_per_fetch), params)
-    for partition in result.partitions():
+    for partition in result.partitions(rows_per_fetch):
         yield "".join(row[0] + "\n" for row in partition)

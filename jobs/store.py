@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from jobs.artifacts import StoredArtifact
 from jobs.db import NOTIFY_CHANNEL
+from jobs.ids import new_id
 from jobs.status import JobStatus
 from jobs.tables import ApiKey, Artifact, Batch, Job, Tenant
 
@@ -121,7 +122,7 @@ class NewJob:
     max_attempts: int
     idempotency_key: str | None = None
     webhook_url: str | None = None
-    id: uuid.UUID = field(default_factory=uuid.uuid4)  # chosen early when input files are stored first
+    id: uuid.UUID = field(default_factory=new_id)  # chosen early when input files are stored first
 
 
 def insert_job(session: Session, *, tenant_id: uuid.UUID, job: NewJob) -> tuple[Job, bool]:
@@ -221,6 +222,14 @@ def cancel_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> 
 
 
 # --- the worker side -----------------------------------------------------
+
+
+def cancel_requested(session: Session, *, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these running jobs a user has asked to cancel (polled while a job generates)."""
+    rows = session.execute(
+        select(Job.id).where(Job.id.in_(list(job_ids)), Job.cancel_requested_at.is_not(None))
+    ).scalars()
+    return set(rows)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from jobs.ids import new_id
 from jobs.status import JobStatus
 
 STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s.value}'" for s in JobStatus))
@@ -91,7 +92,8 @@ class Job(Base):
         Index("jobs_running_lease", "lease_expires_at", postgresql_where=text("status = 'running'")),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    # time-ordered ids: rows inserted together share primary-key index pages
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=new_id)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(300))

@@ -7,18 +7,16 @@ errors by line number and custom_id.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
-from os import urandom
 from typing import Any
-from uuid import UUID
 
 from pydantic import ValidationError
 from pydantic_core import from_json
 
 from jobs.batches import BatchItem
+from jobs.ids import IdBuffer, new_id
 from jobs.kinds import KINDS, Schema
 from jobs.modelsfile import ModelsConfig
 
@@ -49,7 +47,7 @@ class Parser:
     max_lines: int
     max_errors: int
     sink: Callable[[BatchItem], None] = lambda item: None
-    ids: dict[str, list[uuid.UUID]] = field(default_factory=dict)  # per kind, in input order
+    ids: dict[str, IdBuffer] = field(default_factory=dict)  # per kind, in input order
     count: int = 0
     errors: list[LineError] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
@@ -89,10 +87,13 @@ class Parser:
         if any(getattr(parsed, name) is not None for name in file_fields(type(parsed))):
             return self.error(number, custom_id, ["input"], "files are not accepted in batches; submit single jobs")
         item = BatchItem(
-            UUID(bytes=urandom(16), version=4), number, custom_id, kind, spec.model, self.models.profile,
+            new_id(), number, custom_id, kind, spec.model, self.models.profile,
             parsed.model_dump_json(), spec.max_attempts,
         )  # fmt: skip
-        self.ids.setdefault(kind, []).append(item.id)
+        ids = self.ids.get(kind)
+        if ids is None:
+            ids = self.ids[kind] = IdBuffer()
+        ids.append(item.id)
         if not self.errors:  # after a bad line, only validate: nothing more is written
             self.sink(item)
         return None
@@ -117,7 +118,7 @@ class Parser:
             shown,
         )
 
-    def finish(self) -> dict[str, list[uuid.UUID]]:
+    def finish(self) -> dict[str, IdBuffer]:
         """The ids to publish, per kind; raises BatchRefused if any line was bad."""
         if self.errors:
             self.refuse()
@@ -132,7 +133,7 @@ def file_fields(model: type[Schema]) -> tuple[str, ...]:
     return tuple(name for name, f in model.model_fields.items() if "BinaryInput" in str(f.annotation))
 
 
-def parse_jsonl(lines: Iterable[bytes], parser: Parser) -> dict[str, list[uuid.UUID]]:
+def parse_jsonl(lines: Iterable[bytes], parser: Parser) -> dict[str, IdBuffer]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -145,7 +146,7 @@ def parse_jsonl(lines: Iterable[bytes], parser: Parser) -> dict[str, list[uuid.U
     return parser.finish()
 
 
-def parse_list(items: list[Any], parser: Parser) -> dict[str, list[uuid.UUID]]:
+def parse_list(items: list[Any], parser: Parser) -> dict[str, IdBuffer]:
     for number, raw in enumerate(items, start=1):
         parser.add(number, raw)
     return parser.finish()

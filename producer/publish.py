@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from celery import Celery
 
@@ -37,7 +37,7 @@ class Publisher:
             return False
         return True
 
-    def publish_chunks(self, *, kind: str, chunks: Sequence[Sequence[uuid.UUID]], priority: int) -> int:
+    def publish_chunks(self, *, kind: str, chunks: Iterable[Sequence[uuid.UUID]], priority: int) -> int:
         """One message per chunk over one connection. Returns how many were published;
         the rest stay ``queued`` for the reconciler."""
         sent = 0

@@ -6,7 +6,6 @@ row is committed (a failed publish leaves it ``queued`` for the reconciler).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 
 from jobs import batches, store
 from jobs.errors import InvalidInput
+from jobs.ids import IdBuffer
 from jobs.kinds import KINDS
 from jobs.netfetch import check_url
 from jobs.tables import Batch, Job
@@ -94,7 +94,7 @@ def accept_job(
 
 def accept_batch(
     state: State,
-    parse: Callable[[Parser], dict[str, list[uuid.UUID]]],
+    parse: Callable[[Parser], dict[str, IdBuffer]],
     parser: Parser,
     *,
     principal: store.Principal,
@@ -116,7 +116,5 @@ def accept_batch(
         batch.kind = next(iter(ids)) if len(ids) == 1 else None
     for kind, kind_ids in sorted(ids.items()):
         size = state.models.kinds[kind].batch_chunk_size
-        state.publisher.publish_chunks(
-            kind=kind, chunks=[kind_ids[i : i + size] for i in range(0, len(kind_ids), size)], priority=priority
-        )
+        state.publisher.publish_chunks(kind=kind, chunks=kind_ids.chunks(size), priority=priority)
     return batch, batch.total

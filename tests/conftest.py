@@ -73,18 +73,15 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
 
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a started ``mlq`` process: every setting that differs from its
+    default, as the ``MLQ_*`` variable the process reads back."""
     env = dict(os.environ)
-    env.update(
-        MLQ_DATABASE_URL=settings.require_database_url(),
-        MLQ_REDIS_URL=settings.require_redis_url(),
-        MLQ_DATA_DIR=str(settings.data_dir),
-        MLQ_BATCH_MAX_LINES=str(settings.batch_max_lines),
-        MLQ_ALLOW_HOSTS=json.dumps(settings.allow_hosts),
-        MLQ_WEBHOOK_RETRY_BASE_S=str(settings.webhook_retry_base_s),
-        MLQ_MAX_WAIT_S=str(settings.max_wait_s),
-        HF_HUB_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-    )
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        default = field.get_default(call_default_factory=True)
+        if value is not None and value != default:
+            env[f"MLQ_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
 

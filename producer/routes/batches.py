@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
+import tempfile
 import uuid
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO, cast
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from jobs import batches
+from jobs.ids import IdBuffer
 from jobs.queues import BATCH_PRIORITY, MAX_BATCH_PRIORITY
 from jobs.status import JobStatus
 from producer.batch_input import BatchRefused, Parser, parse_jsonl, parse_list
@@ -26,6 +27,7 @@ from producer.submit import accept_batch, check_webhook
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 NOT_FOUND = "no such batch"
+SPOOL_IN_MEMORY_BYTES = 1 << 20
 JSONL_TYPES = {"application/jsonl", "application/x-ndjson", "application/json-lines", "text/plain"}
 UPLOAD_DOC: dict[str, Any] = {
     "requestBody": {
@@ -58,14 +60,19 @@ def refused(exc: BatchRefused) -> HTTPException:
     )
 
 
-async def read_body(request: Request, *, max_bytes: int) -> bytes:
-    chunks, size = [], 0
+async def read_body(request: Request, *, max_bytes: int) -> BinaryIO:
+    """The body, spooled: kept in memory up to 1 MiB, then on disk, so a large bulk run does
+    not sit in the API's memory while it is validated."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # noqa: SIM115  # closed by the caller
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
+            spool.close()
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the batch is over batch_max_bytes={max_bytes}")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        spool.write(chunk)
+    spool.seek(0)
+    return cast(BinaryIO, spool)
 
 
 def form_options(fields: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +106,8 @@ async def parse_request(request: Request, state: State, kind: str | None, priori
         source: Any = ("jsonl", upload.file)
     elif content_type == "application/json":
         try:
-            body = SubmitBatch.model_validate_json(await read_body(request, max_bytes=settings.batch_max_bytes))
+            with await read_body(request, max_bytes=settings.batch_max_bytes) as spooled:
+                body = SubmitBatch.model_validate_json(spooled.read())
         except ValidationError as exc:
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
@@ -107,7 +115,7 @@ async def parse_request(request: Request, state: State, kind: str | None, priori
         options.update(body.model_dump(exclude={"items"}))
         source = ("list", body.items)
     elif content_type in JSONL_TYPES or not content_type:
-        source = ("jsonl", io.BytesIO(await read_body(request, max_bytes=settings.batch_max_bytes)))
+        source = ("jsonl", await read_body(request, max_bytes=settings.batch_max_bytes))
     else:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send JSONL, a JSON object or a multipart file")
     if not 0 <= options["priority"] <= MAX_BATCH_PRIORITY:
@@ -140,7 +148,7 @@ async def create_batch(
     )
 
     def accept() -> BatchView:
-        def parse(p: Parser) -> dict[str, list[uuid.UUID]]:
+        def parse(p: Parser) -> dict[str, IdBuffer]:
             return parse_list(payload, p) if form == "list" else parse_jsonl(payload, p)
 
         batch, total = accept_batch(
@@ -153,6 +161,9 @@ async def create_batch(
         return await run_in_threadpool(accept)
     except BatchRefused as exc:
         raise refused(exc) from None
+    finally:
+        if form == "jsonl":
+            payload.close()  # the spooled body (or the upload's own spool)
 
 
 def view(state: State, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> BatchView:

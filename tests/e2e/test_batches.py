@@ -115,6 +115,26 @@ def test_one_bad_line_refuses_the_whole_batch_and_stores_nothing(
     assert sum(client.llen(k) for k in client.keys("mlq.*")) == queued_before + 1  # five ids, one chunk message
 
 
+def test_a_large_jsonl_body_is_spooled_and_an_oversized_one_refused(
+    api_without_workers: Api, key: str, sessions: sessionmaker[Session]
+) -> None:
+    padding = "x" * 400
+    body = jsonl([{"custom_id": f"big-{i}", "input": {"text": f"{i} {padding}"}} for i in range(4000)])
+    assert 1 << 20 < len(body) < 3 << 20  # past the in-memory part of the spool, under batch_max_bytes
+    with api_without_workers.client(key) as http:
+        accepted = http.post("/v1/batches?kind=moderation", content=body, headers={"Content-Type": "application/jsonl"})
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["counts"]["total"] == 4000
+        oversized = http.post(
+            "/v1/batches?kind=moderation", content=body + body, headers={"Content-Type": "application/jsonl"}
+        )
+        assert oversized.status_code == 413, oversized.text[:300]
+        assert "batch_max_bytes=3145728" in oversized.text
+    with sessions() as session:
+        stored = session.execute(select(func.count()).select_from(Job).where(Job.custom_id.like("big-%"))).scalar_one()
+    assert stored == 4000  # the accepted run, and nothing of the refused one
+
+
 def test_cancel_mid_run_leaves_nothing_running_and_the_counts_add_up(http: httpx.Client) -> None:
     lines = [
         {"custom_id": f"e{i}", "input": {"text": f"sentence number {i} about cats and markets"}} for i in range(3000)
