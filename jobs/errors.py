@@ -34,6 +34,18 @@ class ModelNotConfigured(PermanentError):
     code = "model_not_configured"
 
 
+class TimedOut(PermanentError):
+    """The job passed its kind's soft time limit and was stopped between steps."""
+
+    code = "timed_out"
+
+
+class Cancelled(PermanentError):
+    """The job was cancelled while it ran and stopped between steps (it ends ``cancelled``)."""
+
+    code = "cancelled"
+
+
 class RetryableError(MlqError):
     """A transient failure: the job goes back to the queue for another attempt."""
 

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jobs.kinds import KINDS
 
@@ -35,10 +35,25 @@ class ModelSpec(BaseModel):
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_wait_ms: float = Field(default=2.0, ge=0)  # how long a partial batch waits for company
     batch_chunk_size: int = Field(default=256, ge=1, le=10_000)  # bulk-run job ids per broker message
-    time_limit_s: float = Field(default=120.0, gt=0)  # a job running longer is killed
+    time_limit_s: float = Field(default=120.0, gt=0)  # hard limit: a job running longer is killed with its process
+    # soft limit: an interruptible model (generation) stops between steps and the job fails
+    # ``timed_out`` while its process goes on; default 80% of time_limit_s
+    soft_time_limit_s: float | None = Field(default=None, gt=0)
     max_attempts: int = Field(default=3, ge=1)  # claims before the job is dead-lettered
     limits: dict[str, int] = Field(default_factory=dict)  # checked at submission (422)
     options: dict[str, Any] = Field(default_factory=dict)  # adapter-specific settings
+
+    @model_validator(mode="after")
+    def _soft_below_hard(self) -> ModelSpec:
+        if self.soft_time_limit_s is not None and self.soft_time_limit_s >= self.time_limit_s:
+            raise ValueError(
+                f"soft_time_limit_s={self.soft_time_limit_s:g} must be below time_limit_s={self.time_limit_s:g}"
+            )
+        return self
+
+    @property
+    def soft_limit_s(self) -> float:
+        return self.soft_time_limit_s if self.soft_time_limit_s is not None else 0.8 * self.time_limit_s
 
 
 class ModelsConfig(BaseModel):

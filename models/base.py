@@ -7,17 +7,23 @@ Life cycle, as the runner drives it::
     item = adapter.prepare(input)        # per job; raise InvalidInput for a bad one
     predictions = adapter.predict([item, ...])  # one Prediction per item, same order
 
+An ``interruptible`` adapter (generation: text, images, music) looks at ``self.stop``
+between steps and ends early when the runner asks (a soft time limit or a cancel): it
+calls ``self.stop.check()`` after the model returns, which raises TimedOut or Cancelled.
+
 ``prepare`` isolates per-item failures (an undecodable image fails its own job);
 ``predict`` sees only items that prepared cleanly.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from jobs.errors import Cancelled, TimedOut
 from jobs.kinds import Schema
 from jobs.modelsfile import ModelSpec
 
@@ -39,10 +45,32 @@ class Prediction:
     blobs: list[Blob] = field(default_factory=list)
 
 
+class StopSignal:
+    """Set by the runner from another thread; read by a model between its steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._error: TimedOut | Cancelled | None = None
+
+    def request(self, error: TimedOut | Cancelled) -> None:
+        if not self._event.is_set():
+            self._error = error
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raise the reason to stop, if one was given."""
+        if self._error is not None:
+            raise self._error
+
+
 class Adapter(ABC, Generic[In]):
     """One kind's model code. Subclasses set ``kind`` and implement load and predict."""
 
     kind: ClassVar[str]
+    interruptible: ClassVar[bool] = False  # predict looks at self.stop between steps
 
     def __init__(
         self, spec: ModelSpec, *, source: str | None = None, resolve: Callable[[str], str] | None = None
@@ -53,6 +81,7 @@ class Adapter(ABC, Generic[In]):
         self.source = source or spec.model  # resolved local path or hub id
         self.resolve = resolve or (lambda ref: ref)  # locates a second model an adapter names in its options
         self.device = "cpu"
+        self.stop = StopSignal()  # replaced by the runner for each batch
 
     @abstractmethod
     def load(self, device: str) -> None:

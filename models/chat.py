@@ -18,6 +18,7 @@ from models.loading import pretrained_kwargs, torch_dtype
 
 class ChatAdapter(Adapter[ChatInput]):
     kind = "chat"
+    interruptible = True
 
     def __init__(self, spec: ModelSpec, **located: Any) -> None:
         super().__init__(spec, **located)  # source=, resolve=: as Adapter takes them
@@ -76,5 +77,5 @@ class ChatAdapter(Adapter[ChatInput]):
                     completion_tokens=done.completion_tokens,
                 )
             )
-            for done in generate(self.model, self.tokenizer, requests, device=self.device)
+            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=self.stop)
         ]

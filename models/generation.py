@@ -27,6 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from jobs.errors import InvalidInput
 from jobs.kinds import GenerationOptions
+from models.base import StopSignal
 
 STOP_WINDOW_SLACK_TOKENS = 4  # tokens beyond a stop string's byte length decoded to look for it
 SEED_BOUND = 2**32  # seeds are uint32, as in the input schema
@@ -152,6 +153,16 @@ class StopOnStrings(StoppingCriteria):
         return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
 
 
+class StopOnSignal(StoppingCriteria):
+    """Halt every row when the runner asks (soft time limit, cancel): checked after each token."""
+
+    def __init__(self, signal: StopSignal) -> None:
+        self.signal = signal
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.signal.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 def eos_ids(model: Any, tokenizer: Any) -> set[int]:
     """Token ids that end a completion: the generation config's, else the tokenizer's."""
     configured = model.generation_config.eos_token_id
@@ -208,8 +219,11 @@ def finish(
     return Completion(text, "length", len(prompt_ids), len(token_ids))
 
 
-def generate_group(model: Any, tokenizer: Any, requests: list[Request], *, device: str) -> list[Completion]:
-    """One ``generate`` call for requests with the same batch key (or a single request)."""
+def generate_group(
+    model: Any, tokenizer: Any, requests: list[Request], *, device: str, stop: StopSignal
+) -> list[Completion]:
+    """One ``generate`` call for requests with the same batch key (or a single request);
+    it ends early, raising TimedOut or Cancelled, when ``stop`` is set."""
     options, first = requests[0].options, requests[0]
     encoder_decoder = bool(model.config.is_encoder_decoder)
     encoded = tokenizer.pad(
@@ -222,9 +236,11 @@ def generate_group(model: Any, tokenizer: Any, requests: list[Request], *, devic
     start = 1 if encoder_decoder else encoded["input_ids"].shape[1]  # the decoder starts from one token
     kwargs = generate_kwargs(options, num_beams=first.num_beams)
     kwargs["pad_token_id"] = tokenizer.pad_token_id  # what the rows were padded with (GPT-2: its eos)
-    stop = [s for s in options.stop if s]
-    if stop:
-        kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnStrings(tokenizer, stop, start=start)])
+    stop_strings = [s for s in options.stop if s]
+    criteria: list[StoppingCriteria] = [StopOnSignal(stop)]
+    if stop_strings:
+        criteria.append(StopOnStrings(tokenizer, stop_strings, start=start))
+    kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
     with torch.inference_mode():
         if kwargs["do_sample"]:
             seed = options.seed if options.seed is not None else secrets.randbelow(SEED_BOUND)
@@ -232,13 +248,14 @@ def generate_group(model: Any, tokenizer: Any, requests: list[Request], *, devic
                 sequences = model.generate(**encoded, **kwargs)
         else:
             sequences = model.generate(**encoded, **kwargs)
+    stop.check()
     ends = eos_ids(model, tokenizer)
     return [
         finish(
             tokenizer,
             row[start:].tolist(),
             ends=ends,
-            stop=stop,
+            stop=stop_strings,
             prompt_ids=request.input_ids,
             continues_prompt=request.continues_prompt,
         )
@@ -246,8 +263,12 @@ def generate_group(model: Any, tokenizer: Any, requests: list[Request], *, devic
     ]
 
 
-def generate(model: Any, tokenizer: Any, requests: list[Request], *, device: str) -> list[Completion]:
-    """Completions for ``requests``, in order; compatible greedy requests share a call."""
+def generate(
+    model: Any, tokenizer: Any, requests: list[Request], *, device: str, stop: StopSignal | None = None
+) -> list[Completion]:
+    """Completions for ``requests``, in order; compatible greedy requests share a call.
+    ``stop`` ends the work between tokens (see models.base.StopSignal)."""
+    signal = stop or StopSignal()
     groups: dict[tuple[Any, ...], list[int]] = {}
     alone: list[list[int]] = []
     for index, request in enumerate(requests):
@@ -258,6 +279,6 @@ def generate(model: Any, tokenizer: Any, requests: list[Request], *, device: str
             groups.setdefault(key, []).append(index)
     completions: dict[int, Completion] = {}
     for indices in [*groups.values(), *alone]:
-        done = generate_group(model, tokenizer, [requests[i] for i in indices], device=device)
+        done = generate_group(model, tokenizer, [requests[i] for i in indices], device=device, stop=signal)
         completions.update(zip(indices, done, strict=True))
     return [completions[index] for index in range(len(requests))]

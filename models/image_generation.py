@@ -15,6 +15,7 @@ PNG = "image/png"
 
 class ImageGenerationAdapter(Adapter[ImageGenerationInput]):
     kind = "image-generation"
+    interruptible = True
 
     def load(self, device: str) -> None:
         from diffusers import AutoPipelineForText2Image
@@ -29,6 +30,12 @@ class ImageGenerationAdapter(Adapter[ImageGenerationInput]):
     def predict(self, batch: list[Any]) -> list[Prediction]:
         items: list[ImageGenerationInput] = batch
         return [self.generate(item) for item in items]  # sizes and steps differ per item: one call each
+
+    def _between_steps(self, pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        """diffusers calls this after each denoising step; its interrupt flag skips the rest."""
+        if self.stop.is_set():
+            pipeline._interrupt = True
+        return tensors
 
     def generate(self, item: ImageGenerationInput) -> Prediction:
         """Run the pipeline for one item; the same seed gives the same PNGs on the same device."""
@@ -47,7 +54,9 @@ class ImageGenerationAdapter(Adapter[ImageGenerationInput]):
                 num_images_per_prompt=item.num_images,
                 generator=generator,
                 output_type="pil",
+                callback_on_step_end=self._between_steps,
             )
+        self.stop.check()
         blobs = [Blob(f"image-{i}.png", PNG, encode_png(image)) for i, image in enumerate(result.images)]
         refs = [
             GeneratedImage(artifact=blob.name, content_type=PNG, width=image.width, height=image.height)

@@ -24,6 +24,7 @@ CONTENT_TYPE = "audio/wav"
 
 class MusicGenerationAdapter(Adapter[MusicGenerationInput]):
     kind = "music-generation"
+    interruptible = True
 
     def load(self, device: str) -> None:
         from transformers import AutoProcessor, MusicgenForConditionalGeneration
@@ -60,17 +61,26 @@ class MusicGenerationAdapter(Adapter[MusicGenerationInput]):
 
     def generate(self, item: MusicGenerationInput) -> Prediction:
         import torch
+        from transformers import StoppingCriteriaList
+
+        from models.generation import StopOnSignal
 
         seed = item.seed if item.seed is not None else secrets.randbelow(2**32)
         inputs = self.processor(text=[item.prompt], padding=True, truncation=True, return_tensors="pt").to(self.device)
         with torch.random.fork_rng(devices=rng_devices(self.device)), torch.inference_mode():
             torch.manual_seed(seed)
-            audio = self.model.generate(
-                **inputs,
-                do_sample=True,
-                guidance_scale=item.guidance_scale,
-                max_new_tokens=self.steps(item.duration_s),
-            )
+            try:
+                audio = self.model.generate(
+                    **inputs,
+                    do_sample=True,
+                    guidance_scale=item.guidance_scale,
+                    max_new_tokens=self.steps(item.duration_s),
+                    stopping_criteria=StoppingCriteriaList([StopOnSignal(self.stop)]),
+                )
+            except RuntimeError:
+                self.stop.check()  # MusicGen cannot undo its codebook delay on a clip cut short: say why it was
+                raise
+        self.stop.check()
         samples = fit(audio[0].float().cpu().numpy().T, frames=max(1, round(item.duration_s * self.sampling_rate_hz)))
         wav = encode_wav(samples, sampling_rate_hz=self.sampling_rate_hz)
         output = MusicGenerationOutput(

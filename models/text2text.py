@@ -15,6 +15,7 @@ from models.loading import pretrained_kwargs, torch_dtype
 
 class Text2TextAdapter(Adapter[Text2TextInput]):
     kind = "text2text-generation"
+    interruptible = True
 
     def load(self, device: str) -> None:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -42,5 +43,5 @@ class Text2TextAdapter(Adapter[Text2TextInput]):
                     text=done.text, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens
                 )
             )
-            for done in generate(self.model, self.tokenizer, requests, device=self.device)
+            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=self.stop)
         ]

@@ -12,6 +12,7 @@ from models.loading import pretrained_kwargs, torch_dtype
 
 class TextGenerationAdapter(Adapter[TextGenerationInput]):
     kind = "text-generation"
+    interruptible = True
 
     def load(self, device: str) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -43,5 +44,5 @@ class TextGenerationAdapter(Adapter[TextGenerationInput]):
                     completion_tokens=done.completion_tokens,
                 )
             )
-            for done in generate(self.model, self.tokenizer, requests, device=self.device)
+            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=self.stop)
         ]

@@ -24,8 +24,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import reconcile, store
-from jobs.artifacts import ArtifactStore
+from jobs.artifacts import ArtifactStore, StoredArtifact
 from jobs.errors import (
+    Cancelled,
     InvalidInput,
     MlqError,
     ModelError,
@@ -33,16 +34,19 @@ from jobs.errors import (
     OutOfMemory,
     PermanentError,
     RetryableError,
+    TimedOut,
 )
 from jobs.kinds import BinaryInput, Schema, get_kind
 from jobs.modelsfile import ModelsConfig, ModelSpec
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from models.loading import pick_device
 from models.registry import create_adapter
 
 log = logging.getLogger("mlq.runner")
 
 
+CANCEL_POLL_S = 1.0  # how often a running generation looks for a cancel request
+STORE_RETRY_MAX_S = 5.0  # longest pause between tries of a result write while PostgreSQL is away
 TIME_LIMIT_EXIT_CODE = 75  # a pool process that exits with this ran past a time limit
 DEVICE_ERROR_EXIT_CODE = 76  # ... or lost its GPU context (illegal memory access and the like)
 STICKY_DEVICE_ERRORS = (  # CUDA errors after which the process's context cannot be used again
@@ -133,24 +137,18 @@ class Runner:
         if not claimed:
             return
         started = time.perf_counter()
-        with self._leases_kept(claimed), self._time_limited(claimed, limit_s=adapter.spec.time_limit_s):
-            outcomes, retry = self.process(adapter, claimed, files=files)
-        stored = [
-            (o.job.id, self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type))
-            for o in outcomes
-            if isinstance(o, _Done)
-            for b in o.prediction.blobs
-        ]
-        with self.sessions.begin() as session:
-            written = set(store.finish(session, outcomes=[o.outcome() for o in outcomes]))
-            store.add_artifacts(session, rows=[(job_id, a) for job_id, a in stored if job_id in written])
-            if retry:
-                store.release(
-                    session,
-                    job_ids=[c.id for c, _ in retry],
-                    attempts=[c.attempt for c, _ in retry],
-                    reason=retry[0][1],
-                )
+        stop = adapter.stop = StopSignal()
+        interruptible = stop if adapter.interruptible else None
+        with self._leases_kept(claimed, cancel=interruptible):
+            with self._time_limited(claimed, spec=adapter.spec, soft=interruptible):
+                outcomes, retry = self.process(adapter, claimed, files=files)
+            stored = [
+                (o.job.id, self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type))
+                for o in outcomes
+                if isinstance(o, _Done)
+                for b in o.prediction.blobs
+            ]
+            written = self._store(outcomes, stored, retry)
         elapsed_s = time.perf_counter() - started
         for o in outcomes:
             if o.job.id not in written:
@@ -166,16 +164,62 @@ class Runner:
                 log.info("job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message)
         report.released += len(retry)
 
+    def _store(
+        self,
+        outcomes: list[_Done | _Failed],
+        stored: list[tuple[uuid.UUID, StoredArtifact]],
+        retry: list[tuple[store.Claimed, str]],
+    ) -> set[uuid.UUID]:
+        """Write a slice's results in one transaction. While PostgreSQL is away (a restart) the
+        write is tried again with backoff for up to a lease, so computed results are not thrown
+        away; the attempt fence makes a late write harmless. Returns the ids written."""
+        deadline = time.monotonic() + self.lease_s
+        pause_s = 0.2
+        while True:
+            try:
+                with self.sessions.begin() as session:
+                    written = set(store.finish(session, outcomes=[o.outcome() for o in outcomes]))
+                    store.add_artifacts(session, rows=[(job_id, a) for job_id, a in stored if job_id in written])
+                    if retry:
+                        store.release(
+                            session,
+                            job_ids=[c.id for c, _ in retry],
+                            attempts=[c.attempt for c, _ in retry],
+                            reason=retry[0][1],
+                        )
+                return written
+            except Exception as exc:
+                if not is_transient_db_error(exc) or time.monotonic() + pause_s > deadline:
+                    raise
+                log.warning(
+                    "jobs %s: result write failed (%s); trying again in %.1fs",
+                    ",".join(str(o.job.id) for o in outcomes), exc, pause_s,
+                )  # fmt: skip
+                time.sleep(pause_s)
+                pause_s = min(STORE_RETRY_MAX_S, pause_s * 2)
+
     @contextmanager
-    def _time_limited(self, claimed: Sequence[store.Claimed], *, limit_s: float) -> Iterator[None]:
-        """The hard time limit: past ``limit_s`` the jobs are recorded and this process exits, so
-        Celery replaces it (native code cannot be interrupted safely). A lone job fails with
-        ``timed_out``; a batch goes back to the queue, and its jobs, having lost an attempt, run
-        alone next time, so only the one that hangs fails."""
+    def _time_limited(
+        self, claimed: Sequence[store.Claimed], *, spec: ModelSpec, soft: StopSignal | None
+    ) -> Iterator[None]:
+        """Time limits. At the soft limit an interruptible model (``soft`` given) is asked to stop
+        between steps: its jobs fail ``timed_out`` and the process goes on. Past the hard limit
+        the jobs are recorded and this process exits, so Celery replaces it (native code cannot
+        be interrupted safely). A lone job fails with ``timed_out``; a batch goes back to the
+        queue, and its jobs, having lost an attempt, run alone next time, so only the one that
+        hangs fails."""
         done = threading.Event()
+        limit_s = spec.time_limit_s
 
         def watchdog() -> None:
-            if done.wait(limit_s):
+            if soft is not None:
+                if done.wait(spec.soft_limit_s):
+                    return
+                log.warning("jobs %s: past the soft time limit of %.0fs; stopping", _ids(claimed), spec.soft_limit_s)
+                soft.request(TimedOut(f"stopped at the soft time limit of {spec.soft_limit_s:g}s for this kind"))
+                if done.wait(limit_s - spec.soft_limit_s):
+                    return
+            elif done.wait(limit_s):
                 return
             log.error("jobs %s: over the time limit of %.0fs", ",".join(str(c.id) for c in claimed), limit_s)
             self.give_up(
@@ -214,23 +258,34 @@ class Runner:
             os._exit(exit_code)
 
     @contextmanager
-    def _leases_kept(self, claimed: Sequence[store.Claimed]) -> Iterator[None]:
+    def _leases_kept(self, claimed: Sequence[store.Claimed], *, cancel: StopSignal | None) -> Iterator[None]:
         """Renew the claimed jobs' leases every third of a lease while they run, so a slow
-        job is never taken back from a live worker; a dead worker stops renewing."""
+        job is never taken back from a live worker; a dead worker stops renewing. With
+        ``cancel``, also look every CANCEL_POLL_S for cancel requests: when every job of the
+        slice has one, the model is asked to stop between steps."""
         stop = threading.Event()
+        ids = [c.id for c in claimed]
+        renew_every_s = self.lease_s / 3
 
         def beat() -> None:
-            while not stop.wait(self.lease_s / 3):
+            renew_at = time.monotonic() + renew_every_s
+            while not stop.wait(min(CANCEL_POLL_S, renew_every_s) if cancel else renew_every_s):
                 try:
                     with self.sessions.begin() as session:
-                        reconcile.extend_leases(
-                            session,
-                            job_ids=[c.id for c in claimed],
-                            attempts=[c.attempt for c in claimed],
-                            lease_s=self.lease_s,
-                        )
+                        if (
+                            cancel is not None
+                            and not cancel.is_set()
+                            and len(store.cancel_requested(session, job_ids=ids)) == len(ids)
+                        ):
+                            log.info("jobs %s: cancelled while running; stopping", _ids(claimed))
+                            cancel.request(Cancelled("cancelled while it ran; stopped between steps"))
+                        if time.monotonic() >= renew_at:
+                            renew_at += renew_every_s
+                            reconcile.extend_leases(
+                                session, job_ids=ids, attempts=[c.attempt for c in claimed], lease_s=self.lease_s
+                            )
                 except Exception as exc:  # the next beat tries again; the lease has slack
-                    log.warning("jobs %s: lease renewal failed: %s", ",".join(str(c.id) for c in claimed), exc)
+                    log.warning("jobs %s: lease renewal failed: %s", _ids(claimed), exc)
 
         thread = threading.Thread(target=beat, name="mlq-lease", daemon=True)
         thread.start()
@@ -314,6 +369,9 @@ class Runner:
                     exit_code=DEVICE_ERROR_EXIT_CODE,
                 )
             error = OutOfMemory(str(raised)) if _is_out_of_memory(raised) else raised
+        if isinstance(error, TimedOut | Cancelled):  # the whole slice was asked to stop
+            outcomes.extend(_Failed(job, error.code, str(error)) for job, _ in ready)
+            return
         transient = isinstance(error, RetryableError)
         if len(ready) > 1 and (isinstance(error, OutOfMemory) or not transient):
             half = len(ready) // 2
@@ -360,6 +418,10 @@ def _is_sticky_device_error(exc: BaseException) -> bool:
 def _is_out_of_memory(exc: BaseException) -> bool:
     """torch.OutOfMemoryError (CUDA) or MemoryError, told apart without importing torch here."""
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def _ids(claimed: Sequence[store.Claimed]) -> str:
+    return ",".join(str(c.id) for c in claimed)
 
 
 def _has_files(claimed: Sequence[store.Claimed]) -> bool:

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,9 +100,10 @@ class FaultStack:
         return figures
 
 
-@pytest.fixture
-def fault_stack(services: Services, data_dir: Path, settings: Settings) -> Iterator[FaultStack]:
-    with fresh_database(services.pg_admin_url) as database_url, fresh_redis_db(services.redis_base_url) as redis_url:
+@contextmanager
+def open_stack(settings: Settings, *, pg_admin_url: str, redis_base_url: str) -> Iterator[FaultStack]:
+    """A fresh database and Redis DB, the API and the reconciler started; workers are the test's."""
+    with fresh_database(pg_admin_url) as database_url, fresh_redis_db(redis_base_url) as redis_url:
         upgrade(database_url)
         with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
             conn.execute(RESULT_WRITES)
@@ -122,6 +124,44 @@ def fault_stack(services: Services, data_dir: Path, settings: Settings) -> Itera
                 if proc.alive():
                     os.killpg(proc.popen.pid, signal.SIGKILL)
                 proc.stop(timeout_s=5)
+
+
+@pytest.fixture
+def fault_stack(services: Services, settings: Settings) -> Iterator[FaultStack]:
+    with open_stack(settings, pg_admin_url=services.pg_admin_url, redis_base_url=services.redis_base_url) as stack:
+        yield stack
+
+
+@dataclass
+class OwnPostgres:
+    """A PostgreSQL of one test's own (pgserver's binaries), so the test may stop and restart it."""
+
+    server: Any  # pgserver.PostgresServer
+    admin_url: str
+
+    def pg_ctl(self, *args: str) -> None:
+        import pgserver
+
+        # as the user pgserver runs PostgreSQL as (another one when the tests run as root)
+        pgserver.pg_ctl(["-w", *args], pgdata=self.server.pgdata, user=self.server.system_user)
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()  # with the socket options it was first started with
+
+
+@pytest.fixture
+def own_postgres_stack(
+    services: Services, settings: Settings, tmp_path: Path
+) -> Iterator[tuple[FaultStack, OwnPostgres]]:
+    from mlq.embedded import start_postgres
+
+    server = start_postgres(tmp_path / "pg")
+    own = OwnPostgres(server=server.server, admin_url=libpq_url(server.url))
+    try:
+        with open_stack(settings, pg_admin_url=own.admin_url, redis_base_url=services.redis_base_url) as stack:
+            yield stack, own
+    finally:
+        server.stop()
 
 
 def children(pid: int) -> list[int]:

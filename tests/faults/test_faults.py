@@ -12,7 +12,7 @@ import time
 import httpx
 import redis
 
-from tests.faults.conftest import FaultStack, N, children, texts
+from tests.faults.conftest import FaultStack, N, OwnPostgres, children, texts
 from tests.faults.poison import GPU_CRASH, HANG, POISON
 
 WORKER = ["worker", "--kinds", "embedding"]
@@ -191,3 +191,47 @@ def test_a_sticky_gpu_error_replaces_the_process_and_fails_one_job(fault_stack: 
     )
     assert (status, code) == ("failed", "device_error") and "illegal memory access" in message
     assert figures["succeeded"] == N - 1 and figures["failed"] == 1
+
+
+def test_postgres_restarted_during_result_writes(own_postgres_stack: tuple[FaultStack, OwnPostgres]) -> None:
+    """PostgreSQL crashes (immediate shutdown: no checkpoint, crash recovery at start) while
+    the worker writes results. Workers hold computed results and write them when it is back;
+    the API, the reconciler and the worker reconnect on their own."""
+    stack, postgres = own_postgres_stack
+    stack.start("worker", WORKER)
+    accepted = stack.submit(texts())
+    stack.wait_for("succeeded", 20)
+    postgres.pg_ctl("-m", "immediate", "restart")
+    fault_at = time.monotonic()
+    figures = stack.settle(accepted, fault_at=fault_at, name="PostgreSQL restarted during result writes")
+    assert figures["succeeded"] == N
+
+
+def test_with_postgres_down_the_api_answers_503_at_once_and_keeps_nothing(
+    own_postgres_stack: tuple[FaultStack, OwnPostgres],
+) -> None:
+    stack, postgres = own_postgres_stack
+    broker = redis.Redis.from_url(stack.settings.require_redis_url())
+    with stack.http() as http:
+        assert http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "before"}}).status_code == 202
+        queued_before = sum(broker.llen(k) for k in broker.keys("mlq.*"))
+        postgres.pg_ctl("-m", "immediate", "stop")
+        try:
+            for attempt in range(3):  # the key may be cached or not: both paths answer 503
+                started = time.monotonic()
+                down = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": f"while down {attempt}"}})
+                answered_s = time.monotonic() - started
+                assert down.status_code == 503, down.text
+                assert answered_s < 15, answered_s  # a bounded connect timeout, not a hung request
+                assert "unavailable; nothing was accepted" in down.text
+            assert http.get("/readyz").status_code == 503
+            assert sum(broker.llen(k) for k in broker.keys("mlq.*")) == queued_before  # nothing published
+        finally:
+            postgres.start()
+        deadline = time.monotonic() + 30
+        after = {"kind": "embedding", "input": {"text": "after"}}
+        while (again := http.post("/v1/jobs", json=after)).status_code != 202:
+            assert time.monotonic() < deadline, again.text
+            time.sleep(0.5)
+    texts_stored = {row[0] for row in stack.sql("SELECT input->>'text' FROM jobs")}
+    assert texts_stored == {"before", "after"}  # nothing of what was refused

@@ -1,5 +1,7 @@
 """The runner on the real PostgreSQL: claim → predict → store, without Celery."""
 
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -164,3 +166,65 @@ def test_out_of_memory_splits_the_batch_before_failing_anyone(runner: Runner, se
     report = runner.run(kind="embedding", job_ids=ids)
     assert (report.succeeded, report.failed, report.released) == (7, 0, 0)
     assert {r.status for r in rows(sessions, ids)} == {"succeeded"}
+
+
+def with_spec(runner: Runner, kind: str, **changes: Any) -> Runner:
+    """The same runner serving ``kind`` with changed models-file settings."""
+    models = runner.models
+    spec = models.kinds[kind].model_copy(update=changes)
+    runner.models = models.model_copy(update={"kinds": {**models.kinds, kind: spec}})
+    if kind in runner.adapters:
+        runner.adapters[kind].spec = spec
+    return runner
+
+
+def test_soft_time_limit_stops_a_real_generation_between_tokens_and_the_process_goes_on(
+    runner: Runner, sessions: sessionmaker[Session]
+) -> None:
+    with_spec(runner, "text-generation", soft_time_limit_s=0.001, time_limit_s=120)
+    [long] = submit(sessions, "text-generation", [{"prompt": "once upon a time", "max_new_tokens": 100}])
+    report = runner.run(kind="text-generation", job_ids=[long])
+    [row] = rows(sessions, [long])
+    assert (report.failed, row.status, row.error_code) == (1, "failed", "timed_out")
+    assert "soft time limit of 0.001s" in row.error_message and row.output is None
+    with_spec(runner, "text-generation", soft_time_limit_s=None)
+    [next_job] = submit(sessions, "text-generation", [{"prompt": "once upon a time", "max_new_tokens": 5}])
+    assert runner.run(kind="text-generation", job_ids=[next_job]).succeeded == 1  # same process, next job
+
+
+class SlowGeneration(Adapter[Any]):
+    """Generates one token per 10 ms for 60 s unless asked to stop (looks like a long diffusion run)."""
+
+    kind = "text-generation"
+    interruptible = True
+
+    def load(self, device: str) -> None:
+        self.device = device
+        self.steps = 0
+
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        for self.steps in range(6000):
+            if self.stop.is_set():
+                break
+            time.sleep(0.01)
+        self.stop.check()
+        raise AssertionError("the generation was never stopped")
+
+
+def test_cancel_reaches_a_running_generation_between_steps(runner: Runner, sessions: sessionmaker[Session]) -> None:
+    slow = runner.adapters["text-generation"] = SlowGeneration(load_models_file("demo").kinds["text-generation"])
+    slow.load("cpu")
+    [job_id] = submit(sessions, "text-generation", [{"prompt": "a very long story"}])
+    worker = threading.Thread(target=runner.run, kwargs={"kind": "text-generation", "job_ids": [job_id]})
+    worker.start()
+    while slow.steps < 10:  # running, a few steps in
+        time.sleep(0.01)
+    with sessions.begin() as session:
+        tenant = store.ensure_tenant(session, name="runner-tests")
+        asked = store.cancel_job(session, tenant_id=tenant, job_id=job_id)
+    assert asked is not None and asked.status == "running" and asked.cancel_requested_at is not None
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    [row] = rows(sessions, [job_id])
+    assert (row.status, row.error_code, row.output) == ("cancelled", "cancelled", None)
+    assert slow.steps < 6000 - 1

@@ -43,3 +43,12 @@ def test_defaults_merge_and_entries_override(tmp_path: Path) -> None:
 def test_missing_file_says_what_to_do() -> None:
     with pytest.raises(ModelsFileError, match="MLQ_MODELS"):
         load_models_file("/nonexistent/models.toml")
+
+
+def test_soft_time_limit_defaults_below_the_hard_one_and_must_stay_below() -> None:
+    spec = parse_models({"kinds": {"chat": {"model": "x", "time_limit_s": 100}}}, source="t").kinds["chat"]
+    assert spec.soft_limit_s == 80
+    pinned = parse_models({"kinds": {"chat": {"model": "x", "soft_time_limit_s": 30}}}, source="t").kinds["chat"]
+    assert (pinned.soft_limit_s, pinned.time_limit_s) == (30, 120)
+    with pytest.raises(ModelsFileError, match="soft_time_limit_s=200 must be below time_limit_s=120"):
+        parse_models({"kinds": {"chat": {"model": "x", "soft_time_limit_s": 200}}}, source="t")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from jobs.errors import InvalidInput
+from jobs.errors import Cancelled, InvalidInput
 from jobs.kinds import (
     BinaryInput,
     MusicGenerationInput,
@@ -22,6 +22,7 @@ from jobs.kinds import (
 )
 from jobs.modelsfile import ModelSpec
 from models.audio import decode_audio, encode_wav
+from models.base import StopSignal
 from models.music_generation import MusicGenerationAdapter
 from models.speech_recognition import Clip, SpeechRecognitionAdapter, join_tokens, split
 from models.tiny import ensure_built
@@ -287,3 +288,21 @@ def test_a_seed_reproduces_the_same_bytes(musicgen: MusicGenerationAdapter) -> N
 def test_music_longer_than_the_model_allows_is_refused(musicgen: MusicGenerationAdapter) -> None:
     with pytest.raises(InvalidInput, match="longer than this model generates"):
         musicgen.prepare(MusicGenerationInput(prompt="a long song", duration_s=25))
+
+
+def test_a_stop_request_ends_music_after_the_first_step(musicgen: MusicGenerationAdapter) -> None:
+    steps: list[int] = []
+    hook = musicgen.model.decoder.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        musicgen.stop = StopSignal()
+        musicgen.stop.request(Cancelled("cancelled while it ran"))
+        with pytest.raises(Cancelled):
+            compose(musicgen, duration_s=1.0, seed=3)
+        stopped = len(steps)
+        steps.clear()
+        musicgen.stop = StopSignal()
+        compose(musicgen, duration_s=1.0, seed=3)  # the same clip runs to the end when nobody asks
+    finally:
+        hook.remove()
+        musicgen.stop = StopSignal()
+    assert stopped <= 2 < musicgen.steps(1.0) <= len(steps)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile
 
-from jobs.errors import InvalidInput
+from jobs.errors import InvalidInput, TimedOut
 from jobs.kinds import (
     BinaryInput,
     ImageClassificationInput,
@@ -19,6 +19,7 @@ from jobs.kinds import (
     ImageGenerationOutput,
 )
 from jobs.modelsfile import ModelSpec
+from models.base import StopSignal
 from models.image_classification import ImageClassificationAdapter
 from models.image_generation import ImageGenerationAdapter
 from models.images import decode_image, encode_png
@@ -238,3 +239,22 @@ def test_picks_and_reports_a_seed_that_reproduces(generator: ImageGenerationAdap
     assert 0 <= seed < 2**32 and len(first) == 1
     _, again = pngs(generator, item.model_copy(update={"seed": seed}))
     assert again == first
+
+
+def test_a_stop_request_skips_the_remaining_denoising_steps(generator: ImageGenerationAdapter) -> None:
+    calls: list[int] = []
+    hook = generator.pipeline.unet.register_forward_hook(lambda *_: calls.append(1))
+    item = ImageGenerationInput(prompt="a dog", num_inference_steps=8, width=32, height=32, seed=1)
+    try:
+        generator.stop = StopSignal()
+        generator.stop.request(TimedOut("stopped at the soft time limit"))
+        with pytest.raises(TimedOut):
+            generator.predict([item])
+        stopped = len(calls)
+        calls.clear()
+        generator.stop = StopSignal()
+        generator.predict([item])
+    finally:
+        hook.remove()
+        generator.stop = StopSignal()
+    assert (stopped, len(calls)) == (1, 8)  # one step ran, then the interrupt flag skipped the rest
