@@ -88,21 +88,27 @@ def check_max(value: int | float, info: ValidationInfo, name: str, default: int)
 
 
 class BinaryInput(Schema):
-    """Binary input (audio, an image): inline as base64, or the name of an uploaded artifact.
+    """Binary input (audio, an image): inline as base64, the name of an uploaded artifact, or
+    a public http(s) URL that the API downloads at submission (SSRF-checked, size-bounded).
 
-    The API moves inline bytes to the artifact store before the job is stored, so
+    The API moves inline or downloaded bytes to the artifact store before the job is stored, so
     PostgreSQL only ever holds ``{"artifact": name}``; the runner puts the bytes in
     ``data`` before the adapter sees the item.
     """
 
     base64: str | None = Field(default=None, description="The file's bytes, base64-encoded.")
     artifact: str | None = Field(default=None, description="Name of a file uploaded with the job.")
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="A public http(s) URL, downloaded once at submission; private and loopback addresses are refused.",
+    )
     _data: bytes | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> BinaryInput:
-        if (self.base64 is None) == (self.artifact is None):
-            raise ValueError("give exactly one of base64 or artifact")
+        if sum(v is not None for v in (self.base64, self.artifact, self.url)) != 1:
+            raise ValueError("give exactly one of base64, artifact or url")
         return self
 
     @property

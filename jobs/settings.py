@@ -34,7 +34,13 @@ class Settings(BaseSettings):
     publish_timeout_s: float = 2.0  # give up publishing a wake-up after this; the job stays queued
     db_pool_size: int = 10
 
+    # per-tenant submission limits (429 with Retry-After); a tenant may have its own
+    # (`mlq keys limits`); 0 turns a limit off. Bulk-run items count toward neither.
+    jobs_per_minute: int = Field(default=6000, ge=0)  # single jobs accepted per tenant per minute
+    max_active_jobs_per_kind: int = Field(default=10_000, ge=0)  # a tenant's queued + running single jobs of a kind
+
     allow_hosts: list[str] = Field(default_factory=list)  # internal hosts/networks URLs and webhooks may reach
+    input_fetch_timeout_s: float = 10.0  # per connect/read of an input given by URL (the whole download: 3x)
     webhooks_in_api: bool = True  # the API process sends the webhook outbox
     webhook_timeout_s: float = 5.0  # per connect/read of one delivery attempt
     webhook_max_attempts: int = 8  # then the delivery is marked failed

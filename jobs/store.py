@@ -43,6 +43,8 @@ class Principal:
     tenant_name: str
     key_id: uuid.UUID
     scopes: frozenset[str]
+    jobs_per_minute: int | None = None  # the tenant's own limits; None: the deployment's default
+    max_active_jobs_per_kind: int | None = None
 
 
 def ensure_tenant(session: Session, *, name: str) -> uuid.UUID:
@@ -90,7 +92,16 @@ def authenticate(session: Session, *, key: str) -> Principal | None:
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         return None
     row = session.execute(
-        select(ApiKey.id, ApiKey.key_hash, ApiKey.scopes, ApiKey.revoked_at, Tenant.id, Tenant.name)
+        select(
+            ApiKey.id,
+            ApiKey.key_hash,
+            ApiKey.scopes,
+            ApiKey.revoked_at,
+            Tenant.id,
+            Tenant.name,
+            Tenant.jobs_per_minute,
+            Tenant.max_active_jobs_per_kind,
+        )
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
         .where(ApiKey.prefix == parts[1])
     ).first()
@@ -98,7 +109,22 @@ def authenticate(session: Session, *, key: str) -> Principal | None:
         return None
     if not hmac.compare_digest(row.key_hash, hash_key(key)):
         return None
-    return Principal(tenant_id=row[4], tenant_name=row.name, key_id=row.id, scopes=frozenset(row.scopes))
+    return Principal(
+        tenant_id=row[4], tenant_name=row.name, key_id=row.id, scopes=frozenset(row.scopes),
+        jobs_per_minute=row.jobs_per_minute, max_active_jobs_per_kind=row.max_active_jobs_per_kind,
+    )  # fmt: skip
+
+
+def set_tenant_limits(
+    session: Session, *, tenant: str, jobs_per_minute: int | None, max_active_jobs_per_kind: int | None
+) -> bool:
+    """Set a tenant's own submission limits (None: back to the deployment's default; 0: none)."""
+    result = session.execute(
+        update(Tenant)
+        .where(Tenant.name == tenant)
+        .values(jobs_per_minute=jobs_per_minute, max_active_jobs_per_kind=max_active_jobs_per_kind)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def revoke_api_key(session: Session, *, prefix: str) -> bool:
@@ -155,6 +181,22 @@ def insert_job(session: Session, *, tenant_id: uuid.UUID, job: NewJob) -> tuple[
         select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == job.idempotency_key)
     ).scalar_one()
     return existing, False
+
+
+def active_jobs(session: Session, *, tenant_id: uuid.UUID, kind: str) -> int:
+    """The tenant's queued and running single jobs of ``kind`` (bulk-run items not counted)."""
+    return int(
+        session.execute(
+            select(func.count())
+            .select_from(Job)
+            .where(
+                Job.tenant_id == tenant_id,
+                Job.kind == kind,
+                Job.status.in_([JobStatus.queued.value, JobStatus.running.value]),
+                Job.batch_id.is_(None),
+            )
+        ).scalar_one()
+    )
 
 
 def get_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
@@ -339,9 +381,22 @@ def finish(session: Session, *, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
     return written
 
 
-def release(session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequence[int], reason: str) -> None:
-    """Give claimed jobs back to the queue after a transient failure.
-    Jobs that used all their attempts fail with ``max_attempts_exceeded``."""
+RETRY_BASE_S = 2.0  # a job given back after a transient error waits this long before its second attempt,
+RETRY_MAX_S = 300.0  # doubling per attempt up to this, times a random 0.5-1.5 (jitter)
+
+
+def release(
+    session: Session,
+    *,
+    job_ids: Sequence[uuid.UUID],
+    attempts: Sequence[int],
+    reason: str,
+    retry_base_s: float = RETRY_BASE_S,
+    retry_max_s: float = RETRY_MAX_S,
+) -> None:
+    """Give claimed jobs back to the queue after a transient failure, due again after an
+    exponential backoff with jitter (the reconciler publishes them then). Jobs that used
+    all their attempts fail with ``max_attempts_exceeded``."""
     rows = session.execute(
         text(
             """
@@ -353,6 +408,8 @@ def release(session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequenc
                                   THEN 'max_attempts_exceeded' END,
                 error_message = :reason,
                 finished_at = CASE WHEN jobs.attempt >= jobs.max_attempts THEN now() END,
+                retry_at = CASE WHEN jobs.attempt < jobs.max_attempts THEN now() + make_interval(
+                    secs => least(:retry_max_s, :retry_base_s * 2 ^ (jobs.attempt - 1)) * (0.5 + random())) END,
                 lease_expires_at = NULL,
                 updated_at = now()
             FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
@@ -360,7 +417,13 @@ def release(session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequenc
             RETURNING jobs.id, jobs.status
             """
         ),
-        {"ids": list(job_ids), "attempts": list(attempts), "reason": reason},
+        {
+            "ids": list(job_ids),
+            "attempts": list(attempts),
+            "reason": reason,
+            "retry_base_s": retry_base_s,
+            "retry_max_s": retry_max_s,
+        },
     ).all()
     failed = [row.id for row in rows if row.status == JobStatus.failed.value]
     notify_finished(session, job_ids=failed)

@@ -43,6 +43,9 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     webhook_secret: Mapped[str] = mapped_column(String(64))  # signs this tenant's webhook bodies (HMAC-SHA256)
+    # submission limits; NULL: the deployment's default; 0: none
+    jobs_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_active_jobs_per_kind: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -90,6 +93,13 @@ class Job(Base):
             postgresql_where=text("status = 'queued'"),
         ),
         Index("jobs_running_lease", "lease_expires_at", postgresql_where=text("status = 'running'")),
+        Index("jobs_retry_due", "retry_at", postgresql_where=text("status = 'queued' AND retry_at IS NOT NULL")),
+        Index(
+            "jobs_tenant_active",
+            "tenant_id",
+            "kind",
+            postgresql_where=text("status IN ('queued', 'running') AND batch_id IS NULL"),
+        ),
     )
 
     # time-ordered ids: rows inserted together share primary-key index pages
@@ -110,6 +120,7 @@ class Job(Base):
     history: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # backoff after a transient error
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     worker: Mapped[str | None] = mapped_column(String(255))

@@ -16,6 +16,7 @@ from jobs.modelsfile import load_models_file
 from jobs.settings import Settings, get_settings
 from producer.deps import State
 from producer.publish import Publisher
+from producer.ratelimit import RateLimiter
 from producer.routes import artifacts, batches, health, jobs, models
 from producer.waiter import Waiter
 from producer.webhooks import Dispatcher
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.require_database_url(), pool_size=settings.db_pool_size)
         publisher = Publisher(settings)
+        limiter = RateLimiter(settings.require_redis_url())
         waiter = Waiter(settings.require_database_url())
         waiter.start()
         sessions = make_sessionmaker(engine)
@@ -41,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sessions=sessions,
             models=load_models_file(settings.models),
             publisher=publisher,
+            limiter=limiter,
             waiter=waiter,
             artifacts=LocalArtifactStore(settings.artifacts_path),
             keys={},
@@ -52,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 dispatcher.stop()
             await waiter.stop()
             publisher.close()
+            limiter.close()
             engine.dispose()
 
     app = FastAPI(

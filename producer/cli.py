@@ -199,6 +199,33 @@ def batch_cancel(batch_id: str, api_url: ApiUrl = "http://127.0.0.1:8000", api_k
         typer.echo(json.dumps(client.batches.cancel(batch_id), indent=2, ensure_ascii=False))
 
 
+@keys.command("limits")
+def keys_limits(
+    tenant: Annotated[str, typer.Option(help="The tenant whose limits to set.")],
+    jobs_per_minute: Annotated[
+        int | None, typer.Option(min=0, help="Single jobs accepted per minute; 0: no limit; unset: the default.")
+    ] = None,
+    max_active_jobs_per_kind: Annotated[
+        int | None, typer.Option(min=0, help="Queued + running single jobs per kind; 0: no limit; unset: the default.")
+    ] = None,
+) -> None:
+    """Set a tenant's own submission limits (MLQ_JOBS_PER_MINUTE and MLQ_MAX_ACTIVE_JOBS_PER_KIND
+    are the defaults); over a limit the API answers 429 with Retry-After."""
+    from jobs import store
+    from jobs.db import make_engine, make_sessionmaker
+
+    engine = make_engine(get_settings().require_database_url(), pool_size=1)
+    with make_sessionmaker(engine).begin() as session:
+        found = store.set_tenant_limits(
+            session, tenant=tenant, jobs_per_minute=jobs_per_minute, max_active_jobs_per_kind=max_active_jobs_per_kind
+        )
+    engine.dispose()
+    if not found:
+        typer.echo(f"no tenant {tenant!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{tenant}: jobs_per_minute={jobs_per_minute}, max_active_jobs_per_kind={max_active_jobs_per_kind}")
+
+
 @keys.command("webhook-secret")
 def keys_webhook_secret(tenant: Annotated[str, typer.Option(help="The tenant whose secret to print.")]) -> None:
     """Print the secret that signs this tenant's webhooks (HMAC-SHA256, header Mlq-Signature)."""

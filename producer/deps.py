@@ -16,6 +16,7 @@ from jobs.artifacts import ArtifactStore
 from jobs.modelsfile import ModelsConfig
 from jobs.settings import Settings
 from producer.publish import Publisher
+from producer.ratelimit import RateLimiter
 from producer.waiter import Waiter
 
 KEY_CACHE_S = 5.0  # a revoked key stops working within this long
@@ -27,6 +28,7 @@ class State:
     sessions: sessionmaker[Session]
     models: ModelsConfig
     publisher: Publisher
+    limiter: RateLimiter
     waiter: Waiter
     artifacts: ArtifactStore
     keys: dict[str, tuple[float, store.Principal]]

@@ -1,7 +1,9 @@
 """Binary inputs (audio, images) leave the request before the job is stored.
 
 Inline base64 is bounded before it is decoded; uploaded files are bounded by
-the request limit and the kind's ``max_input_bytes``. The bytes go to the
+the request limit and the kind's ``max_input_bytes``; a URL is downloaded by
+``jobs.netfetch`` (public addresses only, redirects re-checked, the same byte
+limit enforced while reading). The bytes go to the
 artifact store and the job's input keeps only ``{"artifact": "input-<field>"}``,
 so PostgreSQL never holds blobs.
 """
@@ -12,14 +14,18 @@ import base64
 import binascii
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
+from jobs.errors import InvalidInput
 from jobs.kinds import BinaryInput, Schema
 
 DEFAULT_MAX_INPUT_BYTES = 20_000_000  # per binary input, unless the models file says otherwise
+
+Download = Callable[[str, int], tuple[bytes, str]]  # (url, max_bytes) -> (bytes, content type)
 
 
 @dataclass(frozen=True)
@@ -34,11 +40,16 @@ def input_error(loc: tuple[Any, ...], msg: str) -> RequestValidationError:
 
 
 def stage_binaries(
-    parsed: Schema, *, uploads: dict[str, tuple[bytes, str]], limits: dict[str, int]
+    parsed: Schema,
+    *,
+    uploads: dict[str, tuple[bytes, str]],
+    limits: dict[str, int],
+    download: Download | None = None,
 ) -> tuple[dict[str, Any], list[PendingFile]]:
     """The job's stored input and the files to store for it.
 
-    ``uploads`` maps an input field to (bytes, content type) from a multipart request.
+    ``uploads`` maps an input field to (bytes, content type) from a multipart request;
+    ``download`` fetches a URL input (it raises InvalidInput saying why not).
     """
     max_bytes = int(limits.get("max_input_bytes", DEFAULT_MAX_INPUT_BYTES))
     stored = parsed.model_dump(mode="json")
@@ -51,6 +62,13 @@ def stage_binaries(
         if value.base64 is not None:
             data = decode_base64(value.base64, loc=(field, "base64"), max_bytes=max_bytes)
             content_type = "application/octet-stream"
+        elif value.url is not None:
+            if download is None:
+                raise input_error((field, "url"), "inputs by URL are not accepted here")
+            try:
+                data, content_type = download(value.url, max_bytes)
+            except InvalidInput as exc:
+                raise input_error((field, "url"), str(exc)) from None
         elif value.artifact in uploads:
             data, content_type = uploads[value.artifact]
         else:

@@ -14,14 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from jobs import batches, store
-from jobs.errors import InvalidInput
+from jobs.errors import InvalidInput, MlqError
 from jobs.ids import IdBuffer
 from jobs.kinds import KINDS
-from jobs.netfetch import check_url
+from jobs.netfetch import check_url, fetch
 from jobs.tables import Batch, Job
 from producer.batch_input import Parser
 from producer.deps import State
 from producer.inputs import stage_binaries
+from producer.ratelimit import ACTIVE_RETRY_AFTER_S, too_many
 from producer.schemas import SubmitJob
 
 
@@ -35,6 +36,41 @@ def check_webhook(url: str, *, state: State, loc: tuple[Any, ...]) -> None:
         check_url(url, allow_hosts=state.settings.allow_hosts)
     except InvalidInput as exc:
         raise body_error(loc, str(exc)) from None
+
+
+def download(state: State, url: str, max_bytes: int) -> tuple[bytes, str]:
+    """An input given by URL, fetched now (public addresses only); InvalidInput says why not."""
+    settings = state.settings
+    try:
+        answer = fetch(
+            url, max_bytes=max_bytes, timeout_s=settings.input_fetch_timeout_s, allow_hosts=settings.allow_hosts
+        )
+    except MlqError as exc:  # refused (unsafe address, too large) or failed (timeout, no such host)
+        raise InvalidInput(f"{exc.code}: {exc}") from None
+    if not 200 <= answer.status < 300:
+        raise InvalidInput(f"the URL answered HTTP {answer.status}; it must answer 200 with the file")
+    return answer.body, answer.headers.get("content-type", "application/octet-stream").split(";")[0]
+
+
+def check_limits(state: State, *, principal: store.Principal, kind: str) -> None:
+    """The tenant's quota of active jobs of ``kind``, then its jobs per minute: 429 with
+    Retry-After when over either, before anything is stored."""
+    settings = state.settings
+    max_active = principal.max_active_jobs_per_kind
+    max_active = settings.max_active_jobs_per_kind if max_active is None else max_active
+    if max_active:
+        with state.sessions() as session:
+            active = store.active_jobs(session, tenant_id=principal.tenant_id, kind=kind)
+        if active >= max_active:
+            raise too_many(
+                f"this tenant has {active} {kind} jobs queued or running; the limit is "
+                f"max_active_jobs_per_kind={max_active}: wait for some to finish, or send a bulk run",
+                retry_after_s=ACTIVE_RETRY_AFTER_S,
+            )
+    per_minute = principal.jobs_per_minute
+    state.limiter.take(
+        tenant_id=principal.tenant_id, jobs=1, per_minute=settings.jobs_per_minute if per_minute is None else per_minute
+    )
 
 
 def accept_job(
@@ -59,7 +95,10 @@ def accept_job(
         ) from None
     if body.webhook_url is not None:
         check_webhook(body.webhook_url, state=state, loc=("webhook_url",))
-    stored_input, files = stage_binaries(parsed, uploads=uploads or {}, limits=spec.limits)
+    check_limits(state, principal=principal, kind=body.kind)
+    stored_input, files = stage_binaries(
+        parsed, uploads=uploads or {}, limits=spec.limits, download=lambda url, limit: download(state, url, limit)
+    )
     new = store.NewJob(
         kind=body.kind,
         model=spec.model,

@@ -34,6 +34,7 @@ CHUNK = 256  # job ids per republished message
 @dataclass
 class Round:
     requeued: int = 0  # expired leases given back
+    retried: int = 0  # jobs given back after a transient error, their backoff over
     dead: int = 0  # expired leases out of attempts: failed
     republished: int = 0  # queued jobs whose wake-up was lost
     broker_down: bool = False
@@ -51,9 +52,11 @@ class Reconciler:
         done = Round()
         with self.sessions.begin() as session:
             taken = reconcile.expired_leases(session, limit=ROUND_LIMIT)
+            due = reconcile.due_retries(session, limit=ROUND_LIMIT)
         done.dead = len(taken.dead)
         try:
             done.requeued = self.publish(taken.requeued)
+            done.retried = self.publish(due)
             idle = [kind for kind in self.models.kinds if self.queue_size(kind) == 0]
         except Exception as exc:  # Redis away: the jobs stay queued; next round tries again
             log.warning("broker unavailable (%s); will publish next round", exc)
@@ -62,13 +65,11 @@ class Reconciler:
         with self.sessions.begin() as session:
             stale = reconcile.stale_queued(session, kinds=idle, older_than_s=self.requeue_after_s, limit=ROUND_LIMIT)
         done.republished = self.publish(stale)
-        if done.requeued or done.dead or done.republished:
+        if done.requeued or done.dead or done.republished or done.retried:
             log.info(
-                "reconciled: %d leases taken back, %d dead-lettered, %d queued jobs republished",
-                done.requeued,
-                done.dead,
-                done.republished,
-            )
+                "reconciled: %d leases taken back, %d dead-lettered, %d retries due, %d queued jobs republished",
+                done.requeued, done.dead, done.retried, done.republished,
+            )  # fmt: skip
         return done
 
     def queue_size(self, kind: str) -> int:

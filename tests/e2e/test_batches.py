@@ -14,8 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.tables import Batch, Job
-from tests.conftest import create_key
-from tests.e2e.conftest import Api
+from tests.conftest import Api, create_key
 
 TEXTS = [
     "I will hurt you if you come here again",

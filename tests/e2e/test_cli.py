@@ -6,8 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.conftest import MLQ, process_env
-from tests.e2e.conftest import Api
+from tests.conftest import MLQ, Api, process_env
 
 
 def mlq(api: Api, key: str, *args: str) -> subprocess.CompletedProcess[str]:

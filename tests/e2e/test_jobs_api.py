@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.tables import Job
 from producer.publish import Publisher
-from tests.e2e.conftest import Api
+from tests.conftest import Api
 
 WAIT_S = 180  # the first jobs wait for the worker to build and load every demo model
 

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from tests.e2e.conftest import Api
+from tests.conftest import Api
 
 WAIT_S = 180  # the first jobs wait for the worker to build and load the demo models
 

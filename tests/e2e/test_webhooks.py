@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs import webhooks
 from jobs.settings import Settings
 from producer.webhooks import verify
-from tests.conftest import MLQ, create_key, process_env
-from tests.e2e.conftest import Api
+from tests.conftest import MLQ, Api, create_key, process_env
 
 
 class Receiver:

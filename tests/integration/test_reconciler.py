@@ -96,3 +96,28 @@ def test_lost_wake_ups_are_republished_only_when_the_queue_is_empty(
         assert second.republished == 0
         engine.dispose()
         app.close()
+
+
+def test_a_released_job_waits_an_exponential_backoff_then_is_due(sessions: sessionmaker[Session]) -> None:
+    job_id = queued_job(sessions, max_attempts=4)
+    waits_s = []
+    for attempt in (1, 2, 3):
+        with sessions.begin() as session:
+            [claimed] = store.claim(session, job_ids=[job_id], kind="text2text-generation", worker="w", lease_s=30)
+            assert claimed.attempt == attempt
+            store.release(session, job_ids=[job_id], attempts=[attempt], reason="out_of_memory: try again")
+            waits_s.append(
+                session.execute(
+                    text("SELECT EXTRACT(EPOCH FROM retry_at - now()) FROM jobs WHERE id = :id"), {"id": job_id}
+                ).scalar_one()
+            )
+            assert reconcile.due_retries(session, limit=100) == []  # not yet due
+            stale = reconcile.stale_queued(session, kinds=["text2text-generation"], older_than_s=0, limit=100)
+            assert job_id not in [w.id for w in stale]  # nor republished as a lost wake-up
+            session.execute(text("UPDATE jobs SET retry_at = now() - interval '1 ms' WHERE id = :id"), {"id": job_id})
+            [due] = reconcile.due_retries(session, limit=100)
+        assert (due.id, due.retried) == (job_id, True)
+    # base 2 s doubling per attempt, each times 0.5-1.5
+    for wait_s, base_s in zip(waits_s, (2, 4, 8), strict=True):
+        assert 0.5 * base_s <= float(wait_s) <= 1.5 * base_s
+    assert row(sessions, job_id)["status"] == "queued"

@@ -15,8 +15,7 @@ import httpx
 import redis
 
 from mlq.embedded import free_port
-from tests.conftest import MLQ, Proc, create_key, process_env
-from tests.e2e.conftest import Api
+from tests.conftest import MLQ, Api, Proc, create_key, process_env
 
 
 class Exploit:

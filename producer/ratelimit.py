@@ -1,0 +1,67 @@
+"""Per-tenant limits on submission: jobs per minute (counted in Redis, shared by every API
+process) and active jobs per kind (counted in PostgreSQL). Both answer 429 with Retry-After.
+
+The minute counter fails open: with Redis down the API still accepts jobs (they are durable
+in PostgreSQL and the reconciler publishes them later), so a broker outage is not an outage
+of submission.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+from fastapi import HTTPException, status
+
+log = logging.getLogger("mlq.ratelimit")
+
+WINDOW_S = 60
+ACTIVE_RETRY_AFTER_S = 5  # a quota on active jobs frees up as jobs finish: look again soon
+
+
+@dataclass(frozen=True)
+class Limits:
+    jobs_per_minute: int  # 0: no limit
+    max_active_jobs_per_kind: int  # queued + running single jobs of one kind; 0: no limit
+
+
+def too_many(detail: str, *, retry_after_s: int) -> HTTPException:
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
+class RateLimiter:
+    """A fixed one-minute window per tenant: INCRBY on ``mlq:rate:<tenant>:<minute>``."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    def take(self, *, tenant_id: uuid.UUID, jobs: int, per_minute: int) -> None:
+        """Count ``jobs`` against the tenant's minute, or raise 429 (counting nothing)."""
+        if per_minute <= 0:
+            return
+        now = time.time()
+        window = int(now // WINDOW_S)
+        key = f"mlq:rate:{tenant_id}:{window}"
+        try:
+            with self.client.pipeline() as pipe:
+                pipe.incrby(key, jobs)
+                pipe.expire(key, 2 * WINDOW_S)
+                used = int(pipe.execute()[0])
+            if used > per_minute:
+                self.client.decrby(key, jobs)
+        except redis.RedisError as exc:  # fail open: the job is durable without Redis
+            log.warning("rate limit not checked for tenant %s: Redis unavailable (%s)", tenant_id, exc)
+            return
+        if used > per_minute:
+            retry_after_s = math.ceil((window + 1) * WINDOW_S - now)
+            raise too_many(
+                f"over this tenant's limit of jobs_per_minute={per_minute}; retry in {retry_after_s} s",
+                retry_after_s=retry_after_s,
+            )
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,83 @@
+"""Per-tenant submission limits on the real API: jobs per minute (Redis) and active jobs per
+kind (PostgreSQL), both 429 with Retry-After, nothing stored for a refused job."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.tables import Job, Tenant
+from tests.conftest import MLQ, Api, create_key, process_env
+
+
+def tenant_with_limits(api: Api, **limits: int) -> tuple[str, str]:
+    tenant = f"limited-{uuid.uuid4().hex[:8]}"
+    key = create_key(api.settings, tenant)
+    options = [f"--{name.replace('_', '-')}={value}" for name, value in limits.items()]
+    out = subprocess.run(
+        [MLQ, "keys", "limits", "--tenant", tenant, *options],
+        env=process_env(api.settings), capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert tenant in out.stdout
+    return tenant, key
+
+
+def stored(sessions: sessionmaker[Session], tenant: str) -> int:
+    with sessions() as session:
+        return session.execute(
+            select(func.count()).select_from(Job).join(Tenant, Tenant.id == Job.tenant_id).where(Tenant.name == tenant)
+        ).scalar_one()
+
+
+def test_jobs_per_minute_answers_429_with_retry_after(
+    api_without_workers: Api, sessions: sessionmaker[Session]
+) -> None:
+    tenant, key = tenant_with_limits(api_without_workers, jobs_per_minute=3)
+    if time.time() % 60 > 50:  # keep the six requests inside one minute's window
+        time.sleep(61 - time.time() % 60)
+    with api_without_workers.client(key) as http:
+        answers = [http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": f"t{i}"}}) for i in range(6)]
+    assert [a.status_code for a in answers] == [202, 202, 202, 429, 429, 429]
+    refused = answers[3]
+    assert "jobs_per_minute=3" in refused.json()["detail"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert stored(sessions, tenant) == 3  # nothing of the refused ones
+
+
+def test_active_jobs_per_kind_answers_429_until_one_finishes(
+    api_without_workers: Api, sessions: sessionmaker[Session]
+) -> None:
+    tenant, key = tenant_with_limits(api_without_workers, max_active_jobs_per_kind=2)
+    with api_without_workers.client(key) as http:  # no worker reads this API's queues: jobs stay queued
+        first, second = (
+            http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": f"a{i}"}}).json() for i in range(2)
+        )
+        over = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "one too many"}})
+        assert over.status_code == 429, over.text
+        assert "max_active_jobs_per_kind=2" in over.json()["detail"] and over.headers["Retry-After"] == "5"
+        other_kind = http.post("/v1/jobs", json={"kind": "text-classification", "input": {"text": "fine"}})
+        assert other_kind.status_code == 202  # the quota is per kind
+        bulk = http.post(
+            "/v1/batches", json={"kind": "embedding", "items": [{"custom_id": "x", "input": {"text": "x"}}]}
+        )
+        assert bulk.status_code == 202  # bulk runs are not single jobs
+        assert http.post(f"/v1/jobs/{first['id']}/cancel").json()["status"] == "cancelled"
+        again = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "now there is room"}})
+        assert again.status_code == 202, again.text
+    assert second["status"] == "queued"
+    assert stored(sessions, tenant) == 5  # two, the other kind, the bulk item, the last one
+
+
+def test_the_minute_counter_fails_open_when_redis_is_away() -> None:
+    from producer.ratelimit import RateLimiter
+
+    limiter = RateLimiter("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    try:
+        for _ in range(3):  # over a limit of 1, yet accepted: the job is durable without Redis
+            limiter.take(tenant_id=uuid.uuid4(), jobs=1, per_minute=1)
+    finally:
+        limiter.close()
