@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     webhook_poll_s: float = 1.0  # how often an idle dispatcher looks for due deliveries
 
     worker_name: str | None = Field(default=None, description="Celery node name of this worker")
+    allow_unpinned_models: bool = False  # let workers load a hub model at a branch (e.g. "main"), not a commit
+    standalone: bool = False  # set by `mlq standalone` for its processes: placeholder secrets are allowed
 
     @property
     def artifacts_path(self) -> Path:

@@ -16,6 +16,23 @@ from producer import cli as producer_cli
 from workers import cli as workers_cli
 
 app = typer.Typer(help="mlq: AI jobs in the background.", no_args_is_help=True, add_completion=False)
+SERVICES = {"api", "worker", "reconcile", "flower"}  # long-running: they refuse placeholder secrets
+
+
+@app.callback()
+def startup(ctx: typer.Context) -> None:
+    """mlq: AI jobs in the background."""
+    if ctx.invoked_subcommand not in SERVICES:
+        return
+    from jobs.secrets import PlaceholderSecret, refuse_placeholders
+
+    try:
+        refuse_placeholders(get_settings(), basic_auth=os.environ.get("MLQ_FLOWER_BASIC_AUTH"))
+    except PlaceholderSecret as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 app.command("api")(producer_cli.api)
 app.command("submit")(producer_cli.submit)
 app.add_typer(producer_cli.keys, name="keys")

@@ -38,7 +38,7 @@ class Stack:
         self.echo = echo
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.stoppers: list[Callable[[], None]] = []
-        self.env = dict(os.environ, MLQ_DATA_DIR=str(self.data_dir))
+        self.env = dict(os.environ, MLQ_DATA_DIR=str(self.data_dir), MLQ_STANDALONE="true")
         self.api_url = f"http://127.0.0.1:{self.port}"
         self.api_key = ""
 

@@ -32,22 +32,24 @@ class Fetched:
     path: str
 
 
-def refs(spec: ModelSpec) -> list[str]:
-    """The models a kind needs: its own and any its options name (e.g. moderation's image_model)."""
+def refs(spec: ModelSpec) -> list[tuple[str, str | None]]:
+    """The models a kind needs, with their revisions: its own and any its options name
+    (moderation's ``image_model``, pinned by ``image_model_revision``)."""
     extra = spec.options.get("image_model")
-    return [spec.model, *([extra] if isinstance(extra, str) else [])]
+    own = [(spec.model, spec.revision)]
+    return own + ([(extra, spec.options.get("image_model_revision"))] if isinstance(extra, str) else [])
 
 
 def fetch_models(config: ModelsConfig, *, data_dir: Path, cache_dir: Path | None = None) -> list[Fetched]:
     fetched = []
     for kind, spec in sorted(config.kinds.items()):
-        for ref in refs(spec):
-            one = spec.model_copy(update={"model": ref})
+        for ref, revision in refs(spec):
+            one = spec.model_copy(update={"model": ref, "revision": revision})
             if ref.startswith(("builtin:", "package:")) or Path(ref).is_dir():
                 path = resolve_source(one, data_dir=data_dir)
             else:
-                path = download(ref, revision=spec.revision, cache_dir=cache_dir)
-            fetched.append(Fetched(kind=kind, ref=ref, revision=spec.revision, path=path))
+                path = download(ref, revision=revision, cache_dir=cache_dir)
+            fetched.append(Fetched(kind=kind, ref=ref, revision=revision, path=path))
     return fetched
 
 
@@ -67,6 +69,8 @@ def pin(models_toml: str, fetched: list[Fetched]) -> str:
         entry = raw.get("kinds", {}).get(item.kind, {})
         if sha and entry.get("model") == item.ref:
             entry["revision"] = sha
+        elif sha and entry.get("options", {}).get("image_model") == item.ref:
+            entry["options"]["image_model_revision"] = sha
     return dumps_toml(raw)
 
 

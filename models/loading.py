@@ -11,11 +11,13 @@ A model reference in the models file is one of:
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
 from jobs.errors import ModelNotConfigured
 from jobs.modelsfile import ModelSpec
+from jobs.settings import Settings
 
 
 def resolve_source(spec: ModelSpec, *, data_dir: Path) -> str:
@@ -41,12 +43,25 @@ def package_model_dir(module: str) -> Path:
     raise ModelNotConfigured(f"package {module!r} has no model folder with a config.json under {root}")
 
 
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
 def pretrained_kwargs(spec: ModelSpec, source: str) -> dict[str, Any]:
-    """Arguments every ``from_pretrained`` call of mlq passes: the safe ones."""
+    """Arguments every ``from_pretrained`` call of mlq passes: the safe ones. A hub model
+    loads only at a pinned commit, so every host runs the same weights (a branch such as
+    "main" moves), unless MLQ_ALLOW_UNPINNED_MODELS is set or the stack is standalone."""
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
     if Path(source).is_dir():
         kwargs["local_files_only"] = True
-    elif spec.revision:
+        return kwargs
+    settings = Settings()
+    if not COMMIT.fullmatch(spec.revision or "") and not (settings.allow_unpinned_models or settings.standalone):
+        raise ModelNotConfigured(
+            f"{spec.kind}: {source}@{spec.revision or 'main'} is not pinned to a commit; run "
+            "`mlq models fetch --pin LOCKFILE` and deploy with MLQ_MODELS=LOCKFILE "
+            "(or set MLQ_ALLOW_UNPINNED_MODELS=true to load a moving revision)"
+        )
+    if spec.revision:
         kwargs["revision"] = spec.revision
     return kwargs
 

@@ -63,7 +63,10 @@ class ModerationAdapter(Adapter[ModerationInput]):
         unknown = set(labels.values()) - set(self.categories)
         if unknown:
             raise ModelNotConfigured(f"image_labels map to unknown categories {sorted(unknown)}")
-        spec = ModelSpec(kind="image-classification", model=ref, device=self.spec.device, limits=self.spec.limits)
+        spec = ModelSpec(
+            kind="image-classification", model=ref, revision=self.spec.options.get("image_model_revision"),
+            device=self.spec.device, limits=self.spec.limits,
+        )  # fmt: skip
         classifier = ImageClassificationAdapter(spec, source=self.resolve(ref))
         classifier.load(device)
         return classifier

@@ -13,6 +13,7 @@ from jobs.errors import MlqError
 from jobs.kinds import KINDS
 from jobs.modelsfile import load_models_file
 from jobs.queues import queue_name
+from jobs.secrets import is_placeholder
 from jobs.settings import get_settings
 
 models_cli = typer.Typer(help="Inspect and prepare models.", no_args_is_help=True)
@@ -108,6 +109,10 @@ def flower(
         raise typer.BadParameter(
             "Flower must not run unauthenticated: set MLQ_FLOWER_BASIC_AUTH=user:password (or --basic-auth)",
             param_hint="--basic-auth",
+        )
+    if not get_settings().standalone and any(is_placeholder(pair.partition(":")[2]) for pair in basic_auth.split(",")):
+        raise typer.BadParameter(
+            "a placeholder password is not a credential; choose a real one", param_hint="--basic-auth"
         )
     from celery.bin.celery import celery
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("jobs", "producer", "workers", "models", "mlq")
 SQL_CALLS = {"text", "execute", "exec_driver_sql", "SQL"}
@@ -63,7 +65,25 @@ def test_weights_load_as_safetensors_without_remote_code() -> None:
     from jobs.modelsfile import ModelSpec
     from models.loading import pretrained_kwargs
 
-    kwargs = pretrained_kwargs(ModelSpec(kind="embedding", model="org/model", revision="abc"), "org/model")
+    pinned = "0123456789abcdef0123456789abcdef01234567"
+    kwargs = pretrained_kwargs(ModelSpec(kind="embedding", model="org/model", revision=pinned), "org/model")
     assert kwargs["use_safetensors"] is True and kwargs["trust_remote_code"] is False
+    assert kwargs["revision"] == pinned
     text = "\n".join(p.read_text() for p in (ROOT / "models").rglob("*.py"))
     assert "trust_remote_code=True" not in text and "torch.load(" not in text and "import pickle" not in text
+
+
+def test_hub_models_load_only_at_a_pinned_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs.errors import ModelNotConfigured
+    from jobs.modelsfile import ModelSpec, load_models_file
+    from models.loading import pretrained_kwargs
+
+    monkeypatch.delenv("MLQ_ALLOW_UNPINNED_MODELS", raising=False)
+    monkeypatch.delenv("MLQ_STANDALONE", raising=False)
+    production = load_models_file("production")
+    for spec in production.kinds.values():  # as shipped: "main" until `mlq models fetch --pin` writes commits
+        with pytest.raises(ModelNotConfigured, match="not pinned to a commit"):
+            pretrained_kwargs(spec, spec.model)
+    spec = ModelSpec(kind="chat", model="org/model", revision="main")
+    monkeypatch.setenv("MLQ_ALLOW_UNPINNED_MODELS", "true")
+    assert pretrained_kwargs(spec, "org/model")["revision"] == "main"  # a deliberate choice

@@ -48,9 +48,17 @@ def test_pinning_writes_the_fetched_commit_into_a_models_file_that_loads(tmp_pat
     snapshot = f"/cache/models--openai--whisper-small/snapshots/{sha}"
     source = (PROFILES_DIR / "production.toml").read_text()
     pinned = tmp_path / "production.lock.toml"
-    pinned.write_text(pin(source, [Fetched("speech-recognition", "openai/whisper-small", "main", snapshot)]))
+    nsfw_sha = "89abcdef0123456789abcdef0123456789abcdef"
+    nsfw = f"/cache/models--Falconsai--nsfw_image_detection/snapshots/{nsfw_sha}"
+    fetched = [
+        Fetched("speech-recognition", "openai/whisper-small", "main", snapshot),
+        Fetched("moderation", "Falconsai/nsfw_image_detection", None, nsfw),
+    ]
+    pinned.write_text(pin(source, fetched))
     before, after = load_models_file("production"), load_models_file(pinned)
     assert after.kinds["speech-recognition"].revision == sha
+    moderation = after.kinds["moderation"]  # its second model gets its own commit, not the first's
+    assert moderation.options["image_model_revision"] == nsfw_sha and moderation.revision == "main"
     for kind, spec in before.kinds.items():  # everything else survives the round trip
-        if kind != "speech-recognition":
+        if kind not in ("speech-recognition", "moderation"):
             assert after.kinds[kind] == spec
