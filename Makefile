@@ -9,7 +9,7 @@ STAMP := .installed.stamp
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install run demo test lint unit integration e2e bench clean
+.PHONY: install run demo test lint browser unit integration e2e bench clean
 
 install: $(STAMP)
 
@@ -30,7 +30,15 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install lint  ## lint, then every test (real Redis, PostgreSQL, Celery workers)
+# The ops page is tested in a real browser: Debian's chromium and chromium-driver, installed
+# from the distribution's packages when missing (never a test tool's own browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  $(SUDO) apt-get install -y -q chromium chromium-driver || \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver)
+
+test: install lint browser  ## lint, then every test (real Redis, PostgreSQL, Celery workers, Chromium)
 	$(BIN)/python -m pytest
 
 unit: install

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,13 @@ class Settings(BaseSettings):
     webhook_poll_s: float = 1.0  # how often an idle dispatcher looks for due deliveries
 
     worker_name: str | None = Field(default=None, description="Celery node name of this worker")
+
+    # Prometheus: the API serves /metrics on its own port; a worker and the reconciler serve
+    # /metrics on these ports (0: not served). Worker pool processes share a multiprocess
+    # directory under data_dir.
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    reconciler_metrics_port: int = Field(default=9102, ge=0, le=65535)
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (job_id, kind, tenant, ...)
     allow_unpinned_models: bool = False  # let workers load a hub model at a branch (e.g. "main"), not a commit
     standalone: bool = False  # set by `mlq standalone` for its processes: placeholder secrets are allowed
 

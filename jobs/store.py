@@ -280,6 +280,8 @@ class Claimed:
     attempt: int
     input: dict[str, Any]
     tenant_id: uuid.UUID
+    tenant: str = ""  # the tenant's name, for metrics and logs
+    waited_s: float = 0.0  # created → claimed, on PostgreSQL's clock
 
 
 _CLAIM_SQL = text(
@@ -298,7 +300,9 @@ _CLAIM_SQL = text(
         status = 'running', attempt = jobs.attempt + 1, worker = :worker,
         started_at = now(), updated_at = now(), lease_expires_at = now() + make_interval(secs => :lease_s)
     WHERE jobs.id IN (SELECT id FROM own UNION ALL SELECT id FROM extra) AND jobs.status = 'queued'
-    RETURNING jobs.id, jobs.attempt, jobs.input, jobs.tenant_id
+    RETURNING jobs.id, jobs.attempt, jobs.input, jobs.tenant_id,
+        (SELECT name FROM tenants WHERE tenants.id = jobs.tenant_id) AS tenant,
+        EXTRACT(EPOCH FROM now() - jobs.created_at)::float8 AS waited_s
     """
 )
 
@@ -319,7 +323,10 @@ def claim(
         _CLAIM_SQL,
         {"ids": list(job_ids), "kind": kind, "worker": worker, "lease_s": lease_s, "fill": max(0, fill)},
     ).all()
-    return [Claimed(id=r.id, attempt=r.attempt, input=r.input, tenant_id=r.tenant_id) for r in rows]
+    return [
+        Claimed(id=r.id, attempt=r.attempt, input=r.input, tenant_id=r.tenant_id, tenant=r.tenant, waited_s=r.waited_s)
+        for r in rows
+    ]
 
 
 @dataclass(frozen=True)

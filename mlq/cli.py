@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -72,9 +71,13 @@ def standalone(
     code = 0
     try:
         stack.start()
+        metrics_urls = "\n".join(f"  metrics  {url}  ({name})" for name, url in stack.metrics_urls.items())
         typer.echo(
             f"\nmlq is up\n  API      {stack.api_url}   (docs {stack.api_url}/docs)\n"
-            f"  API key  {stack.api_key}\n  state    {stack.data_dir / 'standalone.json'}\n"
+            f"  API key  {stack.api_key}   (all scopes: use it on the ops page)\n"
+            f"  ops page {stack.api_url}/ui\n"
+            f"  Flower   {stack.flower_url}   (user:password {stack.flower_auth})\n"
+            f"{metrics_urls}\n  state    {stack.data_dir / 'standalone.json'}\n"
         )
         if demo:
             from mlq.demo import run_demo
@@ -113,10 +116,9 @@ def demo(
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("MLQ_LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from jobs import logs
+
+    logs.configure(get_settings().log_format)
     app()
 
 

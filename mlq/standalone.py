@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -41,6 +42,9 @@ class Stack:
         self.env = dict(os.environ, MLQ_DATA_DIR=str(self.data_dir), MLQ_STANDALONE="true")
         self.api_url = f"http://127.0.0.1:{self.port}"
         self.api_key = ""
+        self.flower_url = ""
+        self.flower_auth = f"ops:{secrets.token_urlsafe(12)}"  # new each start, printed with the URL
+        self.metrics_urls: dict[str, str] = {"api": f"{self.api_url}/metrics"}
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,8 +67,17 @@ class Stack:
         logs.mkdir(exist_ok=True)
         self._spawn("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)], logs)
         for group, kinds in load_models_file(self.settings.models).groups().items():
-            self._spawn(f"worker-{group}", ["worker", "--kinds", ",".join(kinds)], logs)
-        self._spawn("reconciler", ["reconcile"], logs)
+            port = free_port()  # one metrics port per worker: they share this machine
+            self.metrics_urls[f"worker-{group}"] = f"http://127.0.0.1:{port}/metrics"
+            self._spawn(
+                f"worker-{group}", ["worker", "--kinds", ",".join(kinds)], logs, MLQ_WORKER_METRICS_PORT=str(port)
+            )
+        port = free_port()
+        self.metrics_urls["reconciler"] = f"http://127.0.0.1:{port}/metrics"
+        self._spawn("reconciler", ["reconcile"], logs, MLQ_RECONCILER_METRICS_PORT=str(port))
+        flower_port = free_port()
+        self.flower_url = f"http://127.0.0.1:{flower_port}"
+        self._spawn("flower", ["flower", "--port", str(flower_port)], logs, MLQ_FLOWER_BASIC_AUTH=self.flower_auth)
         self._wait_ready()
         (self.data_dir / STATE_FILE).write_text(json.dumps({"api_url": self.api_url, "api_key": self.api_key}))
         os.chmod(self.data_dir / STATE_FILE, 0o600)
@@ -84,10 +97,10 @@ class Stack:
         finally:
             engine.dispose()
 
-    def _spawn(self, name: str, args: list[str], logs: Path) -> None:
+    def _spawn(self, name: str, args: list[str], logs: Path, **env: str) -> None:
         log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
         child = subprocess.Popen(
-            [sys.executable, "-m", "mlq.cli", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "mlq.cli", *args], env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT
         )
         self.children[name] = child
         self.echo(f"started {name} (pid {child.pid}), log {logs / f'{name}.log'}")

@@ -15,9 +15,10 @@ from jobs.db import make_engine, make_sessionmaker
 from jobs.modelsfile import load_models_file
 from jobs.settings import Settings, get_settings
 from producer.deps import State
+from producer.live import Live
 from producer.publish import Publisher
 from producer.ratelimit import RateLimiter
-from producer.routes import artifacts, batches, health, jobs, models
+from producer.routes import artifacts, batches, health, jobs, models, ops
 from producer.waiter import Waiter
 from producer.webhooks import Dispatcher
 
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         waiter = Waiter(settings.require_database_url())
         waiter.start()
         sessions = make_sessionmaker(engine)
+        live = Live(redis_url=settings.require_redis_url(), sessions=sessions, publisher=publisher)
         dispatcher = Dispatcher(sessions=sessions, settings=settings) if settings.webhooks_in_api else None
         if dispatcher is not None:
             dispatcher.start()
@@ -44,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             models=load_models_file(settings.models),
             publisher=publisher,
             limiter=limiter,
+            live=live,
+            live_registry=ops.live_registry(live),
             waiter=waiter,
             artifacts=LocalArtifactStore(settings.artifacts_path),
             keys={},
@@ -56,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await waiter.stop()
             publisher.close()
             limiter.close()
+            live.close()
             engine.dispose()
 
     app = FastAPI(
@@ -69,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(ops.router)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -24,9 +24,13 @@ def api(
     """Serve the HTTP API."""
     import uvicorn
 
+    from jobs.metricsdir import use_multiprocess_dir
+
     settings = get_settings()
     settings.require_database_url()
     settings.require_redis_url()
+    # every uvicorn worker process writes its metrics here; /metrics in any of them reads all
+    use_multiprocess_dir(settings.data_dir.resolve() / "metrics" / f"api-{os.getpid()}")
     uvicorn.run(
         "producer.app:create_app",
         factory=True,
@@ -34,6 +38,7 @@ def api(
         port=port or settings.api_port,
         workers=workers,
         log_level=os.environ.get("MLQ_LOG_LEVEL", "info").lower(),
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,  # json: ours
         access_log=False,
     )
 

@@ -9,12 +9,14 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import store
 from jobs.artifacts import ArtifactStore
 from jobs.modelsfile import ModelsConfig
 from jobs.settings import Settings
+from producer.live import Live
 from producer.publish import Publisher
 from producer.ratelimit import RateLimiter
 from producer.waiter import Waiter
@@ -29,6 +31,8 @@ class State:
     models: ModelsConfig
     publisher: Publisher
     limiter: RateLimiter
+    live: Live  # readings for operators (queue depth, workers, unfinished jobs)
+    live_registry: CollectorRegistry  # the same, as Prometheus gauges
     waiter: Waiter
     artifacts: ArtifactStore
     keys: dict[str, tuple[float, store.Principal]]
@@ -86,3 +90,4 @@ def require(scope: str) -> Callable[..., store.Principal]:
 
 SubmitterDep = Annotated[store.Principal, Depends(require("submit"))]
 ReaderDep = Annotated[store.Principal, Depends(require("read"))]
+AdminDep = Annotated[store.Principal, Depends(require("admin"))]

@@ -13,7 +13,7 @@ from fastapi import HTTPException, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from jobs import batches, store
+from jobs import batches, metrics, store
 from jobs.errors import InvalidInput, MlqError
 from jobs.ids import IdBuffer
 from jobs.kinds import KINDS
@@ -128,6 +128,7 @@ def accept_job(
             )
         return job, False
     state.publisher.publish(kind=job.kind, job_ids=[job.id], priority=job.priority)
+    metrics.JOBS_SUBMITTED.labels(job.kind, principal.tenant_name).inc()
     return job, True
 
 
@@ -154,6 +155,7 @@ def accept_batch(
         batch.total = sum(len(v) for v in ids.values())
         batch.kind = next(iter(ids)) if len(ids) == 1 else None
     for kind, kind_ids in sorted(ids.items()):
+        metrics.JOBS_SUBMITTED.labels(kind, principal.tenant_name).inc(len(kind_ids))
         size = state.models.kinds[kind].batch_chunk_size
         state.publisher.publish_chunks(kind=kind, chunks=kind_ids.chunks(size), priority=priority)
     return batch, batch.total

@@ -22,7 +22,7 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import batches, store, webhooks
+from jobs import batches, metrics, store, webhooks
 from jobs.errors import MlqError
 from jobs.netfetch import fetch
 from jobs.settings import Settings
@@ -130,6 +130,8 @@ class Dispatcher:
                 error=error or (None if delivered else f"HTTP {code}"),
                 retry_in_s=retry_in_s,
             )
+        outcome = "delivered" if delivered else "retrying" if retry_in_s is not None else "failed"
+        metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
         log.info(
             "webhook %s to %s attempt %d: %s",
             delivery.id,

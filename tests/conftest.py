@@ -65,6 +65,8 @@ def settings(database_url: str, redis_url: str, data_dir: Path) -> Settings:
         allow_hosts=["127.0.0.1"],  # the tests' webhook receivers listen there
         webhook_retry_base_s=0.3,
         max_wait_s=300,  # the first jobs wait for a cold worker to build the demo models
+        worker_metrics_port=0,  # many workers run at once here; a test that reads metrics picks a port
+        reconciler_metrics_port=0,
     )
 
 

@@ -13,8 +13,14 @@ import random
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
+from jobs import logs, metrics
 from jobs.artifacts import LocalArtifactStore
 from jobs.broker import celery_config
 from jobs.db import make_engine, make_sessionmaker
@@ -89,8 +95,18 @@ def _load_models(**_: Any) -> None:
             log.exception("could not load the model for %s", kind)
 
 
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    """Celery sets up its own handlers; give them mlq's format (JSON lines with MLQ_LOG_FORMAT=json)."""
+    if get_settings().log_format == "json":
+        for handler in logger.handlers:
+            handler.setFormatter(logs.JsonFormatter())
+
+
 @worker_process_shutdown.connect
 def _close(**_: Any) -> None:
+    metrics.process_exited(os.getpid())
     if _runner is not None:
         _runner.sessions.kw["bind"].dispose()
 

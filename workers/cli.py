@@ -11,6 +11,7 @@ import typer
 
 from jobs.errors import MlqError
 from jobs.kinds import KINDS
+from jobs.metricsdir import use_multiprocess_dir
 from jobs.modelsfile import load_models_file
 from jobs.queues import queue_name
 from jobs.secrets import is_placeholder
@@ -55,8 +56,12 @@ def worker(
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer must not fork threads
     get_settings.cache_clear()
+    settings = get_settings()
+    use_multiprocess_dir(settings.data_dir.resolve() / "metrics" / f"worker-{os.getpid()}")
 
     from workers.app import app
+
+    serve_metrics(settings.worker_metrics_port)
 
     app.worker_main(
         [
@@ -179,4 +184,20 @@ def reconcile(
             + (" (broker unavailable)" if done.broker_down else "")
         )
         return
+    serve_metrics(settings.reconciler_metrics_port)
     reconciler.run_forever(every_s=every or settings.reconcile_every_s)
+
+
+def serve_metrics(port: int) -> None:
+    """/metrics of this process (and of its pool processes, through the multiprocess folder),
+    on a thread; a port already in use is reported, not fatal."""
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    from jobs.metrics import registry
+
+    try:
+        start_http_server(port, registry=registry())
+    except OSError as exc:
+        typer.echo(f"warning: metrics not served on port {port}: {exc}", err=True)

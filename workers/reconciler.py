@@ -20,7 +20,7 @@ from celery import Celery
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import reconcile
+from jobs import metrics, reconcile
 from jobs.modelsfile import ModelsConfig
 from jobs.queues import broker_priority, queue_name, task_name
 
@@ -65,6 +65,10 @@ class Reconciler:
         with self.sessions.begin() as session:
             stale = reconcile.stale_queued(session, kinds=idle, older_than_s=self.requeue_after_s, limit=ROUND_LIMIT)
         done.republished = self.publish(stale)
+        for action, n in (("lease_taken_back", done.requeued), ("dead_lettered", done.dead),
+                          ("retry_published", done.retried), ("republished", done.republished)):  # fmt: skip
+            if n:
+                metrics.RECONCILER_ACTIONS.labels(action).inc(n)
         if done.requeued or done.dead or done.republished or done.retried:
             log.info(
                 "reconciled: %d leases taken back, %d dead-lettered, %d retries due, %d queued jobs republished",

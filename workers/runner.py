@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import reconcile, store
+from jobs import metrics, reconcile, store
 from jobs.artifacts import ArtifactStore, StoredArtifact
 from jobs.errors import (
     Cancelled,
@@ -37,6 +37,7 @@ from jobs.errors import (
     TimedOut,
 )
 from jobs.kinds import BinaryInput, Schema, get_kind
+from jobs.logs import job_fields
 from jobs.modelsfile import ModelsConfig, ModelSpec
 from models.base import Adapter, Prediction, StopSignal
 from models.loading import pick_device
@@ -91,6 +92,13 @@ class Runner:
         self.lease_s = lease_s
         self.adapters: dict[str, Adapter[Any]] = {}
 
+    def _fields(self, job: store.Claimed, kind: str, **more: Any) -> dict[str, Any]:
+        """A job's log fields (JSON logs carry them; see jobs.logs)."""
+        return job_fields(
+            job_id=job.id, kind=kind, tenant=job.tenant, attempt=job.attempt, worker=self.worker,
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in more.items()},
+        )  # fmt: skip
+
     def spec(self, kind: str) -> ModelSpec:
         spec = self.models.spec(kind)
         if spec is None:
@@ -104,9 +112,10 @@ class Runner:
             started = time.perf_counter()
             adapter = create_adapter(spec, data_dir=self.data_dir)
             adapter.load(pick_device(spec.device))
-            log.info(
-                "loaded %s model %s on %s in %.2fs", kind, spec.model, adapter.device, time.perf_counter() - started
-            )
+            load_s = time.perf_counter() - started
+            metrics.MODEL_LOAD.labels(kind, spec.model).set(load_s)
+            metrics.record_process_memory()
+            log.info("loaded %s model %s on %s in %.2fs", kind, spec.model, adapter.device, load_s)
             self.adapters[kind] = adapter
         return self.adapters[kind]
 
@@ -136,6 +145,10 @@ class Runner:
         report.claimed += len(claimed)
         if not claimed:
             return
+        model = adapter.spec.model
+        for job in claimed:
+            metrics.QUEUE_WAIT.labels(kind, model).observe(job.waited_s)
+        metrics.BATCH_SIZE.labels(kind).observe(len(claimed))
         started = time.perf_counter()
         stop = adapter.stop = StopSignal()
         interruptible = stop if adapter.interruptible else None
@@ -158,11 +171,23 @@ class Runner:
                 )
             elif isinstance(o, _Done):
                 report.succeeded += 1
-                log.info("job %s %s succeeded in %.3fs (batch of %d)", o.job.id, kind, elapsed_s, len(claimed))
+                metrics.JOBS_FINISHED.labels(kind, o.job.tenant, "succeeded", "").inc()
+                metrics.RUN_TIME.labels(kind, model).observe(elapsed_s)
+                log.info(
+                    "job %s %s succeeded in %.3fs (batch of %d)", o.job.id, kind, elapsed_s, len(claimed),
+                    extra=self._fields(o.job, kind, duration_s=elapsed_s, batch_size=len(claimed)),
+                )  # fmt: skip
             else:
                 report.failed += 1
-                log.info("job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message)
+                status = "cancelled" if o.code == Cancelled.code else "failed"
+                metrics.JOBS_FINISHED.labels(kind, o.job.tenant, status, o.code).inc()
+                metrics.RUN_TIME.labels(kind, model).observe(elapsed_s)
+                log.info(
+                    "job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message,
+                    extra=self._fields(o.job, kind, duration_s=elapsed_s, batch_size=len(claimed), error_code=o.code),
+                )  # fmt: skip
         report.released += len(retry)
+        metrics.record_process_memory()
 
     def _store(
         self,

@@ -8,6 +8,7 @@ import uuid
 
 import redis
 from celery import Celery
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -86,8 +87,11 @@ def test_lost_wake_ups_are_republished_only_when_the_queue_is_empty(
         engine = make_engine(settings.require_database_url(), pool_size=1)
         reconciler = Reconciler(engine=engine, app=app, models=load_models_file("demo"), requeue_after_s=0)
         job_id = queued_job(sessions)  # committed, never published: a crash between commit and publish
+        counted_before = REGISTRY.get_sample_value("mlq_reconciler_actions_total", {"action": "republished"}) or 0
         first = reconciler.run_once()
         assert first.republished >= 1 and reconciler.queue_size("text2text-generation") >= 1
+        counted = REGISTRY.get_sample_value("mlq_reconciler_actions_total", {"action": "republished"})
+        assert counted == counted_before + first.republished  # what /metrics of `mlq reconcile` shows
         client = redis.Redis.from_url(redis_url)
         messages = [json.loads(m) for k in client.keys("mlq.text2text-generation*") for m in client.lrange(k, 0, -1)]
         published = {i for m in messages for i in json.loads(base64.b64decode(m["body"]))[0][0]}

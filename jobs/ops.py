@@ -1,0 +1,81 @@
+"""Store reads for operators (the admin scope): across tenants, for the ops page and /metrics."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from jobs.status import JobStatus
+from jobs.tables import Artifact, Batch, Job, Tenant
+
+UNFINISHED = (JobStatus.queued.value, JobStatus.running.value)
+
+
+def unfinished_counts(session: Session) -> dict[tuple[str, str], int]:
+    """Queued and running jobs per (kind, status), read through the partial indexes."""
+    rows = session.execute(
+        select(Job.kind, Job.status, func.count()).where(Job.status.in_(UNFINISHED)).group_by(Job.kind, Job.status)
+    ).all()
+    return {(kind, status): int(n) for kind, status, n in rows}
+
+
+def recent_failures(session: Session, *, limit: int = 20) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(Job.id, Job.kind, Tenant.name, Job.error_code, Job.error_message, Job.attempt, Job.finished_at)
+        .join(Tenant, Tenant.id == Job.tenant_id)
+        .where(Job.status == JobStatus.failed.value)
+        .order_by(Job.finished_at.desc())
+        .limit(limit)
+    ).all()
+    return [
+        {"id": str(r.id), "kind": r.kind, "tenant": r.name, "error_code": r.error_code,
+         "error_message": r.error_message, "attempt": r.attempt,
+         "finished_at": r.finished_at.isoformat() if r.finished_at else None}
+        for r in rows
+    ]  # fmt: skip
+
+
+def recent_jobs(session: Session, *, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest single jobs (bulk-run items left out), for the job view's list."""
+    rows = session.execute(
+        select(Job.id, Job.kind, Tenant.name, Job.status, Job.created_at)
+        .join(Tenant, Tenant.id == Job.tenant_id)
+        .where(Job.batch_id.is_(None))
+        .order_by(Job.created_at.desc())
+        .limit(limit)
+    ).all()
+    return [
+        {"id": str(r.id), "kind": r.kind, "tenant": r.name, "status": r.status, "created_at": r.created_at.isoformat()}
+        for r in rows
+    ]
+
+
+def active_batches(session: Session, *, limit: int = 20) -> list[Batch]:
+    """Batches with unfinished items, and the latest finished ones, newest first."""
+    return list(session.execute(select(Batch).order_by(Batch.created_at.desc()).limit(limit)).scalars())
+
+
+def tenant_names(session: Session, *, tenant_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    rows = session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(list(tenant_ids)))).all()
+    return {r.id: r.name for r in rows}
+
+
+def any_job(session: Session, *, job_id: uuid.UUID) -> Job | None:
+    return session.execute(select(Job).where(Job.id == job_id)).scalar_one_or_none()
+
+
+def any_artifact(session: Session, *, job_id: uuid.UUID, name: str) -> Artifact | None:
+    return session.execute(
+        select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)
+    ).scalar_one_or_none()
+
+
+def artifact_names(session: Session, *, job_id: uuid.UUID) -> list[tuple[str, str]]:
+    rows = session.execute(
+        select(Artifact.name, Artifact.content_type).where(Artifact.job_id == job_id).order_by(Artifact.name)
+    ).all()
+    return [(r.name, r.content_type) for r in rows]
