@@ -1,16 +1,25 @@
-"""Single-job latency: submit → succeeded (via ?wait) for the tiny classifier, one job at a time.
+"""Single-job latency: submit → succeeded for the tiny classifier, one job at a time, three
+ways in one run, each on a fresh stack:
 
-python -m bench latency [--jobs 200]
+- ``post+get``: ``POST /v1/jobs`` then ``GET /v1/jobs/{id}?wait=`` (two round trips);
+- ``post?wait``: ``POST /v1/jobs?wait=`` (submit and result in one round trip);
+- ``post?wait, batching off``: the same with ``max_batch_size = 1`` for the kind, so the
+  worker never fills a slice with other queued jobs: the difference to the previous line is
+  what micro-batching adds at idle.
+
+python -m bench latency [--jobs 500]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import text
@@ -19,6 +28,8 @@ from bench.stack import running_stack
 from jobs.db import make_engine
 
 RESULTS = Path(__file__).with_name("results")
+KIND = "text-classification"
+BODY = {"kind": KIND, "input": {"text": "这是一条新闻标题"}}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -26,30 +37,43 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def main(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(prog="python -m bench latency")
-    parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
-    args = parser.parse_args(argv)
-    RESULTS.mkdir(exist_ok=True)
-    with running_stack(kinds="text-classification", data_dir=RESULTS / "data", log_dir=RESULTS / "logs") as stack:
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(percentile(values, 0.50), 2),
+        "p90": round(percentile(values, 0.90), 2),
+        "p99": round(percentile(values, 0.99), 2),
+        "mean": round(statistics.mean(values), 2),
+    }
+
+
+def one_mode(*, jobs: int, warmup: int, one_request: bool, batching: bool) -> dict[str, Any]:
+    extra_env: dict[str, str] = {}
+    if not batching:
+        models = RESULTS / "latency-no-batching.toml"
+        models.write_text(
+            f'profile = "demo"\n\n[kinds.{KIND}]\nmodel = "builtin:tiny-text-classifier"\nmax_batch_size = 1\n'
+        )
+        extra_env["MLQ_MODELS"] = str(models)
+    with running_stack(kinds=KIND, data_dir=RESULTS / "data", log_dir=RESULTS / "logs", extra_env=extra_env) as stack:
         http = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.key}"}, timeout=60)
-        body = {"kind": "text-classification", "input": {"text": "这是一条新闻标题"}}
         client_ms: list[float] = []
         ids: list[str] = []
-        for i in range(args.warmup + args.jobs):
+        for i in range(warmup + jobs):
             started = time.perf_counter()
-            job = http.post("/v1/jobs", json=body).json()
-            done = http.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
+            if one_request:
+                done = http.post("/v1/jobs", json=BODY, params={"wait": 30}).json()
+            else:
+                job = http.post("/v1/jobs", json=BODY).json()
+                done = http.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
             elapsed_ms = (time.perf_counter() - started) * 1000
             assert done["status"] == "succeeded", done
-            if i >= args.warmup:
+            if i >= warmup:
                 client_ms.append(elapsed_ms)
-                ids.append(job["id"])
+                ids.append(done["id"])
         engine = make_engine(stack.database_url, pool_size=1)
         with engine.connect() as conn:
             server_ms = [
-                row[0]
+                float(row[0])
                 for row in conn.execute(
                     text(
                         "SELECT EXTRACT(EPOCH FROM finished_at - created_at) * 1000 FROM jobs "
@@ -59,24 +83,39 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 )
             ]
         engine.dispose()
-    server = [float(v) for v in server_ms]
+    return {"submit_to_succeeded_ms": summary(client_ms), "created_to_finished_in_db_ms": summary(server_ms)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(prog="python -m bench latency")
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=30)
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(exist_ok=True)
+    modes = {
+        "post+get": {"one_request": False, "batching": True},
+        "post?wait": {"one_request": True, "batching": True},
+        "post?wait, batching off": {"one_request": True, "batching": False},
+    }
+    results = {name: one_mode(jobs=args.jobs, warmup=args.warmup, **mode) for name, mode in modes.items()}
+    on = results["post?wait"]["submit_to_succeeded_ms"]["p50"]
+    off = results["post?wait, batching off"]["submit_to_succeeded_ms"]["p50"]
     report = {
         "benchmark": "single-job latency, text-classification (tiny model), sequential",
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {__import__('os').cpu_count()} cores",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "jobs": args.jobs,
-        "submit_to_succeeded_ms": {
-            "p50": round(percentile(client_ms, 0.50), 2),
-            "p90": round(percentile(client_ms, 0.90), 2),
-            "p99": round(percentile(client_ms, 0.99), 2),
-            "mean": round(statistics.mean(client_ms), 2),
-        },
-        "created_to_finished_in_db_ms": {
-            "p50": round(percentile(server, 0.50), 2),
-            "p99": round(percentile(server, 0.99), 2),
-        },
+        "modes": results,
+        "batching_added_at_idle_p50_ms": round(on - off, 2),
+        "targets": {"p50_ms": 15, "p99_ms": 40, "batching_added_at_idle_ms": 2},
     }
     (RESULTS / "latency.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    print(f"{'mode':26} {'p50':>7} {'p90':>7} {'p99':>7} {'mean':>7}   in PostgreSQL p50/p99")
+    for name, result in results.items():
+        c, s = result["submit_to_succeeded_ms"], result["created_to_finished_in_db_ms"]
+        print(
+            f"{name:26} {c['p50']:7.2f} {c['p90']:7.2f} {c['p99']:7.2f} {c['mean']:7.2f}   {s['p50']:.2f}/{s['p99']:.2f}"
+        )
+    print(f"micro-batching adds {on - off:+.2f} ms at idle (p50)")
     return report
 
 

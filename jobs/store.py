@@ -342,22 +342,27 @@ class Outcome:
 
 _FINISH_SQL = text(
     """
-    UPDATE jobs SET
-        status = CASE
-            WHEN jobs.cancel_requested_at IS NOT NULL THEN 'cancelled'
-            WHEN v.error_code IS NULL THEN 'succeeded'
-            ELSE 'failed' END,
-        output = CASE WHEN jobs.cancel_requested_at IS NULL THEN v.output::jsonb END,
-        error_code = v.error_code,
-        error_message = v.error_message,
-        finished_at = now(),
-        updated_at = now(),
-        lease_expires_at = NULL
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:outputs AS text[]),
-                CAST(:codes AS text[]), CAST(:messages AS text[]))
-         AS v(id, attempt, output, error_code, error_message)
-    WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.status = 'running'
-    RETURNING jobs.id, jobs.webhook_url IS NOT NULL AS hook, jobs.batch_id IS NOT NULL AS in_batch
+    WITH done AS (
+        UPDATE jobs SET
+            status = CASE
+                WHEN jobs.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                WHEN v.error_code IS NULL THEN 'succeeded'
+                ELSE 'failed' END,
+            output = CASE WHEN jobs.cancel_requested_at IS NULL THEN v.output::jsonb END,
+            error_code = v.error_code,
+            error_message = v.error_message,
+            finished_at = now(),
+            updated_at = now(),
+            lease_expires_at = NULL
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:outputs AS text[]),
+                    CAST(:codes AS text[]), CAST(:messages AS text[]))
+             AS v(id, attempt, output, error_code, error_message)
+        WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.status = 'running'
+        RETURNING jobs.id, jobs.webhook_url IS NOT NULL AS hook, jobs.batch_id IS NOT NULL AS in_batch
+    ), told AS (  -- the wake-up for long polls, in the same round trip (sent on commit)
+        SELECT pg_notify(:channel, string_agg(id::text, ',')) FROM done WHERE CAST(:notify_here AS boolean)
+    )
+    SELECT done.id, done.hook, done.in_batch, (SELECT count(*) FROM told) AS told FROM done
     """
 )
 
@@ -370,9 +375,12 @@ def finish(session: Session, *, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
     """
     if not outcomes:
         return []
+    notify_here = len(outcomes) <= NOTIFY_IDS_PER_MESSAGE  # one payload holds them all
     rows = session.execute(
         _FINISH_SQL,
         {
+            "channel": NOTIFY_CHANNEL,
+            "notify_here": notify_here,
             "ids": [o.job_id for o in outcomes],
             "attempts": [o.attempt for o in outcomes],
             "outputs": [None if o.output is None else json.dumps(o.output) for o in outcomes],
@@ -381,7 +389,8 @@ def finish(session: Session, *, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
         },
     ).all()
     written = [row.id for row in rows]
-    notify_finished(session, job_ids=written)
+    if not notify_here:
+        notify_finished(session, job_ids=written)
     enqueue_webhooks(
         session, job_ids=written, hooks=any(row.hook for row in rows), batches=any(row.in_batch for row in rows)
     )

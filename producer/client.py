@@ -20,6 +20,8 @@ class ApiError(Exception):
 
 
 class Client:
+    first_wait_s = 30.0  # submit with wait: the POST itself waits this long at most (servers allow 60 s)
+
     def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 30.0) -> None:
         self.timeout_s = timeout_s
         self.batches = BatchClient(self)
@@ -65,8 +67,14 @@ class Client:
         if metadata:
             body["metadata"] = metadata
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        job: dict[str, Any] = self._call("POST", "/v1/jobs", json=body, headers=headers)
-        return self.wait(job["id"], wait_s=wait_s) if wait_s > 0 else job
+        first_s = min(wait_s, self.first_wait_s)  # the first wait rides on the POST: one round trip
+        params = {"wait": first_s} if first_s > 0 else {}
+        job: dict[str, Any] = self._call(
+            "POST", "/v1/jobs", json=body, headers=headers, params=params, timeout=self.timeout_s + first_s
+        )
+        if job["status"] in TERMINAL or wait_s <= first_s:
+            return job
+        return self.wait(job["id"], wait_s=wait_s - first_s)
 
     def get(self, job_id: str, *, wait_s: float = 0) -> dict[str, Any]:
         params = {"wait": wait_s} if wait_s else {}

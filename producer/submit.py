@@ -59,8 +59,12 @@ def check_limits(state: State, *, principal: store.Principal, kind: str) -> None
     max_active = principal.max_active_jobs_per_kind
     max_active = settings.max_active_jobs_per_kind if max_active is None else max_active
     if max_active:
-        with state.sessions() as session:
-            active = store.active_jobs(session, tenant_id=principal.tenant_id, kind=kind)
+
+        def count() -> int:
+            with state.sessions() as session:
+                return store.active_jobs(session, tenant_id=principal.tenant_id, kind=kind)
+
+        active = state.limiter.active(tenant_id=principal.tenant_id, kind=kind, count=count)
         if active >= max_active:
             raise too_many(
                 f"this tenant has {active} {kind} jobs queued or running; the limit is "
@@ -129,6 +133,7 @@ def accept_job(
         return job, False
     state.publisher.publish(kind=job.kind, job_ids=[job.id], priority=job.priority)
     metrics.JOBS_SUBMITTED.labels(job.kind, principal.tenant_name).inc()
+    state.limiter.accepted(tenant_id=principal.tenant_id, kind=job.kind)
     return job, True
 
 

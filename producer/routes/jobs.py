@@ -18,7 +18,8 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from jobs import store
 from jobs.queues import DEFAULT_PRIORITY
 from jobs.status import TERMINAL, JobStatus
-from producer.deps import ReaderDep, SessionDep, StateDep, SubmitterDep
+from jobs.store import Principal
+from producer.deps import ReaderDep, SessionDep, State, StateDep, SubmitterDep
 from producer.schemas import JobPage, JobView, SubmitJob
 from producer.submit import accept_job, body_error
 
@@ -29,19 +30,30 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NOT_FOUND = "no such job"  # also for another tenant's job: its existence is not revealed
 
 
+WaitQuery = Annotated[float, Query(ge=0, description="Seconds to wait for the job to finish (at most max_wait_s).")]
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobView)
-def submit_job(
+async def submit_job(
     body: SubmitJob,
     state: StateDep,
     principal: SubmitterDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    wait: WaitQuery = 0,
 ) -> JobView:
     """Accept a job: validated, committed as ``queued``, then published. 202 means it is durable.
-    Binary inputs (audio, images) go inline as ``{"base64": ...}`` or through ``/v1/jobs/upload``."""
-    job, created = accept_job(state, body, principal=principal, idempotency_key=idempotency_key)
+    Binary inputs (audio, images) go inline as ``{"base64": ...}`` or through ``/v1/jobs/upload``.
+    With ``?wait=S`` the answer comes when the job finishes (or after S seconds): submit and
+    result in one round trip."""
+    check_wait(state, wait)
+    job, created = await run_in_threadpool(
+        accept_job, state, body, principal=principal, idempotency_key=idempotency_key
+    )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
+    if wait > 0:
+        return await wait_for(state, principal, job.id, wait_s=wait)
     return JobView.of(job)
 
 
@@ -93,27 +105,31 @@ async def upload_job(
 
 
 @router.get("/{job_id}", response_model=JobView)
-async def get_job(
-    job_id: uuid.UUID,
-    state: StateDep,
-    principal: ReaderDep,
-    wait: Annotated[float, Query(ge=0, description="Seconds to wait for the job to finish.")] = 0,
-) -> JobView:
+async def get_job(job_id: uuid.UUID, state: StateDep, principal: ReaderDep, wait: WaitQuery = 0) -> JobView:
     """Read a job; with ``?wait=S``, answer as soon as it finishes or after S seconds."""
+    check_wait(state, wait)
+    return await wait_for(state, principal, job_id, wait_s=wait)
+
+
+def check_wait(state: State, wait: float) -> None:
     if wait > state.settings.max_wait_s:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"wait={wait} is over the limit max_wait_s={state.settings.max_wait_s}",
         )
 
+
+async def wait_for(state: State, principal: Principal, job_id: uuid.UUID, *, wait_s: float) -> JobView:
+    """The job as soon as it is final (a PostgreSQL NOTIFY wakes the wait), or after ``wait_s``."""
+
     def read() -> JobView | None:
         with state.sessions() as session:
             job = store.get_job(session, tenant_id=principal.tenant_id, job_id=job_id)
             return None if job is None else JobView.of(job)
 
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + wait_s
     while True:
-        with state.waiter.subscribe(job_id) as finished:
+        with state.waiter.subscribe(job_id) as finished:  # subscribed before the read: no wake-up is missed
             view = await run_in_threadpool(read)
             if view is None:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)

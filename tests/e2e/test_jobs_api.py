@@ -150,6 +150,20 @@ def test_wait_returns_early_and_is_bounded(api_without_workers: Api, key: str) -
         assert still["status"] == "queued" and time.monotonic() - started >= 1.4
         assert http.get(f"/v1/jobs/{job['id']}", params={"wait": 10_000}).status_code == 422
         assert http.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
+        started = time.monotonic()  # the POST itself may wait; unserved here, it answers queued when time is up
+        waited = http.post("/v1/jobs", params={"wait": 1}, json={"kind": "embedding", "input": {"text": "w"}})
+        assert waited.status_code == 202 and waited.json()["status"] == "queued" and time.monotonic() - started >= 0.9
+        too_long = http.post("/v1/jobs", params={"wait": 10_000}, json={"kind": "embedding", "input": {"text": "x"}})
+        assert too_long.status_code == 422 and "max_wait_s" in too_long.text
+
+
+def test_submit_and_wait_in_one_request(stack: Api, key: str) -> None:
+    with stack.client(key) as http:
+        done = http.post(
+            "/v1/jobs", params={"wait": WAIT_S}, json={"kind": "text-classification", "input": {"text": "一条新闻"}}
+        )
+    assert done.status_code == 202 and done.json()["status"] == "succeeded", done.text
+    assert done.json()["output"]["labels"]
 
 
 def test_list_filters_and_pages(stack: Api, settings: object) -> None:

@@ -155,3 +155,24 @@ def test_batched_finish_writes_each_row_once(sessions: sessionmaker[Session], te
             session.execute(select(Job.status, func.count()).where(Job.id.in_(ids)).group_by(Job.status)).all()
         )
     assert counts == {"succeeded": 25, "failed": 25}
+
+
+def test_finish_wakes_long_polls_with_one_notification(
+    sessions: sessionmaker[Session], tenant: uuid.UUID, database_url: str
+) -> None:
+    import psycopg
+
+    from jobs.db import NOTIFY_CHANNEL, libpq_url
+
+    with sessions.begin() as session:
+        jobs = [store.insert_job(session, tenant_id=tenant, job=new_job())[0] for _ in range(3)]
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        with sessions.begin() as session:
+            claimed = store.claim(session, job_ids=[j.id for j in jobs], kind="embedding", worker="w", lease_s=30)
+            written = store.finish(
+                session, outcomes=[store.Outcome(job_id=c.id, attempt=c.attempt, output={"x": 1}) for c in claimed]
+            )
+        [note] = list(listener.notifies(timeout=5, stop_after=1))
+    assert note.channel == NOTIFY_CHANNEL and set(note.payload.split(",")) == {str(j.id) for j in jobs}
+    assert sorted(written) == sorted(j.id for j in jobs)
