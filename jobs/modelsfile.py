@@ -33,7 +33,10 @@ class ModelSpec(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_batch_size: int = Field(default=32, ge=1, le=4096)
-    max_wait_ms: float = Field(default=2.0, ge=0)  # how long a partial batch waits for company
+    # A model call's budget where sizes vary, counted with padding (items x the largest):
+    # tokens for the text kinds, pixels for image classification. None: by count only.
+    max_batch_tokens: int | None = Field(default=None, ge=1)
+    max_batch_pixels: int | None = Field(default=None, ge=1)
     batch_chunk_size: int = Field(default=256, ge=1, le=10_000)  # bulk-run job ids per broker message
     time_limit_s: float = Field(default=120.0, gt=0)  # hard limit: a job running longer is killed with its process
     # soft limit: an interruptible model (generation) stops between steps and the job fails
@@ -42,6 +45,17 @@ class ModelSpec(BaseModel):
     max_attempts: int = Field(default=3, ge=1)  # claims before the job is dead-lettered
     limits: dict[str, int] = Field(default_factory=dict)  # checked at submission (422)
     options: dict[str, Any] = Field(default_factory=dict)  # adapter-specific settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_waiting(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_wait_ms" in data:
+            raise ValueError(
+                "max_wait_ms is gone: a worker fills each batch at once with the jobs already queued in "
+                "PostgreSQL (those still in flight cannot be claimed yet), so waiting would only add latency; "
+                "remove it, and bound a batch with max_batch_size, max_batch_tokens or max_batch_pixels"
+            )
+        return data
 
     @model_validator(mode="after")
     def _soft_below_hard(self) -> ModelSpec:

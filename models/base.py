@@ -21,7 +21,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from jobs.errors import Cancelled, TimedOut
 from jobs.kinds import Schema
@@ -71,6 +71,9 @@ class Adapter(ABC, Generic[In]):
 
     kind: ClassVar[str]
     interruptible: ClassVar[bool] = False  # predict looks at self.stop between steps
+    # what size() counts, so the runner can hold a model call to the models file's
+    # max_batch_tokens or max_batch_pixels; None: batches are bounded by count only
+    budget_unit: ClassVar[Literal["tokens", "pixels"] | None] = None
 
     def __init__(
         self, spec: ModelSpec, *, source: str | None = None, resolve: Callable[[str], str] | None = None
@@ -90,6 +93,10 @@ class Adapter(ABC, Generic[In]):
     def prepare(self, item: In) -> Any:
         """Per-item decoding and checks; raise jobs.errors.InvalidInput for a bad item."""
         return item
+
+    def size(self, prepared: Any) -> int:
+        """A prepared item's size in ``budget_unit`` (tokens, pixels)."""
+        return 1
 
     @abstractmethod
     def predict(self, batch: list[Any]) -> list[Prediction]:

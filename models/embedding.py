@@ -13,6 +13,7 @@ MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256 tokens; longer input is 
 
 class EmbeddingAdapter(Adapter[EmbeddingInput]):
     kind = "embedding"
+    budget_unit = "tokens"
 
     def load(self, device: str) -> None:
         from transformers import AutoModel, AutoTokenizer
@@ -43,6 +44,11 @@ class EmbeddingAdapter(Adapter[EmbeddingInput]):
             if normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.cpu()
+
+    def size(self, prepared: Any) -> int:
+        """Tokens the text takes in a batch (after truncation)."""
+        limit = min(MAX_TOKENS, self.tokenizer.model_max_length)
+        return len(self.tokenizer(prepared.text, truncation=True, max_length=limit)["input_ids"])
 
     def predict(self, batch: list[Any]) -> list[Prediction]:
         items: list[EmbeddingInput] = batch

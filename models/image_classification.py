@@ -21,6 +21,7 @@ class PreparedImage:
 
 class ImageClassificationAdapter(Adapter[ImageClassificationInput]):
     kind = "image-classification"
+    budget_unit = "pixels"  # decoded images are held whole until the processor resizes them
 
     def load(self, device: str) -> None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -42,6 +43,10 @@ class ImageClassificationAdapter(Adapter[ImageClassificationInput]):
             max_bytes=int(self.spec.limits.get("max_input_bytes", DEFAULT_MAX_INPUT_BYTES)),
         )
         return PreparedImage(image=image, top_k=item.top_k)
+
+    def size(self, prepared: Any) -> int:
+        width, height = prepared.image.size
+        return int(width * height)
 
     def classify(self, images: list[Image.Image]) -> list[dict[str, float]]:
         """Label → score for each decoded RGB image, in one batch (scores are softmax or sigmoid)."""

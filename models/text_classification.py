@@ -13,6 +13,7 @@ MAX_TOKENS = 512  # longer texts are truncated; max_text_chars in the models fil
 
 class TextClassificationAdapter(Adapter[TextClassificationInput]):
     kind = "text-classification"
+    budget_unit = "tokens"
 
     def load(self, device: str) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -26,6 +27,11 @@ class TextClassificationAdapter(Adapter[TextClassificationInput]):
         self.device = device
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+
+    def size(self, prepared: Any) -> int:
+        """Tokens the text takes in a batch (after truncation)."""
+        limit = min(MAX_TOKENS, self.tokenizer.model_max_length)
+        return len(self.tokenizer(prepared.text, truncation=True, max_length=limit)["input_ids"])
 
     def predict(self, batch: list[Any]) -> list[Prediction]:
         import torch

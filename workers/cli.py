@@ -35,6 +35,10 @@ def parse_kinds(raw: str) -> list[str]:
 def worker(
     kinds: Annotated[str, typer.Option(help="Comma-separated job kinds this worker serves.")],
     gpu: Annotated[int | None, typer.Option(help="Pin to this GPU (CUDA_VISIBLE_DEVICES).")] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(help="Several GPUs, e.g. 0,1: one worker process per GPU, each with its own models."),
+    ] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Hide every GPU; run on the CPU.")] = False,
     concurrency: Annotated[int, typer.Option(help="Pool processes, each with its own model copy.")] = 1,
     name: Annotated[str | None, typer.Option(help="Celery node name (default mlq-<gpu|cpu>-<pid>@host).")] = None,
@@ -45,6 +49,19 @@ def worker(
 
     served = parse_kinds(kinds)
     get_settings().require_database_url()
+    if gpus is not None:
+        if gpu is not None or cpu:
+            raise typer.BadParameter("give --gpus alone, without --gpu or --cpu", param_hint="--gpus")
+        try:
+            indices = [int(part) for part in gpus.split(",") if part.strip()]
+        except ValueError:
+            raise typer.BadParameter(
+                f"{gpus!r} is not a list of GPU numbers such as 0,1", param_hint="--gpus"
+            ) from None
+        if not indices or len(set(indices)) != len(indices) or min(indices) < 0:
+            raise typer.BadParameter(f"{gpus!r}: give distinct GPU numbers such as 0,1", param_hint="--gpus")
+        args = ["--kinds", ",".join(served), "--concurrency", str(concurrency), "--loglevel", loglevel]
+        raise typer.Exit(placement.run_per_gpu(indices, args=args, metrics_port=get_settings().worker_metrics_port))
     if cpu:
         placement.hide_gpus()
     placement.pin_gpu(gpu)  # before anything imports torch

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
 
 THREADS_ENV = "MLQ_TORCH_THREADS"  # cores this worker process owns; set by `mlq worker`
 
@@ -24,3 +30,37 @@ def configure_torch_threads() -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def run_per_gpu(gpus: Sequence[int], *, args: Sequence[str], metrics_port: int) -> int:
+    """``mlq worker --gpus 0,1``: one ``mlq worker --gpu N`` process per GPU, each loading its
+    own models (CUDA is never initialised here, the forking parent). Stops them all on SIGTERM or
+    SIGINT, and when one exits, so a supervisor restarts the set. Returns an exit code."""
+    host = socket.gethostname()
+    children = []
+    for index, gpu in enumerate(gpus):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), CUDA_DEVICE_ORDER="PCI_BUS_ID")  # pinned from exec
+        if metrics_port:
+            env["MLQ_WORKER_METRICS_PORT"] = str(metrics_port + index)  # one /metrics per GPU process
+        command = [sys.executable, "-m", "mlq.cli", "worker", *args, "--gpu", str(gpu)]
+        children.append(subprocess.Popen([*command, "--name", f"mlq-gpu{gpu}-{os.getpid()}@{host}"], env=env))
+    stop = {"signal": 0}
+
+    def on_signal(signum: int, _: object) -> None:
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = 0
+    while not stop["signal"]:
+        exited = [child for child in children if child.poll() is not None]
+        if exited:
+            code = exited[0].returncode or 1
+            break
+        time.sleep(0.5)
+    for child in children:  # warm shutdown: each finishes the jobs it is running
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        child.wait()
+    return code

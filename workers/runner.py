@@ -354,7 +354,8 @@ class Runner:
             except PermanentError as exc:
                 outcomes.append(_Failed(job, exc.code, str(exc)))
         retry: list[tuple[store.Claimed, str]] = []
-        self._predict(adapter, ready, outcomes, retry)
+        for group in budgeted(adapter, ready):
+            self._predict(adapter, group, outcomes, retry)
         return outcomes, retry
 
     def _resolve_files(self, item: Schema, *, job_id: uuid.UUID, files: dict[tuple[uuid.UUID, str], str]) -> None:
@@ -443,6 +444,25 @@ def _is_sticky_device_error(exc: BaseException) -> bool:
 def _is_out_of_memory(exc: BaseException) -> bool:
     """torch.OutOfMemoryError (CUDA) or MemoryError, told apart without importing torch here."""
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def budgeted(adapter: Adapter[Any], ready: list[tuple[store.Claimed, Any]]) -> list[list[tuple[store.Claimed, Any]]]:
+    """Model calls within the kind's token or pixel budget, counted with padding (items x the
+    largest), in order; an item over the budget alone runs alone. No budget: one call."""
+    unit = adapter.budget_unit
+    budget = {"tokens": adapter.spec.max_batch_tokens, "pixels": adapter.spec.max_batch_pixels}.get(unit or "")
+    if not budget or len(ready) < 2:
+        return [ready] if ready else []
+    groups: list[list[tuple[store.Claimed, Any]]] = [[]]
+    largest = 0
+    for job, item in ready:
+        size = adapter.size(item)
+        if groups[-1] and (len(groups[-1]) + 1) * max(largest, size) > budget:
+            groups.append([])
+            largest = 0
+        groups[-1].append((job, item))
+        largest = max(largest, size)
+    return groups
 
 
 def _ids(claimed: Sequence[store.Claimed]) -> str:

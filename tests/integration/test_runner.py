@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs import store
 from jobs.artifacts import LocalArtifactStore
 from jobs.errors import InvalidInput, OutOfMemory
-from jobs.kinds import EmbeddingOutput
+from jobs.kinds import EmbeddingInput, EmbeddingOutput
 from jobs.modelsfile import load_models_file
 from models.base import Adapter, Blob, Prediction
 from workers.runner import Runner
@@ -228,3 +228,30 @@ def test_cancel_reaches_a_running_generation_between_steps(runner: Runner, sessi
     [row] = rows(sessions, [job_id])
     assert (row.status, row.error_code, row.output) == ("cancelled", "cancelled", None)
     assert slow.steps < 6000 - 1
+
+
+def test_a_token_budget_keeps_one_long_text_from_padding_the_whole_batch(
+    runner: Runner, sessions: sessionmaker[Session]
+) -> None:
+    with_spec(runner, "embedding", max_batch_tokens=64)
+    adapter = runner.adapter("embedding")
+    calls: list[list[int]] = []
+    predict = adapter.predict
+
+    def recording(batch: list[Any]) -> list[Prediction]:
+        calls.append([adapter.size(item) for item in batch])
+        return predict(batch)
+
+    adapter.predict = recording  # type: ignore[method-assign]
+    try:
+        texts = ["short one", "another short", "a third", " ".join(["a long sentence about many things"] * 8), "tail"]
+        ids = submit(sessions, "embedding", [{"text": t} for t in texts])
+        report = runner.run(kind="embedding", job_ids=ids)
+    finally:
+        del adapter.predict
+        with_spec(runner, "embedding", max_batch_tokens=None)
+    assert report.succeeded == 5 and len(calls) >= 2
+    assert [size for call in calls for size in call] == [adapter.size(EmbeddingInput(text=t)) for t in texts]
+    for call in calls:  # each call within 64 padded tokens, or a lone item over it
+        assert len(call) == 1 or len(call) * max(call) <= 64, calls
+    assert max(len(call) for call in calls) >= 3  # short texts still share a call

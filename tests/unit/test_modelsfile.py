@@ -52,3 +52,10 @@ def test_soft_time_limit_defaults_below_the_hard_one_and_must_stay_below() -> No
     assert (pinned.soft_limit_s, pinned.time_limit_s) == (30, 120)
     with pytest.raises(ModelsFileError, match="soft_time_limit_s=200 must be below time_limit_s=120"):
         parse_models({"kinds": {"chat": {"model": "x", "soft_time_limit_s": 200}}}, source="t")
+
+
+def test_max_wait_ms_is_refused_with_what_to_use_instead() -> None:
+    with pytest.raises(ModelsFileError, match=r"max_wait_ms is gone.*max_batch_tokens"):
+        parse_models({"kinds": {"embedding": {"model": "x", "max_wait_ms": 2}}}, source="t")
+    spec = load_models_file("production").kinds["image-classification"]
+    assert spec.max_batch_pixels and load_models_file("production").kinds["embedding"].max_batch_tokens == 16384

@@ -1,0 +1,59 @@
+"""`mlq worker --gpus 0,1`: one worker process per GPU, each pinned before torch loads, each a
+Celery node of its own; SIGTERM stops them all. (This machine has no GPU: the pinning is
+read from each process's environment, and the jobs run on the CPU.)"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.settings import Settings
+from jobs.tables import Job
+from producer.publish import Publisher
+from tests.conftest import Proc, create_key, process_env, start_api
+from tests.services import Services, fresh_redis_db
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+def test_one_worker_process_per_gpu(settings: Settings, services: Services, sessions: sessionmaker[Session]) -> None:
+    with fresh_redis_db(services.redis_base_url) as redis_url:
+        mine = Settings(**{**settings.model_dump(), "redis_url": redis_url})
+        supervisor = Proc("gpus-worker", ["worker", "--kinds", "embedding", "--gpus", "0,1"], process_env(mine))
+        api, api_proc = start_api(mine, "gpus-api")
+        publisher = Publisher(mine)
+        try:
+            deadline = time.monotonic() + 180
+            while len(nodes := sorted(n for r in publisher.app.control.ping(timeout=1) or [] for n in r)) < 2:
+                assert time.monotonic() < deadline and supervisor.alive(), supervisor.tail()
+            assert [n.split("-")[1] for n in nodes] == ["gpu0", "gpu1"], nodes
+            children = subprocess.run(["pgrep", "-P", str(supervisor.popen.pid)], capture_output=True, text=True)
+            pinned = sorted(environ(int(pid)).get("CUDA_VISIBLE_DEVICES", "") for pid in children.stdout.split())
+            assert pinned == ["0", "1"]
+            with api.client(create_key(mine, f"gpus-{uuid.uuid4().hex[:6]}")) as http:
+                jobs = [
+                    http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": f"t{i}"}}).json()
+                    for i in range(20)
+                ]
+                done = [http.get(f"/v1/jobs/{j['id']}", params={"wait": 120}).json() for j in jobs]
+            assert {j["status"] for j in done} == {"succeeded"}
+            with sessions() as session:
+                ran_on = session.execute(select(Job.worker).where(Job.id.in_([j["id"] for j in done]))).scalars()
+                assert {w.split("/")[0] for w in ran_on if w} <= set(nodes)
+            supervisor.popen.send_signal(signal.SIGTERM)
+            supervisor.popen.wait(timeout=60)
+            gone = subprocess.run(["pgrep", "-f", f"mlq-gpu[01]-{supervisor.popen.pid}@"], capture_output=True)
+            assert gone.returncode == 1  # no worker left behind
+        finally:
+            publisher.close()
+            api_proc.stop()
+            supervisor.stop()
