@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # Prometheus: the API serves /metrics on its own port; a worker and the reconciler serve
     # /metrics on these ports (0: not served). Worker pool processes share a multiprocess
     # directory under data_dir.
+    # a worker serving several kinds unloads its least recently used models to keep their weights
+    # under this many MiB (GPU memory on a GPU); 0: keep them all
+    worker_memory_budget_mb: int = Field(default=0, ge=0)
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
     reconciler_metrics_port: int = Field(default=9102, ge=0, le=65535)
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (job_id, kind, tenant, ...)

@@ -94,6 +94,25 @@ class Adapter(ABC, Generic[In]):
         """Per-item decoding and checks; raise jobs.errors.InvalidInput for a bad item."""
         return item
 
+    def footprint_bytes(self) -> int:
+        """Bytes of weights this adapter holds (parameters and buffers of its torch modules,
+        diffusers pipelines included), for a worker's memory budget."""
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return 0
+        modules: dict[int, Any] = {}
+        for value in vars(self).values():
+            parts = getattr(value, "components", None)  # a diffusers pipeline
+            candidates = list(parts.values()) if isinstance(parts, dict) else [value]
+            candidates += [getattr(value, "model", None)]  # an adapter wrapping another (moderation's images)
+            for candidate in candidates:
+                if isinstance(candidate, torch.nn.Module):
+                    modules[id(candidate)] = candidate
+        tensors = {id(t): t for m in modules.values() for t in [*m.parameters(), *m.buffers()]}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
     def size(self, prepared: Any) -> int:
         """A prepared item's size in ``budget_unit`` (tokens, pixels)."""
         return 1

@@ -78,6 +78,7 @@ def runner() -> Runner:
             data_dir=settings.data_dir,
             worker=f"{settings.worker_name or 'worker'}/{os.getpid()}",
             lease_s=settings.lease_s,
+            memory_budget_bytes=settings.worker_memory_budget_mb * 2**20,
         )
     return _runner
 

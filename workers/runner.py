@@ -82,6 +82,7 @@ class Runner:
         worker: str,
         lease_s: float,
         fill: bool = True,
+        memory_budget_bytes: int = 0,
     ) -> None:
         self.fill = fill  # fill each slice with other queued jobs of the kind (micro-batching)
         self.sessions = sessions
@@ -91,6 +92,9 @@ class Runner:
         self.worker = worker
         self.lease_s = lease_s
         self.adapters: dict[str, Adapter[Any]] = {}
+        self.memory_budget_bytes = memory_budget_bytes  # 0: keep every model loaded
+        self.footprints: dict[str, int] = {}
+        self.last_used: dict[str, float] = {}
 
     def _fields(self, job: store.Claimed, kind: str, **more: Any) -> dict[str, Any]:
         """A job's log fields (JSON logs carry them; see jobs.logs)."""
@@ -106,18 +110,38 @@ class Runner:
         return spec
 
     def adapter(self, kind: str) -> Adapter[Any]:
-        """The loaded adapter of ``kind``, loading it on first use."""
+        """The loaded adapter of ``kind``, loading it on first use (and, over the memory
+        budget, unloading the models used longest ago first)."""
+        self.last_used[kind] = time.monotonic()
         if kind not in self.adapters:
             spec = self.spec(kind)
             started = time.perf_counter()
             adapter = create_adapter(spec, data_dir=self.data_dir)
             adapter.load(pick_device(spec.device))
             load_s = time.perf_counter() - started
-            metrics.MODEL_LOAD.labels(kind, spec.model).set(load_s)
-            metrics.record_process_memory()
-            log.info("loaded %s model %s on %s in %.2fs", kind, spec.model, adapter.device, load_s)
             self.adapters[kind] = adapter
+            self.footprints[kind] = adapter.footprint_bytes()
+            metrics.MODEL_LOAD.labels(kind, spec.model).set(load_s)
+            log.info(
+                "loaded %s model %s on %s in %.2fs (%.0f MiB)",
+                kind, spec.model, adapter.device, load_s, self.footprints[kind] / 2**20,
+            )  # fmt: skip
+            self._keep_to_budget(keep=kind)
+            metrics.record_process_memory()
         return self.adapters[kind]
+
+    def _keep_to_budget(self, *, keep: str) -> None:
+        """Unload least-recently-used models until the loaded ones fit the budget (the one
+        just needed always stays, even alone over it)."""
+        if not self.memory_budget_bytes:
+            return
+        while sum(self.footprints.values()) > self.memory_budget_bytes and len(self.adapters) > 1:
+            oldest = min((k for k in self.adapters if k != keep), key=lambda k: self.last_used.get(k, 0.0))
+            unloaded = self.adapters.pop(oldest)
+            freed = self.footprints.pop(oldest)
+            del unloaded
+            _release_memory()
+            log.info("unloaded %s model (%.0f MiB) to stay within the memory budget", oldest, freed / 2**20)
 
     def run(self, *, kind: str, job_ids: Sequence[uuid.UUID | str]) -> RunReport:
         """Run these jobs (those still queued) in slices of the kind's ``max_batch_size``:
@@ -463,6 +487,17 @@ def budgeted(adapter: Adapter[Any], ready: list[tuple[store.Claimed, Any]]) -> l
         groups[-1].append((job, item))
         largest = max(largest, size)
     return groups
+
+
+def _release_memory() -> None:
+    """Give an unloaded model's memory back (and the GPU cache, when torch uses CUDA)."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _ids(claimed: Sequence[store.Claimed]) -> str:

@@ -255,3 +255,17 @@ def test_a_token_budget_keeps_one_long_text_from_padding_the_whole_batch(
     for call in calls:  # each call within 64 padded tokens, or a lone item over it
         assert len(call) == 1 or len(call) * max(call) <= 64, calls
     assert max(len(call) for call in calls) >= 3  # short texts still share a call
+
+
+def test_a_memory_budget_unloads_the_least_recently_used_model(sessions: sessionmaker[Session], data_dir: Path) -> None:
+    lean = Runner(
+        sessions=sessions, models=load_models_file("demo"), artifacts=LocalArtifactStore(data_dir / "artifacts"),
+        data_dir=data_dir, worker="lean-worker", lease_s=60, fill=False, memory_budget_bytes=60 * 2**20,
+    )  # fmt: skip
+    classifier = lean.adapter("text-classification")  # tiny: well under the budget
+    assert 0 < lean.footprints["text-classification"] < 60 * 2**20
+    lean.adapter("embedding")  # MiniLM, about 87 MiB: over the budget alone, so the classifier goes
+    assert set(lean.adapters) == {"embedding"} and lean.footprints["embedding"] > 60 * 2**20
+    [job] = submit(sessions, "text-classification", [{"text": "这是一条新闻标题"}])
+    assert lean.run(kind="text-classification", job_ids=[job]).succeeded == 1  # loaded again when needed
+    assert set(lean.adapters) == {"text-classification"} and lean.adapters["text-classification"] is not classifier
