@@ -110,7 +110,8 @@ async def parse_request(request: Request, state: State, kind: str | None, priori
                 body = SubmitBatch.model_validate_json(spooled.read())
         except ValidationError as exc:
             raise RequestValidationError(
-                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+                # without the offending input: it may be bytes that are not UTF-8 (and it can be large)
+                [{**e, "loc": ("body", *e["loc"]), "input": None} for e in exc.errors(include_url=False)]
             ) from None
         options.update(body.model_dump(exclude={"items"}))
         source = ("list", body.items)

@@ -194,29 +194,32 @@ def test_ops_page_shows_batch_progress_moving_and_a_generated_image(ops_stack: O
     chrome.get(f"{ops_stack.api.url}/ui")
     chrome.find_element(By.ID, "key").send_keys(ops_stack.admin_key)
     chrome.find_element(By.ID, "login").submit()
-    row = f'tr.batch[data-batch="{batch["id"]}"] td.done'
+    row = f'tr.batch[data-batch="{batch["id"]}"]'
+    # the page re-renders its tables every two seconds: read a row in one script call, never
+    # through an element handle that a refresh may have replaced
+    read_row = (
+        "const row = document.querySelector(arguments[0]); if (!row) return null;"
+        "const bar = row.querySelector('[role=progressbar]');"
+        "return [parseInt(row.querySelector('td.done').textContent), parseInt(bar.getAttribute('aria-valuemax'))];"
+    )
 
     def done_count(driver: WebDriver) -> int | None:
-        cells = driver.find_elements(By.CSS_SELECTOR, row)
-        return int(cells[0].text.split("/")[0]) if cells else None
+        found = driver.execute_script(read_row, row)
+        return int(found[0]) if found else None
 
-    first = wait.until(lambda d: done_count(d) is not None and done_count(d))  # some items done
+    first = wait.until(lambda d: done_count(d) or None)  # some items done
     moved = wait.until(lambda d: (n := done_count(d)) is not None and n > first and n)
     assert 0 < first < moved <= 1500  # the bar moved while the batch ran
-    bar = chrome.find_element(By.CSS_SELECTOR, f'tr.batch[data-batch="{batch["id"]}"] [role=progressbar]')
-    assert int(bar.get_attribute("aria-valuemax") or 0) == 1500
-    assert chrome.find_element(By.ID, "worker-count").text == "1"
+    assert chrome.execute_script(read_row, row)[1] == 1500
+    assert chrome.execute_script("return document.getElementById('worker-count').textContent") == "1"
 
     chrome.find_element(By.ID, "job-id").send_keys(image["id"])
     chrome.find_element(By.ID, "job-form").submit()
-    picture = wait.until(
-        lambda d: next(
-            (i for i in d.find_elements(By.CSS_SELECTOR, "#job img.artifact")
-             if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) == 64),
-            None,
-        )
-    )  # fmt: skip
-    assert picture.get_attribute("title") == "image-0.png"
+    shown = (
+        "const img = document.querySelector('#job img.artifact');"
+        "return img && img.complete && img.naturalWidth === 64 ? img.title : null;"
+    )
+    assert wait.until(lambda d: d.execute_script(shown)) == "image-0.png"  # decoded and drawn, 64 px wide
     ARTIFACTS.mkdir(exist_ok=True)
     chrome.save_screenshot(str(ARTIFACTS / "ops-page.png"))
     assert Path(ARTIFACTS / "ops-page.png").stat().st_size > 10_000

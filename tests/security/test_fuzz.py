@@ -58,3 +58,18 @@ def test_submission_never_answers_5xx(
 
     fuzz()
     assert sum(statuses.values()) >= CASES_PER_MODE  # the cases really ran
+
+
+@pytest.mark.parametrize("path", ["/v1/batches", "/v1/jobs"])
+@pytest.mark.parametrize("body", [b"\xff", "\ufffd".encode(), b"{", b'{"items": "x"}', b"\x00"])
+def test_a_broken_json_body_is_a_4xx(api_without_workers: Api, key: str, path: str, body: bytes) -> None:
+    """Found by the fuzzer: a bulk body that is not UTF-8 JSON once answered 500."""
+    import httpx
+
+    answer = httpx.post(
+        f"{api_without_workers.url}{path}",
+        content=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
