@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # a worker serving several kinds unloads its least recently used models to keep their weights
     # under this many MiB (GPU memory on a GPU); 0: keep them all
     worker_memory_budget_mb: int = Field(default=0, ge=0)
+    # when set, the API's /metrics answers only `Authorization: Bearer <this>` (Prometheus:
+    # `authorization: {credentials: ...}`); set it whenever the API port is reachable from outside
+    metrics_token: str | None = None
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
     reconciler_metrics_port: int = Field(default=9102, ge=0, le=65535)
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (job_id, kind, tenant, ...)

@@ -4,12 +4,13 @@ and any job with its artifacts."""
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from collections.abc import Iterator
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, Header, HTTPException, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -49,9 +50,12 @@ def live_registry(live: Live) -> CollectorRegistry:
 
 
 @router.get("/metrics", include_in_schema=False)
-def prometheus_metrics(state: StateDep) -> Response:
-    """Counters and histograms of every API process, then the live gauges. Serve it on an
-    internal network only: it names tenants."""
+def prometheus_metrics(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> Response:
+    """Counters and histograms of every API process, then the live gauges. They name tenants:
+    with MLQ_METRICS_TOKEN set, only a scraper that sends it gets them."""
+    token = state.settings.metrics_token
+    if token and not hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send the metrics token", {"WWW-Authenticate": "Bearer"})
     body = generate_latest(metrics.registry())
     try:
         body += generate_latest(state.live_registry)

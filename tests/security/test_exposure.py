@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import redis
 
+from jobs.settings import Settings
 from mlq.embedded import free_port
-from tests.conftest import MLQ, Api, Proc, create_key, process_env
+from tests.conftest import MLQ, Api, Proc, create_key, process_env, start_api
 
 
 class Exploit:
@@ -92,3 +93,16 @@ def test_scopes_and_revoked_keys(stack: Api) -> None:
         assert http.get("/v1/jobs").status_code == 401
     with stack.client("Bearer-garbage") as http:
         assert http.get("/v1/jobs").status_code == 401
+
+
+def test_metrics_need_the_token_when_one_is_set(settings: Settings) -> None:
+    token = "m3trics-" + uuid.uuid4().hex
+    api, proc = start_api(Settings(**{**settings.model_dump(), "metrics_token": token}), "api-metrics-token")
+    try:
+        assert httpx.get(f"{api.url}/metrics", timeout=10).status_code == 401
+        wrong = httpx.get(f"{api.url}/metrics", headers={"Authorization": "Bearer nope"}, timeout=10)
+        assert wrong.status_code == 401
+        right = httpx.get(f"{api.url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert right.status_code == 200 and "mlq_queue_depth" in right.text
+    finally:
+        proc.stop()
