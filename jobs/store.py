@@ -367,6 +367,18 @@ _FINISH_SQL = text(
 )
 
 
+def without_nul(value: Any) -> Any:
+    """``value`` with NUL characters dropped from every string: PostgreSQL stores no NUL in
+    text or jsonb, and a model's decoded bytes can contain one."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
 def finish(session: Session, *, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
     """Write a batch of final results in one statement, fenced by attempt.
 
@@ -383,9 +395,9 @@ def finish(session: Session, *, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
             "notify_here": notify_here,
             "ids": [o.job_id for o in outcomes],
             "attempts": [o.attempt for o in outcomes],
-            "outputs": [None if o.output is None else json.dumps(o.output) for o in outcomes],
+            "outputs": [None if o.output is None else json.dumps(without_nul(o.output)) for o in outcomes],
             "codes": [o.error_code for o in outcomes],
-            "messages": [o.error_message for o in outcomes],
+            "messages": [None if o.error_message is None else without_nul(o.error_message) for o in outcomes],
         },
     ).all()
     written = [row.id for row in rows]

@@ -156,7 +156,8 @@ class Api:
     settings: Settings
 
     def client(self, key: str) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        # longer than the longest ?wait a test asks for (180 s), so the server answers first
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=240)
 
 
 def start_api(settings: Settings, name: str) -> tuple[Api, Proc]:

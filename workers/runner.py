@@ -46,6 +46,7 @@ from models.registry import create_adapter
 log = logging.getLogger("mlq.runner")
 
 
+RESULT_NOT_STORABLE = "result_not_storable"  # error code when PostgreSQL refuses a result's values
 CANCEL_POLL_S = 1.0  # how often a running generation looks for a cancel request
 STORE_RETRY_MAX_S = 5.0  # longest pause between tries of a result write while PostgreSQL is away
 TIME_LIMIT_EXIT_CODE = 75  # a pool process that exits with this ran past a time limit
@@ -185,7 +186,7 @@ class Runner:
                 if isinstance(o, _Done)
                 for b in o.prediction.blobs
             ]
-            written = self._store(outcomes, stored, retry)
+            written, outcomes = self._store(outcomes, stored, retry)
         elapsed_s = time.perf_counter() - started
         for o in outcomes:
             if o.job.id not in written:
@@ -218,12 +219,13 @@ class Runner:
         outcomes: list[_Done | _Failed],
         stored: list[tuple[uuid.UUID, StoredArtifact]],
         retry: list[tuple[store.Claimed, str]],
-    ) -> set[uuid.UUID]:
+    ) -> tuple[set[uuid.UUID], list[_Done | _Failed]]:
         """Write a slice's results in one transaction. While PostgreSQL is away (a restart) the
         write is tried again with backoff for up to a lease, so computed results are not thrown
         away; the attempt fence makes a late write harmless. Returns the ids written."""
         deadline = time.monotonic() + self.lease_s
         pause_s = 0.2
+        storing_failures = False
         while True:
             try:
                 with self.sessions.begin() as session:
@@ -236,8 +238,17 @@ class Runner:
                             attempts=[c.attempt for c, _ in retry],
                             reason=retry[0][1],
                         )
-                return written
+                return written, outcomes
             except Exception as exc:
+                if isinstance(exc, DBAPIError) and not is_transient_db_error(exc) and not storing_failures:
+                    # PostgreSQL refused the results themselves (a value it cannot store): fail the
+                    # jobs saying so, rather than leave them running to be retried into the same wall
+                    log.error("jobs %s: results refused by PostgreSQL: %s", _ids([o.job for o in outcomes]), exc)
+                    message = f"the result could not be stored: {str(exc.orig or exc).splitlines()[0][:300]}"
+                    outcomes = [_Failed(o.job, RESULT_NOT_STORABLE, message) for o in outcomes]
+                    stored = []
+                    storing_failures = True
+                    continue
                 if not is_transient_db_error(exc) or time.monotonic() + pause_s > deadline:
                     raise
                 log.warning(

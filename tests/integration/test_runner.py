@@ -269,3 +269,38 @@ def test_a_memory_budget_unloads_the_least_recently_used_model(sessions: session
     [job] = submit(sessions, "text-classification", [{"text": "这是一条新闻标题"}])
     assert lean.run(kind="text-classification", job_ids=[job]).succeeded == 1  # loaded again when needed
     assert set(lean.adapters) == {"text-classification"} and lean.adapters["text-classification"] is not classifier
+
+
+class Unstorable(Adapter[Any]):
+    """Outputs PostgreSQL will not take as they are: a NUL in a string (dropped on the way in)
+    and, for the text 'nan', a NaN that jsonb refuses (the job fails saying so)."""
+
+    kind = "embedding"
+
+    def load(self, device: str) -> None:
+        self.device = device
+
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        value = float("nan") if any(item.text == "nan" for item in batch) else 1.0
+        return [Prediction(EmbeddingOutput(embedding=[value], dimensions=1)) for _ in batch]
+
+
+def test_outputs_postgresql_cannot_store_fail_their_jobs_instead_of_looping(
+    runner: Runner, sessions: sessionmaker[Session]
+) -> None:
+    runner.adapters["embedding"] = Unstorable(load_models_file("demo").kinds["embedding"])
+    [bad] = submit(sessions, "embedding", [{"text": "nan"}])
+    report = runner.run(kind="embedding", job_ids=[bad])
+    [row] = rows(sessions, [bad])
+    assert (report.failed, row.status, row.error_code) == (1, "failed", "result_not_storable")
+    assert "could not be stored" in row.error_message and row.attempt == 1
+
+
+def test_nul_characters_are_dropped_from_stored_text(sessions: sessionmaker[Session]) -> None:
+    [job_id] = submit(sessions, "text-generation", [{"prompt": "x"}])
+    with sessions.begin() as session:
+        [claimed] = store.claim(session, job_ids=[job_id], kind="text-generation", worker="w", lease_s=30)
+        output = {"text": "a\x00b", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 2}
+        written = store.finish(session, outcomes=[store.Outcome(job_id=job_id, attempt=claimed.attempt, output=output)])
+    [row] = rows(sessions, [job_id])
+    assert written == [job_id] and row.status == "succeeded" and row.output["text"] == "ab"
