@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response, status
+from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobs.artifacts import LocalArtifactStore
 from jobs.db import make_engine, make_sessionmaker
@@ -23,6 +24,34 @@ from producer.waiter import Waiter
 from producer.webhooks import Dispatcher
 
 log = logging.getLogger("mlq.api")
+
+
+class BodyLimit:
+    """413 before a body over the limit is read (``Content-Length`` against ``max_request_bytes``,
+    or ``batch_max_bytes`` for bulk runs). A plain ASGI middleware: Starlette's
+    ``BaseHTTPMiddleware`` costs every request a task and a stream wrapper."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            bulk = scope["path"].startswith("/v1/batches")
+            limit, name = (
+                (self.settings.batch_max_bytes, "batch_max_bytes")
+                if bulk
+                else (self.settings.max_request_bytes, "max_request_bytes")
+            )
+            if length.isdigit() and int(length) > limit:
+                refused = JSONResponse(
+                    {"detail": f"body is {length.decode()} bytes; the limit is {name}={limit}"},
+                    status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                )
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,19 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(ops.router)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        bulk = request.url.path.startswith("/v1/batches")
-        limit, name = (
-            (settings.batch_max_bytes, "batch_max_bytes") if bulk else (settings.max_request_bytes, "max_request_bytes")
-        )
-        if length is not None and length.isdigit() and int(length) > limit:
-            return JSONResponse(
-                {"detail": f"body is {length} bytes; the limit is {name}={limit}"},
-                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, settings=settings)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)

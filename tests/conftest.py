@@ -185,7 +185,7 @@ def stack(settings: Settings) -> Iterator[Api]:
 def api_without_workers(settings: Settings, services: Services) -> Iterator[Api]:
     """An API on a Redis database no worker reads: what it publishes stays visible."""
     with fresh_redis_db(services.redis_base_url) as redis_url:
-        limits = {"batch_max_lines": 5000, "batch_max_bytes": 3 << 20}
+        limits = {"batch_max_lines": 5000, "batch_max_bytes": 3 << 20, "max_request_bytes": 2 << 20}
         lonely = Settings(**{**settings.model_dump(), "redis_url": redis_url, **limits})
         api, proc = start_api(lonely, "api-no-workers")
         try:

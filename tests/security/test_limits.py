@@ -86,3 +86,12 @@ def test_the_minute_counter_fails_open_when_redis_is_away() -> None:
             limiter.take(tenant_id=uuid.uuid4(), jobs=1, per_minute=1)
     finally:
         limiter.close()
+
+
+def test_a_body_over_max_request_bytes_is_refused_before_it_is_read(api_without_workers: Api, key: str) -> None:
+    with api_without_workers.client(key) as http:
+        before = http.get("/v1/jobs", params={"limit": 200}).json()["data"]
+        huge = {"kind": "embedding", "input": {"text": "x" * (3 << 20)}}
+        answer = http.post("/v1/jobs", json=huge)
+        assert answer.status_code == 413 and "max_request_bytes=2097152" in answer.text
+        assert http.get("/v1/jobs", params={"limit": 200}).json()["data"] == before  # nothing stored
