@@ -54,8 +54,8 @@ def recent_jobs(session: Session, *, limit: int = 20) -> list[dict[str, Any]]:
     ]
 
 
-def active_batches(session: Session, *, limit: int = 20) -> list[Batch]:
-    """Batches with unfinished items, and the latest finished ones, newest first."""
+def recent_batches(session: Session, *, limit: int = 20) -> list[Batch]:
+    """The newest batches of every tenant, running or finished, newest first."""
     return list(session.execute(select(Batch).order_by(Batch.created_at.desc()).limit(limit)).scalars())
 
 

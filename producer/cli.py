@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from jobs.settings import get_settings
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
 keys = typer.Typer(help="Create and revoke API keys.", no_args_is_help=True)
 
 ApiUrl = Annotated[str, typer.Option(envvar="MLQ_API_URL", help="Base URL of the mlq API.")]
 ApiKey = Annotated[str, typer.Option(envvar="MLQ_API_KEY", help="An API key (mlq keys create).")]
+
+
+@contextmanager
+def operator_session() -> Iterator[Session]:
+    """One transaction on MLQ_DATABASE_URL for an operator command, its engine closed after."""
+    from jobs.db import make_engine, make_sessionmaker
+
+    engine = make_engine(get_settings().require_database_url(), pool_size=1)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def api(
@@ -50,16 +68,12 @@ def keys_create(
 ) -> None:
     """Create an API key and print it. It is shown only this once."""
     from jobs import store
-    from jobs.db import make_engine, make_sessionmaker
 
-    engine = make_engine(get_settings().require_database_url(), pool_size=1)
     try:
-        with make_sessionmaker(engine).begin() as session:
+        with operator_session() as session:
             key, _ = store.create_api_key(session, tenant=tenant, scopes=[s for s in scopes.split(",") if s])
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scopes") from None
-    finally:
-        engine.dispose()
     typer.echo(key)
 
 
@@ -67,12 +81,9 @@ def keys_create(
 def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix (its second part).")]) -> None:
     """Revoke an API key; requests with it get 401 within seconds."""
     from jobs import store
-    from jobs.db import make_engine, make_sessionmaker
 
-    engine = make_engine(get_settings().require_database_url(), pool_size=1)
-    with make_sessionmaker(engine).begin() as session:
+    with operator_session() as session:
         revoked = store.revoke_api_key(session, prefix=prefix)
-    engine.dispose()
     if not revoked:
         typer.echo(f"no active key with prefix {prefix}", err=True)
         raise typer.Exit(1)
@@ -217,14 +228,11 @@ def keys_limits(
     """Set a tenant's own submission limits (MLQ_JOBS_PER_MINUTE and MLQ_MAX_ACTIVE_JOBS_PER_KIND
     are the defaults); over a limit the API answers 429 with Retry-After."""
     from jobs import store
-    from jobs.db import make_engine, make_sessionmaker
 
-    engine = make_engine(get_settings().require_database_url(), pool_size=1)
-    with make_sessionmaker(engine).begin() as session:
+    with operator_session() as session:
         found = store.set_tenant_limits(
             session, tenant=tenant, jobs_per_minute=jobs_per_minute, max_active_jobs_per_kind=max_active_jobs_per_kind
         )
-    engine.dispose()
     if not found:
         typer.echo(f"no tenant {tenant!r}", err=True)
         raise typer.Exit(1)
@@ -235,12 +243,9 @@ def keys_limits(
 def keys_webhook_secret(tenant: Annotated[str, typer.Option(help="The tenant whose secret to print.")]) -> None:
     """Print the secret that signs this tenant's webhooks (HMAC-SHA256, header Mlq-Signature)."""
     from jobs import store
-    from jobs.db import make_engine, make_sessionmaker
 
-    engine = make_engine(get_settings().require_database_url(), pool_size=1)
-    with make_sessionmaker(engine)() as session:
+    with operator_session() as session:
         secret = store.webhook_secret(session, tenant=tenant)
-    engine.dispose()
     if secret is None:
         typer.echo(f"no tenant {tenant!r}", err=True)
         raise typer.Exit(1)

@@ -73,7 +73,7 @@ def ops_page() -> HTMLResponse:
 def overview(state: State) -> dict[str, Any]:
     live = state.live
     with state.sessions() as session:
-        rows = ops.active_batches(session)
+        rows = ops.recent_batches(session)
         tallies = batches.counts(session, batch_ids=[b.id for b in rows])
         names = ops.tenant_names(session, tenant_ids=list({b.tenant_id for b in rows}))
         failures = ops.recent_failures(session)
