@@ -222,7 +222,8 @@ class Runner:
     ) -> tuple[set[uuid.UUID], list[_Done | _Failed]]:
         """Write a slice's results in one transaction. While PostgreSQL is away (a restart) the
         write is tried again with backoff for up to a lease, so computed results are not thrown
-        away; the attempt fence makes a late write harmless. Returns the ids written."""
+        away; the attempt fence makes a late write harmless. Returns the ids written and the
+        outcomes as stored (a result PostgreSQL refused becomes a ``result_not_storable`` failure)."""
         deadline = time.monotonic() + self.lease_s
         pause_s = 0.2
         storing_failures = False
@@ -241,9 +242,18 @@ class Runner:
                 return written, outcomes
             except Exception as exc:
                 if isinstance(exc, DBAPIError) and not is_transient_db_error(exc) and not storing_failures:
-                    # PostgreSQL refused the results themselves (a value it cannot store): fail the
-                    # jobs saying so, rather than leave them running to be retried into the same wall
-                    log.error("jobs %s: results refused by PostgreSQL: %s", _ids([o.job for o in outcomes]), exc)
+                    # PostgreSQL refused the results themselves (a value it cannot store). Find the
+                    # job whose result it is, one write each, so the others keep theirs; fail that
+                    # one saying so, rather than leave it running to be retried into the same wall.
+                    if len(outcomes) > 1:
+                        written, kept = set(), []
+                        for index, one in enumerate(outcomes):
+                            mine = [a for a in stored if a[0] == one.job.id]
+                            done, result = self._store([one], mine, retry if index == 0 else [])
+                            written |= done
+                            kept += result
+                        return written, kept
+                    log.error("job %s: result refused by PostgreSQL: %s", outcomes[0].job.id, exc)
                     message = f"the result could not be stored: {str(exc.orig or exc).splitlines()[0][:300]}"
                     outcomes = [_Failed(o.job, RESULT_NOT_STORABLE, message) for o in outcomes]
                     stored = []

@@ -272,8 +272,7 @@ def test_a_memory_budget_unloads_the_least_recently_used_model(sessions: session
 
 
 class Unstorable(Adapter[Any]):
-    """Outputs PostgreSQL will not take as they are: a NUL in a string (dropped on the way in)
-    and, for the text 'nan', a NaN that jsonb refuses (the job fails saying so)."""
+    """For the text 'nan', an output PostgreSQL refuses: a NaN, which jsonb cannot hold."""
 
     kind = "embedding"
 
@@ -281,8 +280,10 @@ class Unstorable(Adapter[Any]):
         self.device = device
 
     def predict(self, batch: list[Any]) -> list[Prediction]:
-        value = float("nan") if any(item.text == "nan" for item in batch) else 1.0
-        return [Prediction(EmbeddingOutput(embedding=[value], dimensions=1)) for _ in batch]
+        return [
+            Prediction(EmbeddingOutput(embedding=[float("nan") if item.text == "nan" else 1.0], dimensions=1))
+            for item in batch
+        ]
 
 
 def test_outputs_postgresql_cannot_store_fail_their_jobs_instead_of_looping(
@@ -294,6 +295,13 @@ def test_outputs_postgresql_cannot_store_fail_their_jobs_instead_of_looping(
     [row] = rows(sessions, [bad])
     assert (report.failed, row.status, row.error_code) == (1, "failed", "result_not_storable")
     assert "could not be stored" in row.error_message and row.attempt == 1
+    # in a batch, only the job whose result is refused fails; the others keep theirs
+    ids = submit(sessions, "embedding", [{"text": "fine"}, {"text": "nan"}, {"text": "also fine"}])
+    report = runner.run(kind="embedding", job_ids=ids)
+    fine, nan, also = rows(sessions, ids)
+    assert (report.succeeded, report.failed) == (2, 1)
+    assert fine.status == also.status == "succeeded" and fine.output["embedding"] == [1.0]
+    assert (nan.status, nan.error_code) == ("failed", "result_not_storable")
 
 
 def test_nul_characters_are_dropped_from_stored_text(sessions: sessionmaker[Session]) -> None:
