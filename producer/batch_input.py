@@ -19,6 +19,7 @@ from jobs.batches import BatchItem
 from jobs.ids import IdBuffer, new_id
 from jobs.kinds import KINDS, Schema
 from jobs.modelsfile import ModelsConfig
+from producer.inputs import NUL_MESSAGE, nul_at
 
 
 @dataclass
@@ -78,6 +79,8 @@ class Parser:
         spec = self.models.spec(kind)
         if spec is None:
             return self.error(number, custom_id, ["kind"], f"kind {kind!r} is not served here")
+        if (loc := nul_at(data)) is not None:
+            return self.error(number, custom_id, ["input", *loc], NUL_MESSAGE)
         try:
             parsed = KINDS[kind].input_model.model_validate(data, context=self.context(kind))
         except ValidationError as exc:

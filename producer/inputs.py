@@ -39,6 +39,27 @@ def input_error(loc: tuple[Any, ...], msg: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", "input", *loc), "msg": msg, "type": "value_error"}])
 
 
+NUL_MESSAGE = "contains a NUL character (\\u0000), which cannot be stored; remove it"
+
+
+def nul_at(value: Any) -> tuple[Any, ...] | None:
+    """Where in a JSON value a string (or key) holds a NUL character, or None. PostgreSQL
+    stores no NUL in text or jsonb, so such a job is refused before anything is stored."""
+    if isinstance(value, str):
+        return () if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return (key,)
+            if (found := nul_at(item)) is not None:
+                return (key, *found)
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := nul_at(item)) is not None:
+                return (index, *found)
+    return None
+
+
 def stage_binaries(
     parsed: Schema,
     *,

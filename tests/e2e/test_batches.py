@@ -78,6 +78,7 @@ def test_one_bad_line_refuses_the_whole_batch_and_stores_nothing(
     lines = [{"custom_id": f"c{i}", "input": {"text": "fine"}} for i in range(100)]
     lines[41] = {"custom_id": "c41", "input": {"txt": "typo"}}
     lines[70] = {"custom_id": "c3", "input": {"text": "duplicate id"}}
+    lines[80] = {"custom_id": "c80", "input": {"text": "a NUL \u0000 character"}}  # PostgreSQL stores none
     client = redis.Redis.from_url(api_without_workers.settings.require_redis_url())
 
     def stored() -> tuple[int, int]:
@@ -94,8 +95,9 @@ def test_one_bad_line_refuses_the_whole_batch_and_stores_nothing(
         )
         assert refused.status_code == 422, refused.text
         errors = refused.json()["detail"]["errors"]
-        assert [(e["line"], e["custom_id"]) for e in errors] == [(42, "c41"), (71, "c3")]
+        assert [(e["line"], e["custom_id"]) for e in errors] == [(42, "c41"), (71, "c3"), (81, "c80")]
         assert errors[0]["loc"] == ["input", "txt"] and "duplicate" in errors[1]["msg"]
+        assert errors[2]["loc"] == ["input", "text"] and "NUL" in errors[2]["msg"]
         too_many = http.post(
             "/v1/batches?kind=moderation",
             headers={"Content-Type": "application/jsonl"},

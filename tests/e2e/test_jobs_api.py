@@ -110,6 +110,9 @@ def test_invalid_input_is_refused_naming_the_field_with_nothing_stored_or_publis
         ({"kind": "embedding", "input": {"text": "x", "top_k": 1}}, ["body", "input", "top_k"], "Extra inputs"),
         ({"kind": "embedding", "input": {"text": "x"}, "priority": 42}, ["body", "priority"], "less than"),
         ({"input": {"text": "x"}}, ["body", "kind"], "Field required"),
+        # PostgreSQL stores no NUL: refused naming the field, not a 503 from the database
+        ({"kind": "text-classification", "input": {"text": "a\u0000b"}}, ["body", "input", "text"], "NUL"),
+        ({"kind": "embedding", "input": {"text": "x"}, "metadata": {"k": "\u0000"}}, ["body", "metadata", "k"], "NUL"),
     ]
     before_rows, before_messages = jobs_stored(), queued_messages(api_without_workers)
     with api_without_workers.client(key) as http:
