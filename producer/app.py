@@ -16,6 +16,7 @@ from jobs.db import make_engine, make_sessionmaker
 from jobs.modelsfile import load_models_file
 from jobs.settings import Settings, get_settings
 from producer.deps import State
+from producer.intake import Intake
 from producer.live import Live
 from producer.publish import Publisher
 from producer.ratelimit import RateLimiter
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         waiter = Waiter(settings.require_database_url())
         waiter.start()
         sessions = make_sessionmaker(engine)
+        artifacts = LocalArtifactStore(settings.artifacts_path)
         live = Live(redis_url=settings.require_redis_url(), sessions=sessions, publisher=publisher)
         dispatcher = Dispatcher(sessions=sessions, settings=settings) if settings.webhooks_in_api else None
         if dispatcher is not None:
@@ -78,7 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             live=live,
             live_registry=ops.live_registry(live),
             waiter=waiter,
-            artifacts=LocalArtifactStore(settings.artifacts_path),
+            intake=Intake(
+                settings=settings, sessions=sessions, publisher=publisher, limiter=limiter, artifacts=artifacts
+            ),
+            artifacts=artifacts,
             keys={},
         )
         try:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,6 +17,7 @@ from jobs import store
 from jobs.artifacts import ArtifactStore
 from jobs.modelsfile import ModelsConfig
 from jobs.settings import Settings
+from producer.intake import Intake
 from producer.live import Live
 from producer.publish import Publisher
 from producer.ratelimit import RateLimiter
@@ -34,11 +36,16 @@ class State:
     live: Live  # readings for operators (queue depth, workers, unfinished jobs)
     live_registry: CollectorRegistry  # the same, as Prometheus gauges
     waiter: Waiter
+    intake: Intake  # group commit of single jobs
     artifacts: ArtifactStore
     keys: dict[str, tuple[float, store.Principal]]
 
 
-def get_state(request: Request) -> State:
+# Dependencies are ``async def`` where they do not block: FastAPI runs a plain ``def``
+# dependency on a worker thread, a hop that costs every request on the submit path.
+
+
+async def get_state(request: Request) -> State:
     state: State = request.app.state.mlq
     return state
 
@@ -60,9 +67,10 @@ def unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def get_principal(
+async def get_principal(
     state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> store.Principal:
+    """The key's principal: from a cache of recent keys, else looked up on a worker thread."""
     if credentials is None:
         raise unauthorized("missing API key: send Authorization: Bearer <key>")
     key = credentials.credentials
@@ -70,8 +78,12 @@ def get_principal(
     now = time.monotonic()
     if cached is not None and now - cached[0] < KEY_CACHE_S:
         return cached[1]
-    with state.sessions() as session:
-        principal = store.authenticate(session, key=key)
+
+    def look_up() -> store.Principal | None:
+        with state.sessions() as session:
+            return store.authenticate(session, key=key)
+
+    principal = await run_in_threadpool(look_up)
     if principal is None:
         state.keys.pop(key, None)
         raise unauthorized("invalid or revoked API key")
@@ -79,8 +91,8 @@ def get_principal(
     return principal
 
 
-def require(scope: str) -> Callable[..., store.Principal]:
-    def check(principal: Annotated[store.Principal, Depends(get_principal)]) -> store.Principal:
+def require(scope: str) -> Callable[..., Awaitable[store.Principal]]:
+    async def check(principal: Annotated[store.Principal, Depends(get_principal)]) -> store.Principal:
         if scope not in principal.scopes:
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"this API key lacks the {scope!r} scope")
         return principal

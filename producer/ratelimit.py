@@ -57,37 +57,35 @@ class RateLimiter:
                 self._active[key] = found
         return found[1]
 
-    def accepted(self, *, tenant_id: uuid.UUID, kind: str) -> None:
-        """One more active job of the tenant's ``kind`` since the last count."""
+    def accepted(self, *, tenant_id: uuid.UUID, kind: str, jobs: int = 1) -> None:
+        """``jobs`` more active jobs of the tenant's ``kind`` since the last count."""
         key = (tenant_id, kind)
         with self._lock:
             found = self._active.get(key)
             if found is not None:
-                self._active[key] = (found[0], found[1] + 1)
+                self._active[key] = (found[0], found[1] + jobs)
 
-    def take(self, *, tenant_id: uuid.UUID, jobs: int, per_minute: int) -> None:
-        """Count ``jobs`` against the tenant's minute, or raise 429 (counting nothing)."""
-        if per_minute <= 0:
-            return
+    def admit(self, *, tenant_id: uuid.UUID, jobs: int, per_minute: int) -> tuple[int, int]:
+        """Count up to ``jobs`` against the tenant's minute. Returns how many fit (the first ones
+        of the group; the rest are not counted) and the seconds until the next window."""
+        if per_minute <= 0 or jobs <= 0:
+            return jobs, 0
         now = time.time()
         window = int(now // WINDOW_S)
         key = f"mlq:rate:{tenant_id}:{window}"
+        retry_after_s = math.ceil((window + 1) * WINDOW_S - now)
         try:
             with self.client.pipeline() as pipe:
                 pipe.incrby(key, jobs)
                 pipe.expire(key, 2 * WINDOW_S)
                 used = int(pipe.execute()[0])
-            if used > per_minute:
-                self.client.decrby(key, jobs)
+            fit = max(0, min(jobs, per_minute - (used - jobs)))
+            if fit < jobs:
+                self.client.decrby(key, jobs - fit)
         except redis.RedisError as exc:  # fail open: the job is durable without Redis
             log.warning("rate limit not checked for tenant %s: Redis unavailable (%s)", tenant_id, exc)
-            return
-        if used > per_minute:
-            retry_after_s = math.ceil((window + 1) * WINDOW_S - now)
-            raise too_many(
-                f"over this tenant's limit of jobs_per_minute={per_minute}; retry in {retry_after_s} s",
-                retry_after_s=retry_after_s,
-            )
+            return jobs, 0
+        return fit, retry_after_s
 
     def close(self) -> None:
         self.client.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import HTTPException, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -21,8 +21,8 @@ from jobs.netfetch import check_url, fetch
 from jobs.tables import Batch, Job
 from producer.batch_input import Parser
 from producer.deps import State
-from producer.inputs import stage_binaries
-from producer.ratelimit import ACTIVE_RETRY_AFTER_S, too_many
+from producer.inputs import NUL_MESSAGE, nul_at, stage_binaries
+from producer.intake import Submission
 from producer.schemas import SubmitJob
 
 
@@ -52,45 +52,24 @@ def download(state: State, url: str, max_bytes: int) -> tuple[bytes, str]:
     return answer.body, answer.headers.get("content-type", "application/octet-stream").split(";")[0]
 
 
-def check_limits(state: State, *, principal: store.Principal, kind: str) -> None:
-    """The tenant's quota of active jobs of ``kind``, then its jobs per minute: 429 with
-    Retry-After when over either, before anything is stored."""
-    settings = state.settings
-    max_active = principal.max_active_jobs_per_kind
-    max_active = settings.max_active_jobs_per_kind if max_active is None else max_active
-    if max_active:
-
-        def count() -> int:
-            with state.sessions() as session:
-                return store.active_jobs(session, tenant_id=principal.tenant_id, kind=kind)
-
-        active = state.limiter.active(tenant_id=principal.tenant_id, kind=kind, count=count)
-        if active >= max_active:
-            raise too_many(
-                f"this tenant has {active} {kind} jobs queued or running; the limit is "
-                f"max_active_jobs_per_kind={max_active}: wait for some to finish, or send a bulk run",
-                retry_after_s=ACTIVE_RETRY_AFTER_S,
-            )
-    per_minute = principal.jobs_per_minute
-    state.limiter.take(
-        tenant_id=principal.tenant_id, jobs=1, per_minute=settings.jobs_per_minute if per_minute is None else per_minute
-    )
-
-
-def accept_job(
+def prepare_job(
     state: State,
     body: SubmitJob,
     *,
     principal: store.Principal,
     idempotency_key: str | None = None,
     uploads: dict[str, tuple[bytes, str]] | None = None,
-) -> tuple[Job, bool]:
-    """Returns (job, created). An Idempotency-Key used before returns the earlier job."""
+) -> Submission:
+    """Validate a job and store its binary inputs; nothing is in PostgreSQL yet. Blocking only
+    when the job has files or a webhook (a download, a DNS lookup): see ``needs_thread``."""
     if body.kind not in KINDS:
         raise body_error(("kind",), f"unknown job kind {body.kind!r}; known kinds: {', '.join(sorted(KINDS))}")
     spec = state.models.spec(body.kind)
     if spec is None:
         raise body_error(("kind",), f"kind {body.kind!r} is not served here: the models file has no model for it")
+    for name, value in (("input", body.input), ("metadata", body.metadata)):
+        if (loc := nul_at(value)) is not None:
+            raise body_error((name, *loc), NUL_MESSAGE)
     try:
         parsed = KINDS[body.kind].validate_input(body.input, limits=spec.limits)
     except ValidationError as exc:
@@ -99,7 +78,6 @@ def accept_job(
         ) from None
     if body.webhook_url is not None:
         check_webhook(body.webhook_url, state=state, loc=("webhook_url",))
-    check_limits(state, principal=principal, kind=body.kind)
     stored_input, files = stage_binaries(
         parsed, uploads=uploads or {}, limits=spec.limits, download=lambda url, limit: download(state, url, limit)
     )
@@ -115,26 +93,43 @@ def accept_job(
         webhook_url=body.webhook_url,
     )
     saved = [state.artifacts.put(job_id=new.id, name=f.name, data=f.data, content_type=f.content_type) for f in files]
-    try:
-        with state.sessions.begin() as session:
-            job, created = store.insert_job(session, tenant_id=principal.tenant_id, job=new)
-            if created:
-                store.add_artifacts(session, rows=[(job.id, a) for a in saved])
-    except Exception:
-        state.artifacts.discard(job_id=new.id)
-        raise
-    if not created:
-        state.artifacts.discard(job_id=new.id)
-        if job.kind != new.kind or job.input != new.input:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"Idempotency-Key {idempotency_key!r} was already used for a different job ({job.id})",
-            )
-        return job, False
-    state.publisher.publish(kind=job.kind, job_ids=[job.id], priority=job.priority)
-    metrics.JOBS_SUBMITTED.labels(job.kind, principal.tenant_name).inc()
-    state.limiter.accepted(tenant_id=principal.tenant_id, kind=job.kind)
-    return job, True
+    return Submission(job=new, principal=principal, files=saved)
+
+
+def needs_thread(body: SubmitJob, *, uploads: dict[str, tuple[bytes, str]] | None = None) -> bool:
+    """Whether preparing ``body`` may block (files to write, a URL to fetch, a webhook host to
+    resolve); a plain JSON job is validated on the event loop, sparing a thread hop."""
+    return bool(uploads) or body.webhook_url is not None or any(isinstance(v, dict) for v in body.input.values())
+
+
+async def accept_job(
+    state: State,
+    body: SubmitJob,
+    *,
+    principal: store.Principal,
+    idempotency_key: str | None = None,
+    uploads: dict[str, tuple[bytes, str]] | None = None,
+) -> tuple[Job, bool]:
+    """Validate, then commit and publish with whatever else arrived meanwhile (``Intake``).
+    Returns (job, created); an Idempotency-Key used before returns the earlier job."""
+    submission = await prepared(state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads)
+    return await state.intake.accept(submission)
+
+
+async def prepared(
+    state: State,
+    body: SubmitJob,
+    *,
+    principal: store.Principal,
+    idempotency_key: str | None = None,
+    uploads: dict[str, tuple[bytes, str]] | None = None,
+) -> Submission:
+    """``prepare_job`` on the event loop when it cannot block, else on a worker thread."""
+    if needs_thread(body, uploads=uploads):
+        return await run_in_threadpool(
+            prepare_job, state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads
+        )
+    return prepare_job(state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads)
 
 
 def accept_batch(

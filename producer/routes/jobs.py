@@ -21,7 +21,7 @@ from jobs.status import TERMINAL, JobStatus
 from jobs.store import Principal
 from producer.deps import ReaderDep, SessionDep, State, StateDep, SubmitterDep
 from producer.schemas import JobPage, JobView, SubmitJob
-from producer.submit import accept_job, body_error
+from producer.submit import accept_job, body_error, prepared
 
 MAX_UPLOAD_FILES = 4  # binary input fields per job
 
@@ -47,14 +47,23 @@ async def submit_job(
     With ``?wait=S`` the answer comes when the job finishes (or after S seconds): submit and
     result in one round trip."""
     check_wait(state, wait)
-    job, created = await run_in_threadpool(
-        accept_job, state, body, principal=principal, idempotency_key=idempotency_key
-    )
+    submission = await prepared(state, body, principal=principal, idempotency_key=idempotency_key)
+    if wait <= 0:
+        job, created = await state.intake.accept(submission)
+        if not created:
+            response.headers["Idempotent-Replayed"] = "true"
+        return JobView.of(job)
+    deadline = time.monotonic() + wait
+    # Subscribed before the job is published, so its wake-up cannot be missed and a new job
+    # needs no read until it is woken: one row read per answer.
+    with state.waiter.subscribe(submission.job.id) as finished:
+        job, created = await state.intake.accept(submission)
+        if created:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout=state.waiter.poll_interval_s(wait))
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    if wait > 0:
-        return await wait_for(state, principal, job.id, wait_s=wait)
-    return JobView.of(job)
+    return await wait_for(state, principal, job.id, wait_s=max(0.0, deadline - time.monotonic()))
 
 
 @router.post("/upload", status_code=status.HTTP_202_ACCEPTED, response_model=JobView)
@@ -96,9 +105,7 @@ async def upload_job(
             else [{"loc": ("priority",), "msg": str(exc), "type": "value_error"}]
         )
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
-    job, created = await run_in_threadpool(
-        accept_job, state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads
-    )
+    job, created = await accept_job(state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return JobView.of(job)
