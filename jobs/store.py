@@ -307,6 +307,7 @@ class Claimed:
     tenant_id: uuid.UUID
     tenant: str = ""  # the tenant's name, for metrics and logs
     waited_s: float = 0.0  # created → claimed, on PostgreSQL's clock
+    follow_up: bool = True  # its finish writes more than its row (a webhook, a bulk run's bookkeeping)
 
 
 _CLAIM_SQL = text(
@@ -327,7 +328,8 @@ _CLAIM_SQL = text(
     WHERE jobs.id IN (SELECT id FROM own UNION ALL SELECT id FROM extra) AND jobs.status = 'queued'
     RETURNING jobs.id, jobs.attempt, jobs.input, jobs.tenant_id,
         (SELECT name FROM tenants WHERE tenants.id = jobs.tenant_id) AS tenant,
-        EXTRACT(EPOCH FROM now() - jobs.created_at)::float8 AS waited_s
+        EXTRACT(EPOCH FROM now() - jobs.created_at)::float8 AS waited_s,
+        jobs.webhook_url IS NOT NULL OR jobs.batch_id IS NOT NULL AS follow_up
     """
 )
 
@@ -349,7 +351,15 @@ def claim(
         {"ids": list(job_ids), "kind": kind, "worker": worker, "lease_s": lease_s, "fill": max(0, fill)},
     ).all()
     return [
-        Claimed(id=r.id, attempt=r.attempt, input=r.input, tenant_id=r.tenant_id, tenant=r.tenant, waited_s=r.waited_s)
+        Claimed(
+            id=r.id,
+            attempt=r.attempt,
+            input=r.input,
+            tenant_id=r.tenant_id,
+            tenant=r.tenant,
+            waited_s=r.waited_s,
+            follow_up=r.follow_up,
+        )
         for r in rows
     ]
 

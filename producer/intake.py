@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from jobs import metrics, store
 from jobs.artifacts import ArtifactStore, StoredArtifact
+from jobs.db import single_statements
 from jobs.settings import Settings
 from jobs.tables import Job
 from producer.publish import Publisher
@@ -61,6 +62,7 @@ class Intake:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.statements = single_statements(sessions)
         self.publisher = publisher
         self.limiter = limiter
         self.artifacts = artifacts
@@ -102,8 +104,10 @@ class Intake:
         self.groups[len(group)] += 1
         answers: list[Answer | None] = list(self._refusals(group))
         admitted = [i for i, a in enumerate(answers) if a is None]
+        # One statement, unless files are recorded with the jobs: then one transaction.
+        sessions = self.sessions if any(group[i].files for i in admitted) else self.statements
         try:
-            with self.sessions.begin() as session:
+            with sessions.begin() as session:
                 rows = store.insert_jobs(session, jobs=[(group[i].principal.tenant_id, group[i].job) for i in admitted])
                 _add_files(session, [(group[i], rows[n]) for n, i in enumerate(admitted)])
         except DataError:  # a value PostgreSQL refuses: find whose, one job at a time

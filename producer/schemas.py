@@ -12,6 +12,7 @@ from jobs.batches import Counts, status_of
 from jobs.queues import BATCH_PRIORITY, DEFAULT_PRIORITY, MAX_BATCH_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from jobs.status import JobStatus
 from jobs.tables import Artifact, Batch, Job
+from producer.waiter import FinishedRow
 
 MAX_METADATA_KEYS = 32
 MAX_METADATA_VALUE_CHARS = 512
@@ -70,7 +71,7 @@ class JobView(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: Job) -> JobView:
+    def of(cls, job: Job | FinishedRow) -> JobView:
         return cls(
             id=job.id,
             kind=job.kind,

@@ -3,6 +3,13 @@
 Workers ``NOTIFY`` on commit of a final state; one ``LISTEN`` connection per
 API process fans that out to the requests waiting on those ids. If the
 listener is down, waiters fall back to re-reading the row every second.
+
+The finished rows of the ids woken are read here, on a second connection of
+the event loop, in one query for every id that woke together, and handed to
+their waiters. Reading each row from the request (a worker thread, a pooled
+session, BEGIN, SELECT, ROLLBACK) took 4 ms of a 25 ms job at idle, measured
+with stamps in the API; this is one round trip, and under load one round trip
+for many jobs.
 """
 
 from __future__ import annotations
@@ -12,9 +19,14 @@ import contextlib
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import class_row
 
 from jobs.db import NOTIFY_CHANNEL, libpq_url
 
@@ -24,33 +36,84 @@ RECONNECT_S = 1.0
 FALLBACK_POLL_S = 1.0  # how often a waiter re-reads its row while the listener is down
 
 
+@dataclass(frozen=True)
+class FinishedRow:
+    """A job's row as it was read after its wake-up; the attribute names of ``jobs.tables.Job``."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    kind: str
+    model: str
+    profile: str
+    status: str
+    priority: int
+    input: dict[str, Any]
+    output: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    attempt: int
+    history: list[dict[str, Any]]
+    metadata_: dict[str, Any]
+    webhook_url: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+_READ_FINISHED = sql.SQL(
+    "SELECT id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message, "
+    "attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at "
+    "FROM jobs WHERE id = ANY(%s) AND status IN ('succeeded', 'failed', 'cancelled')"
+)
+
+
+class Wake:
+    """One waiting request: ``event`` is set when its job may have finished; ``row`` is then the
+    finished row when it could be read here (else the request reads it itself)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.row: FinishedRow | None = None
+
+    def row_of(self, tenant_id: uuid.UUID) -> FinishedRow | None:
+        """The finished row, if it was read and belongs to ``tenant_id``."""
+        return self.row if self.row is not None and self.row.tenant_id == tenant_id else None
+
+
 class Waiter:
     def __init__(self, database_url: str) -> None:
         self.url = libpq_url(database_url)
-        self.waiting: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
+        self.waiting: dict[uuid.UUID, set[Wake]] = defaultdict(set)
         self.connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._to_read: set[uuid.UUID] = set()
+        self._read_wanted = asyncio.Event()
+        self._reader: psycopg.AsyncConnection[FinishedRow] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="mlq-waiter")
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="mlq-waiter"),
+            asyncio.create_task(self._read(), name="mlq-waiter-reads"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     @contextlib.contextmanager
-    def subscribe(self, job_id: uuid.UUID):  # type: ignore[no-untyped-def]
-        event = asyncio.Event()
-        self.waiting[job_id].add(event)
+    def subscribe(self, job_id: uuid.UUID) -> Iterator[Wake]:
+        wake = Wake()
+        self.waiting[job_id].add(wake)
         try:
-            yield event
+            yield wake
         finally:
-            events = self.waiting.get(job_id)
-            if events is not None:
-                events.discard(event)
-                if not events:
+            wakes = self.waiting.get(job_id)
+            if wakes is not None:
+                wakes.discard(wake)
+                if not wakes:
                     del self.waiting[job_id]
 
     def poll_interval_s(self, remaining_s: float) -> float:
@@ -64,7 +127,7 @@ class Waiter:
                     self.connected.set()
                     self._wake_all()  # anything that finished while we were away
                     async for note in conn.notifies():
-                        self._wake(note.payload)
+                        self._woken(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -72,16 +135,51 @@ class Waiter:
             self.connected.clear()
             await asyncio.sleep(RECONNECT_S)
 
-    def _wake(self, payload: str) -> None:
+    def _woken(self, payload: str) -> None:
+        """Ids someone waits for go to the reader; the reader wakes them with their rows."""
         for raw in payload.split(","):
             try:
                 job_id = uuid.UUID(raw)
             except ValueError:
                 continue
-            for event in self.waiting.get(job_id, ()):
-                event.set()
+            if job_id in self.waiting:
+                self._to_read.add(job_id)
+        if self._to_read:
+            self._read_wanted.set()
+
+    async def _read(self) -> None:
+        """Read the rows of the ids woken since the last read, in one query, and wake their
+        waiters. If the read fails they are woken without rows and read them themselves."""
+        try:
+            while True:
+                await self._read_wanted.wait()
+                self._read_wanted.clear()
+                ids, self._to_read = self._to_read, set()
+                for row in await self._finished_rows(ids):
+                    for wake in self.waiting.get(row.id, ()):
+                        wake.row = row
+                for job_id in ids:
+                    for wake in self.waiting.get(job_id, ()):
+                        wake.event.set()
+        finally:
+            if self._reader is not None:
+                await self._reader.close()
+
+    async def _finished_rows(self, ids: set[uuid.UUID]) -> list[FinishedRow]:
+        try:
+            if self._reader is None or self._reader.closed:
+                self._reader = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, row_factory=class_row(FinishedRow)
+                )
+            return await (await self._reader.execute(_READ_FINISHED, [list(ids)])).fetchall()
+        except Exception as exc:
+            log.warning("could not read finished jobs (%s); their waiters read them", exc)
+            if self._reader is not None:
+                await self._reader.close()
+            self._reader = None
+            return []
 
     def _wake_all(self) -> None:
-        for events in self.waiting.values():
-            for event in events:
-                event.set()
+        for wakes in self.waiting.values():
+            for wake in wakes:
+                wake.event.set()

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import metrics, reconcile, store
 from jobs.artifacts import ArtifactStore, StoredArtifact
+from jobs.db import single_statements
 from jobs.errors import (
     Cancelled,
     InvalidInput,
@@ -87,6 +88,7 @@ class Runner:
     ) -> None:
         self.fill = fill  # fill each slice with other queued jobs of the kind (micro-batching)
         self.sessions = sessions
+        self.statements = single_statements(sessions)  # for the claim and a lone result write
         self.models = models
         self.artifacts = artifacts
         self.data_dir = data_dir
@@ -161,7 +163,7 @@ class Runner:
 
     def _run_slice(self, adapter: Adapter[Any], ids: list[uuid.UUID], report: RunReport) -> None:
         kind = adapter.kind
-        with self.sessions.begin() as session:
+        with self.statements.begin() as session:  # one statement (and a read of file locations)
             claimed = store.claim(
                 session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s,
                 fill=adapter.spec.max_batch_size - len(ids) if self.fill else 0,
@@ -227,9 +229,13 @@ class Runner:
         deadline = time.monotonic() + self.lease_s
         pause_s = 0.2
         storing_failures = False
+        # The finish statement alone (it carries its NOTIFY) needs no transaction; files,
+        # jobs given back, webhooks and bulk-run bookkeeping are written with it in one.
+        alone = not stored and not retry and len(outcomes) <= store.NOTIFY_IDS_PER_MESSAGE
+        sessions = self.statements if alone and not any(o.job.follow_up for o in outcomes) else self.sessions
         while True:
             try:
-                with self.sessions.begin() as session:
+                with sessions.begin() as session:
                     written = set(store.finish(session, outcomes=[o.outcome() for o in outcomes]))
                     store.add_artifacts(session, rows=[(job_id, a) for job_id, a in stored if job_id in written])
                     if retry:
@@ -367,7 +373,7 @@ class Runner:
 
     def fail_unrunnable(self, *, kind: str, job_ids: list[uuid.UUID], error: PermanentError) -> RunReport:
         log.error("jobs %s: cannot load the %s model: %s", ",".join(map(str, job_ids)), kind, error)
-        with self.sessions.begin() as session:
+        with self.statements.begin() as session:  # one statement (and a read of file locations)
             claimed = store.claim(session, job_ids=job_ids, kind=kind, worker=self.worker, lease_s=self.lease_s)
             store.finish(
                 session,

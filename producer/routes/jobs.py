@@ -56,11 +56,13 @@ async def submit_job(
     deadline = time.monotonic() + wait
     # Subscribed before the job is published, so its wake-up cannot be missed and a new job
     # needs no read until it is woken: one row read per answer.
-    with state.waiter.subscribe(submission.job.id) as finished:
+    with state.waiter.subscribe(submission.job.id) as wake:
         job, created = await state.intake.accept(submission)
         if created:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), timeout=state.waiter.poll_interval_s(wait))
+                await asyncio.wait_for(wake.event.wait(), timeout=state.waiter.poll_interval_s(wait))
+            if (row := wake.row_of(principal.tenant_id)) is not None:
+                return JobView.of(row)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return await wait_for(state, principal, job.id, wait_s=max(0.0, deadline - time.monotonic()))
@@ -136,7 +138,7 @@ async def wait_for(state: State, principal: Principal, job_id: uuid.UUID, *, wai
 
     deadline = time.monotonic() + wait_s
     while True:
-        with state.waiter.subscribe(job_id) as finished:  # subscribed before the read: no wake-up is missed
+        with state.waiter.subscribe(job_id) as wake:  # subscribed before the read: no wake-up is missed
             view = await run_in_threadpool(read)
             if view is None:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
@@ -144,7 +146,9 @@ async def wait_for(state: State, principal: Principal, job_id: uuid.UUID, *, wai
             if view.status in TERMINAL or remaining <= 0:
                 return view
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), timeout=state.waiter.poll_interval_s(remaining))
+                await asyncio.wait_for(wake.event.wait(), timeout=state.waiter.poll_interval_s(remaining))
+            if (row := wake.row_of(principal.tenant_id)) is not None:
+                return JobView.of(row)
 
 
 @router.get("", response_model=JobPage)
