@@ -252,6 +252,7 @@ def on_mlq(mode: str, texts: list[str], args: argparse.Namespace, *, submit: Sub
             for answer in submit_jobs(stack, texts[:WARMUP], clients=WARMUP).answers:
                 assert http.get(f"/v1/jobs/{answer['id']}", params={"wait": 60}).json()["status"] == "succeeded"
         engine = make_engine(stack.database_url, pool_size=1)
+        cpu_before = cpu_by_role()
         started = time.time()
         where, params = submit(stack, texts, args)
         submitted = time.time()
@@ -267,6 +268,7 @@ def on_mlq(mode: str, texts: list[str], args: argparse.Namespace, *, submit: Sub
                 ).scalar_one()
 
         seen = wait_for(all_finished, timeout_s=60 + len(texts), what=f"{mode} run")
+        cpu_after = cpu_by_role()
         with engine.connect() as conn:
             succeeded, last, last_created, waits, runs = conn.execute(text(JOB_TIMES.format(where=where)), params).one()
         engine.dispose()
@@ -283,9 +285,48 @@ def on_mlq(mode: str, texts: list[str], args: argparse.Namespace, *, submit: Sub
         "claim_run_ms": summary(runs_ms),  # started_at -> last finished_at of the claim: predict and writes
         "worker_busy": round(sum(runs_ms) / 1000 / (seconds * args.concurrency), 3),  # share of pool time in claims
     }
+    # Where the CPU went, per job: every process on the machine, by role (the model runs in
+    # the worker's pool processes; the rest is what mlq and its services cost around it).
+    detail["cpu_ms_per_job"] = {
+        role: round(1000 * (cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0)) / len(texts), 2)
+        for role in sorted(cpu_after, key=lambda r: -(cpu_after[r] - cpu_before.get(r, 0.0)))
+        if cpu_after[role] - cpu_before.get(role, 0.0) > 0.01
+    }
     if submit is submit_singles:  # the submitting client shares the cores: what it used
         detail["client_cpu_ms_per_job"] = round(1000 * args.client_cpu_s / len(texts), 3)
     return Measured(mode, len(texts), seconds, note, detail)
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by every process, summed by role."""
+    import psutil
+
+    me = os.getpid()
+    used: dict[str, float] = {}
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "name"]):
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        command = " ".join(proc.info["cmdline"] or [proc.info["name"] or ""])
+        if proc.info["pid"] == me:
+            role = "benchmark client"
+        elif "mlq api" in command:
+            role = "mlq api"
+        elif "mlq worker" in command:
+            try:
+                parent = psutil.Process(proc.info["ppid"]).cmdline()
+            except psutil.Error:
+                parent = []
+            role = "worker pool processes (model)" if "worker" in " ".join(parent) else "worker main process"
+        elif "postgres" in command:
+            role = "postgresql"
+        elif "redis" in command:
+            role = "redis"
+        else:
+            role = "other"
+        used[role] = used.get(role, 0.0) + times.user + times.system
+    return used
 
 
 def run_mlq(texts: list[str], args: argparse.Namespace) -> Measured:
@@ -337,6 +378,9 @@ def table(results: list[Measured]) -> str:
         per_s = f"{r.per_s:.1f}" if r.per_s else "n/a"
         direct, naive = ratio(r.per_s, rates.get("direct")), ratio(r.per_s, rates.get("naive"))
         lines.append(f"{r.mode:10} {r.items:>6} {seconds:>8} {per_s:>8} {direct:>9} {naive:>9}  {r.note}")
+    for r in results:
+        if cpu := r.detail.get("cpu_ms_per_job"):
+            lines.append(f"{r.mode} CPU ms per job: " + ", ".join(f"{role} {ms}" for role, ms in cpu.items()))
     return "\n".join(lines)
 
 
