@@ -7,11 +7,13 @@ import subprocess
 import time
 import uuid
 
+import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.tables import Job, Tenant
 from tests.conftest import MLQ, Api, create_key, process_env
+from tests.services import Services, fresh_redis_db
 
 
 def tenant_with_limits(api: Api, **limits: int) -> tuple[str, str]:
@@ -95,3 +97,29 @@ def test_a_body_over_max_request_bytes_is_refused_before_it_is_read(api_without_
         answer = http.post("/v1/jobs", json=huge)
         assert answer.status_code == 413 and "max_request_bytes=2097152" in answer.text
         assert http.get("/v1/jobs", params={"limit": 200}).json()["data"] == before  # nothing stored
+
+
+def test_minute_tokens_are_taken_in_blocks_and_every_process_together_stays_under_the_limit(
+    services: Services,
+) -> None:
+    """Two API processes' limiters share one minute counter: a limit of 300 is taken in blocks
+    of 3, so a third of the groups need Redis, and together they admit at most 300."""
+    from producer.ratelimit import RateLimiter
+
+    with fresh_redis_db(services.redis_base_url) as redis_url:
+        first, second = RateLimiter(redis_url), RateLimiter(redis_url)
+        tenant = uuid.uuid4()
+        client = redis.Redis.from_url(redis_url)
+        client.config_resetstat()
+        try:
+            admitted, minute = 0, int(time.time() // 60)
+            for _ in range(200):  # 400 single-job groups, alternating processes, inside one minute
+                for limiter in (first, second):
+                    admitted += limiter.admit(tenant_id=tenant, jobs=1, per_minute=300)[0]
+            incrby = client.info("commandstats").get("cmdstat_incrby", {}).get("calls", 0)
+        finally:
+            first.close()
+            second.close()
+    if int(time.time() // 60) == minute:  # the run did not straddle a minute (it takes well under a second)
+        assert 300 - 2 * 2 <= admitted <= 300  # each process may end holding up to block - 1 unspent
+    assert incrby <= 300 // 3 + (400 - 300) + 4  # a block per 3 jobs while there is room, then one try per group
