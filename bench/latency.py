@@ -91,6 +91,47 @@ FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))
 """
 
 
+def celery_noop(*, jobs: int, warmup: int) -> dict[str, Any]:
+    """The issue's anchor, measured in the same run: a bare Celery task round trip over Redis,
+    ``noop.delay().get()`` (``bench.naive_celery``; prefork, one process; Redis as broker and
+    result backend)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from bench import naive_celery
+    from tests.services import fresh_redis_db, start_services
+
+    root = Path(__file__).resolve().parent.parent
+    celery = str(Path(sys.executable).with_name("celery"))
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        start_services(Path(tmp)) as services,
+        fresh_redis_db(services.redis_base_url) as redis_url,
+        open(RESULTS / "logs" / "noop-worker.log", "wb") as log,
+    ):
+        env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1", MLQ_DATA_DIR=str(RESULTS / "data"))
+        env[naive_celery.BROKER_ENV] = redis_url
+        worker = subprocess.Popen(
+            [celery, "-A", "bench.naive_celery", "worker", "--queues", naive_celery.QUEUE, "-l", "WARNING",
+             "--pool", "prefork", "--concurrency", "1", "--without-gossip", "--without-mingle"],
+            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        naive_celery.app.conf.broker_url = naive_celery.app.conf.result_backend = redis_url
+        try:
+            naive_celery.noop.delay().get(timeout=180)  # once the worker is up
+            client_ms: list[float] = []
+            for i in range(warmup + jobs):
+                started = time.perf_counter()
+                naive_celery.noop.delay().get(timeout=30)
+                if i >= warmup:
+                    client_ms.append((time.perf_counter() - started) * 1000)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    return {"submit_to_succeeded_ms": summary(client_ms)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(prog="python -m bench latency")
     parser.add_argument("--jobs", type=int, default=500)
@@ -103,14 +144,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "post?wait, batching off": {"one_request": True, "batching": False},
     }
     results = {name: one_mode(jobs=args.jobs, warmup=args.warmup, **mode) for name, mode in modes.items()}
+    noop = celery_noop(jobs=args.jobs, warmup=args.warmup)
     on = results["post?wait"]["submit_to_succeeded_ms"]["p50"]
     off = results["post?wait, batching off"]["submit_to_succeeded_ms"]["p50"]
+    floor = noop["submit_to_succeeded_ms"]["p50"]
     report = {
         "benchmark": "single-job latency, text-classification (tiny model), sequential",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "jobs": args.jobs,
         "modes": results,
         "batching_added_at_idle_p50_ms": round(on - off, 2),
+        # the issue's anchor on its machine: a bare Celery round trip p50 4.9 ms, against a target of 15 ms
+        "celery_noop_round_trip": noop,
+        "post_wait_p50_over_celery_noop_p50": round(on / floor, 2),
+        "target_over_anchor": round(15 / 4.9, 2),
         "targets": {"p50_ms": 15, "p99_ms": 40, "batching_added_at_idle_ms": 2},
     }
     (RESULTS / "latency.json").write_text(json.dumps(report, indent=2))
@@ -120,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         spread = f"{c['p50']:7.2f} {c['p90']:7.2f} {c['p99']:7.2f} {c['mean']:7.2f}"
         print(f"{name:26} {spread}   {s['p50']:.2f}/{s['p99']:.2f}")
     print(f"micro-batching adds {on - off:+.2f} ms at idle (p50)")
+    n = noop["submit_to_succeeded_ms"]
+    print(f"{'bare Celery no-op round trip':26} {n['p50']:7.2f} {n['p90']:7.2f} {n['p99']:7.2f} {n['mean']:7.2f}")
+    print(f"POST ?wait p50 is {on / floor:.2f}x the bare Celery round trip (target: 15 ms on a 4.9 ms anchor, 3.06x)")
     return report
 
 

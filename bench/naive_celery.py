@@ -4,6 +4,9 @@ No database, no result backend, no job ids: the message carries the text, the
 task embeds it with the same adapter mlq uses and pushes its finish time
 (``time.time()``) to a Redis list, which is all the benchmark reads. Started by
 ``bench.throughput`` as ``celery -A bench.naive_celery worker``.
+
+``noop`` is the floor of any Celery design: ``noop.delay().get()`` with Redis as
+broker and result backend, timed by ``bench.latency`` beside mlq's jobs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ THREADS_ENV = "BENCH_NAIVE_THREADS"  # torch threads per pool process: cores / c
 QUEUE = "bench.naive"
 DONE_KEY = "bench:naive:done"  # one finish timestamp per task
 
-app = Celery("bench-naive", broker=os.environ.get(BROKER_ENV, "redis://127.0.0.1:6379/0"))
+app = Celery(
+    "bench-naive",
+    broker=os.environ.get(BROKER_ENV, "redis://127.0.0.1:6379/0"),
+    backend=os.environ.get(BROKER_ENV, "redis://127.0.0.1:6379/0"),  # only ``noop`` stores a result
+)
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -60,3 +67,9 @@ def embed(text: str) -> None:
     assert _adapter is not None and _redis is not None, "the pool process did not load the model"
     _adapter.predict([_adapter.prepare(EmbeddingInput(text=text))])
     _redis.rpush(DONE_KEY, time.time())
+
+
+@app.task(name="bench.naive.noop", ignore_result=False)
+def noop() -> int:
+    """Nothing: its result, through Celery's Redis result backend, is the bare round trip."""
+    return 1

@@ -88,8 +88,8 @@ class Intake:
                 except Exception as exc:  # PostgreSQL away: every submission of the group gets it (503)
                     answers = [exc] * len(group)
                 for (submission, future), answer in zip(group, answers, strict=True):
-                    if isinstance(answer, Exception) or not answer[1]:
-                        self.artifacts.discard(job_id=submission.job.id)
+                    if submission.files and (isinstance(answer, Exception) or not answer[1]):
+                        self.artifacts.discard(job_id=submission.job.id)  # stored for a row that is not
                     if future.done():  # the client went away; the job stands
                         continue
                     if isinstance(answer, Exception):
