@@ -25,6 +25,7 @@ from jobs.db import make_engine, make_sessionmaker
 from jobs.modelsfile import load_models_file
 from jobs.settings import Settings
 from mlq.embedded import free_port, start_postgres, start_redis
+from workers.placement import THREADS_ENV, usable_cores
 
 STATE_FILE = "standalone.json"  # the API URL and key, for `mlq demo` and the user
 READY_TIMEOUT_S = 180.0
@@ -66,11 +67,18 @@ class Stack:
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         self._spawn("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)], logs)
-        for group, kinds in load_models_file(self.settings.models).groups().items():
+        groups = load_models_file(self.settings.models).groups()
+        # Every worker shares this machine with the others, the API and PostgreSQL: the cores are
+        # split among the workers, or their OpenMP threads spin on one another's cores.
+        threads = str(max(1, usable_cores() // len(groups))) if groups else "1"
+        for group, kinds in groups.items():
             port = free_port()  # one metrics port per worker: they share this machine
             self.metrics_urls[f"worker-{group}"] = f"http://127.0.0.1:{port}/metrics"
             self._spawn(
-                f"worker-{group}", ["worker", "--kinds", ",".join(kinds)], logs, MLQ_WORKER_METRICS_PORT=str(port)
+                f"worker-{group}",
+                ["worker", "--kinds", ",".join(kinds), "--torch-threads", os.environ.get(THREADS_ENV, threads)],
+                logs,
+                MLQ_WORKER_METRICS_PORT=str(port),
             )
         port = free_port()
         self.metrics_urls["reconciler"] = f"http://127.0.0.1:{port}/metrics"

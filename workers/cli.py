@@ -41,6 +41,14 @@ def worker(
     ] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Hide every GPU; run on the CPU.")] = False,
     concurrency: Annotated[int, typer.Option(help="Pool processes, each with its own model copy.")] = 1,
+    torch_threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Torch CPU threads per pool process (default: the usable cores over --concurrency; "
+            "fewer where the API and PostgreSQL share the machine).",
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Celery node name (default mlq-<gpu|cpu>-<pid>@host).")] = None,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
 ) -> None:
@@ -61,6 +69,8 @@ def worker(
         if not indices or len(set(indices)) != len(indices) or min(indices) < 0:
             raise typer.BadParameter(f"{gpus!r}: give distinct GPU numbers such as 0,1", param_hint="--gpus")
         args = ["--kinds", ",".join(served), "--concurrency", str(concurrency), "--loglevel", loglevel]
+        if torch_threads is not None:
+            args += ["--torch-threads", str(torch_threads)]
         raise typer.Exit(placement.run_per_gpu(indices, args=args, metrics_port=get_settings().worker_metrics_port))
     if cpu:
         placement.hide_gpus()
@@ -68,7 +78,9 @@ def worker(
     node = name or f"mlq-{'cpu' if gpu is None else f'gpu{gpu}'}-{os.getpid()}@{socket.gethostname()}"
     os.environ["MLQ_WORKER_NAME"] = node
     os.environ["MLQ_WORKER_KINDS"] = ",".join(served)
-    os.environ.setdefault(placement.THREADS_ENV, str(max(1, (os.cpu_count() or 1) // concurrency)))
+    if torch_threads is not None:
+        os.environ[placement.THREADS_ENV] = str(torch_threads)
+    os.environ.setdefault(placement.THREADS_ENV, str(placement.default_torch_threads(concurrency=concurrency)))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer must not fork threads

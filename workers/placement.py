@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -9,8 +10,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-THREADS_ENV = "MLQ_TORCH_THREADS"  # cores this worker process owns; set by `mlq worker`
+# Torch threads per pool process; `mlq worker --torch-threads`, default the usable cores over the
+# pool processes. On a machine shared with the API and PostgreSQL, fewer: OpenMP's waiting threads
+# spin on the cores those need (bench/README.md, single-job latency).
+THREADS_ENV = "MLQ_TORCH_THREADS"
 
 
 def pin_gpu(gpu: int | None) -> None:
@@ -22,6 +27,27 @@ def pin_gpu(gpu: int | None) -> None:
 
 def hide_gpus() -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (a
+    container's CPU limit, which ``os.cpu_count()`` does not see)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = (cgroup_root / quota_file).read_text().split()
+            quota, period = fields[0], (fields[1] if period_file is None else (cgroup_root / period_file).read_text())
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1"):
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+        break
+    return max(1, cores)
+
+
+def default_torch_threads(*, concurrency: int) -> int:
+    """Torch threads per pool process: the usable cores shared among the pool processes."""
+    return max(1, usable_cores() // concurrency)
 
 
 def configure_torch_threads() -> None:

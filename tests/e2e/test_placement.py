@@ -28,7 +28,9 @@ def environ(pid: int) -> dict[str, str]:
 def test_one_worker_process_per_gpu(settings: Settings, services: Services, sessions: sessionmaker[Session]) -> None:
     with fresh_redis_db(services.redis_base_url) as redis_url:
         mine = Settings(**{**settings.model_dump(), "redis_url": redis_url})
-        supervisor = Proc("gpus-worker", ["worker", "--kinds", "embedding", "--gpus", "0,1"], process_env(mine))
+        # --torch-threads is passed on to each GPU process (an option they did not know would stop them)
+        command = ["worker", "--kinds", "embedding", "--gpus", "0,1", "--torch-threads", "1"]
+        supervisor = Proc("gpus-worker", command, process_env(mine))
         api, api_proc = start_api(mine, "gpus-api")
         publisher = Publisher(mine)
         try:
