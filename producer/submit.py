@@ -18,7 +18,7 @@ from jobs.errors import InvalidInput, MlqError
 from jobs.ids import IdBuffer
 from jobs.kinds import KINDS
 from jobs.netfetch import check_url, fetch
-from jobs.tables import Batch, Job
+from jobs.tables import Batch
 from producer.batch_input import Parser
 from producer.deps import State
 from producer.inputs import NUL_MESSAGE, nul_at, stage_binaries
@@ -102,20 +102,6 @@ def needs_thread(body: SubmitJob, *, uploads: dict[str, tuple[bytes, str]] | Non
     return bool(uploads) or body.webhook_url is not None or any(isinstance(v, dict) for v in body.input.values())
 
 
-async def accept_job(
-    state: State,
-    body: SubmitJob,
-    *,
-    principal: store.Principal,
-    idempotency_key: str | None = None,
-    uploads: dict[str, tuple[bytes, str]] | None = None,
-) -> tuple[Job, bool]:
-    """Validate, then commit and publish with whatever else arrived meanwhile (``Intake``).
-    Returns (job, created); an Idempotency-Key used before returns the earlier job."""
-    submission = await prepared(state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads)
-    return await state.intake.accept(submission)
-
-
 async def prepared(
     state: State,
     body: SubmitJob,
@@ -124,7 +110,8 @@ async def prepared(
     idempotency_key: str | None = None,
     uploads: dict[str, tuple[bytes, str]] | None = None,
 ) -> Submission:
-    """``prepare_job`` on the event loop when it cannot block, else on a worker thread."""
+    """``prepare_job`` on the event loop when it cannot block, else on a worker thread; then
+    ``state.intake.accept`` commits and publishes it with whatever else arrived meanwhile."""
     if needs_thread(body, uploads=uploads):
         return await run_in_threadpool(
             prepare_job, state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads

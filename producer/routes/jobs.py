@@ -21,7 +21,7 @@ from jobs.status import TERMINAL, JobStatus
 from jobs.store import Principal
 from producer.deps import ReaderDep, SessionDep, State, StateDep, SubmitterDep
 from producer.schemas import JobPage, JobView, SubmitJob
-from producer.submit import accept_job, body_error, prepared
+from producer.submit import body_error, prepared
 
 MAX_UPLOAD_FILES = 4  # binary input fields per job
 
@@ -107,7 +107,8 @@ async def upload_job(
             else [{"loc": ("priority",), "msg": str(exc), "type": "value_error"}]
         )
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
-    job, created = await accept_job(state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads)
+    submission = await prepared(state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads)
+    job, created = await state.intake.accept(submission)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return JobView.of(job)
