@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from producer.ratelimit import ACTIVE_RETRY_AFTER_S, RateLimiter, too_many
 log = logging.getLogger("mlq.intake")
 
 MAX_GROUP = 256  # submissions per transaction; more wait for the next
+PUBLISH_AFTER_IDS = 32  # under load, a kind's jobs share a wake-up message up to this many ...
+PUBLISH_AFTER_S = 0.01  # ... or until the oldest has waited this long for it
 
 
 @dataclass
@@ -69,6 +72,8 @@ class Intake:
         self._pending: list[tuple[Submission, asyncio.Future[tuple[Job, bool]]]] = []
         self._draining: asyncio.Task[None] | None = None
         self.groups = Counter[int]()  # group size → how many groups of that size (for tests and benchmarks)
+        self._unpublished: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)  # committed, no message yet
+        self._unpublished_since = time.monotonic()
 
     async def accept(self, submission: Submission) -> tuple[Job, bool]:
         """The committed (and published) row and whether it is new; raises this submission's refusal."""
@@ -100,8 +105,18 @@ class Intake:
             self._draining = None
 
     def commit(self, group: list[Submission]) -> list[Answer]:
-        """Limits, one INSERT and COMMIT, then one message per kind and priority. Blocking."""
+        """Limits, one INSERT and COMMIT, then the wake-up messages (see ``_wake``). Blocking."""
         self.groups[len(group)] += 1
+        try:
+            answers = self._insert(group)
+        except BaseException:  # PostgreSQL away: what earlier groups committed still gets its message
+            self._wake(flush=True)
+            raise
+        self._accepted(group, answers)
+        self._wake(flush=not self._pending)
+        return answers
+
+    def _insert(self, group: list[Submission]) -> list[Answer]:
         answers: list[Answer | None] = list(self._refusals(group))
         admitted = [i for i, a in enumerate(answers) if a is None]
         # One statement, unless files are recorded with the jobs: then one transaction.
@@ -114,7 +129,6 @@ class Intake:
             return self._one_by_one(group, answers, admitted)
         for n, i in enumerate(admitted):
             answers[i] = _checked(group[i], rows[n])
-        self._published(group, answers)
         return [a for a in answers if a is not None]
 
     def _one_by_one(self, group: list[Submission], answers: list[Answer | None], admitted: list[int]) -> list[Answer]:
@@ -130,7 +144,6 @@ class Intake:
                     status.HTTP_422_UNPROCESSABLE_CONTENT,
                     f"the job cannot be stored: {str(exc.orig or exc).splitlines()[0][:300]}",
                 )
-        self._published(group, answers)
         return [a for a in answers if a is not None]
 
     def _refusals(self, group: list[Submission]) -> list[Exception | None]:
@@ -185,16 +198,30 @@ class Intake:
         detail = f"over this tenant's limit of jobs_per_minute={per_minute}; retry in {retry_after_s} s"
         return [None if n < fit else too_many(detail, retry_after_s=retry_after_s) for n in range(len(same_tenant))]
 
-    def _published(self, group: list[Submission], answers: list[Answer | None]) -> None:
-        """One message per kind and priority for the jobs created; counted for metrics and quotas."""
-        messages: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
+    def _accepted(self, group: list[Submission], answers: list[Answer]) -> None:
+        """Count the jobs created (metrics, quotas) and set them aside for a wake-up message."""
         for s, a in zip(group, answers, strict=True):
             if isinstance(a, tuple) and a[1]:
-                messages[(a[0].kind, a[0].priority)].append(a[0].id)
+                if not self._unpublished:
+                    self._unpublished_since = time.monotonic()
+                self._unpublished[(a[0].kind, a[0].priority)].append(a[0].id)
                 metrics.JOBS_SUBMITTED.labels(a[0].kind, s.principal.tenant_name).inc()
                 self.limiter.accepted(tenant_id=s.principal.tenant_id, kind=a[0].kind)
-        for (kind, priority), ids in messages.items():
-            self.publisher.publish(kind=kind, job_ids=ids, priority=priority)
+
+    def _wake(self, *, flush: bool) -> None:
+        """Publish the jobs set aside, one message per kind and priority.
+
+        With more submissions waiting (``flush`` False), a kind's jobs wait for the next group's
+        commit, up to PUBLISH_AFTER_IDS of them or PUBLISH_AFTER_S: a message wakes one Celery
+        task, and each costs the worker about as much CPU as a job's share of the model on this
+        machine (dispatch, task events, a claim), while a worker that runs it fills its batch
+        from PostgreSQL anyway. At idle nothing waits: the queue is empty, so ``flush`` is True.
+        A crash before the message leaves the jobs ``queued``: the reconciler publishes them."""
+        overdue = flush or time.monotonic() - self._unpublished_since >= PUBLISH_AFTER_S
+        for key in list(self._unpublished):
+            if overdue or len(self._unpublished[key]) >= PUBLISH_AFTER_IDS:
+                ids = self._unpublished.pop(key)
+                self.publisher.publish(kind=key[0], job_ids=ids, priority=key[1])
 
 
 def _add_files(session: Session, pairs: list[tuple[Submission, tuple[Job, bool]]]) -> None:

@@ -161,8 +161,11 @@ def test_files_are_recorded_with_their_job(intake: Intake, sessions: sessionmake
     assert names == ["input-image"]
 
 
-def test_concurrent_submissions_share_commits(intake: Intake, sessions: sessionmaker[Session]) -> None:
-    """Through the event-loop side: what arrives while a commit is in flight waits for the next."""
+def test_concurrent_submissions_share_commits_and_wake_ups(
+    intake: Intake, lonely: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """Through the event-loop side: what arrives while a commit is in flight waits for the next,
+    and under load jobs share wake-up messages; every job is named by exactly one."""
     import asyncio
 
     who = principal(sessions)
@@ -175,3 +178,6 @@ def test_concurrent_submissions_share_commits(intake: Intake, sessions: sessionm
     assert [row.id for row, created in answers if created] == [s.job.id for s in group]
     assert sum(intake.groups.values()) < len(group)  # some commits carried more than one job
     assert sum(size * n for size, n in intake.groups.items()) == len(group)
+    messages = published_ids(lonely)
+    assert sorted(i for m in messages for i in m) == sorted(str(s.job.id) for s in group)
+    assert len(messages) <= sum(intake.groups.values())  # at most one per commit, fewer under load
