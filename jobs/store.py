@@ -151,8 +151,39 @@ class NewJob:
     id: uuid.UUID = field(default_factory=new_id)  # chosen early when input files are stored first
 
 
+@dataclass(frozen=True)
+class JobRow:
+    """A job's row as plain values, with the attribute names of ``jobs.tables.Job``: what the
+    API answers with, read without the ORM on the hot path (a group insert, a ``?wait`` wake-up)."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    kind: str
+    model: str
+    profile: str
+    status: str
+    priority: int
+    input: dict[str, Any]
+    output: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    attempt: int
+    history: list[dict[str, Any]]
+    metadata_: dict[str, Any]
+    webhook_url: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+# JobRow's columns, in its order, for raw SQL (``metadata`` is ``metadata_`` in Python)
+JOB_ROW_SQL = (
+    "id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message, "
+    "attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at"
+)
+
 _INSERT_JOBS_SQL = text(
-    """
+    f"""
     INSERT INTO jobs (id, tenant_id, kind, model, profile, status, priority, input, metadata,
                       attempt, max_attempts, idempotency_key, webhook_url)
     SELECT v.id, v.tenant_id, v.kind, v.model, v.profile, 'queued', v.priority, v.input::jsonb,
@@ -164,15 +195,22 @@ _INSERT_JOBS_SQL = text(
          AS v(id, tenant_id, kind, model, profile, priority, input, metadata, max_attempts,
               idempotency_key, webhook_url)
     ON CONFLICT ON CONSTRAINT jobs_tenant_idempotency_key DO NOTHING
-    RETURNING *
+    RETURNING {JOB_ROW_SQL}
+    """
+)
+_EARLIER_JOBS_SQL = text(
+    f"""
+    SELECT idempotency_key, {JOB_ROW_SQL} FROM jobs
+    WHERE (tenant_id, idempotency_key) IN (SELECT * FROM unnest(CAST(:tenants AS uuid[]), CAST(:keys AS text[])))
     """
 )
 
 
-def insert_jobs(session: Session, *, jobs: Sequence[tuple[uuid.UUID, NewJob]]) -> list[tuple[Job, bool]]:
+def insert_jobs(session: Session, *, jobs: Sequence[tuple[uuid.UUID, NewJob]]) -> list[tuple[JobRow, bool]]:
     """Insert queued jobs, given as (tenant_id, job), in one statement. Returns (job, created)
     in the given order; a job whose Idempotency-Key its tenant used before (or earlier in
-    ``jobs``) comes back as that earlier job with created=False."""
+    ``jobs``) comes back as that earlier job with created=False. Plain rows, no ORM objects:
+    building them cost half of a group's CPU in the API (measured with cProfile)."""
     if not jobs:
         return []
     params: dict[str, list[Any]] = {
@@ -188,12 +226,14 @@ def insert_jobs(session: Session, *, jobs: Sequence[tuple[uuid.UUID, NewJob]]) -
             ("keys", job.idempotency_key), ("webhooks", job.webhook_url),
         ):  # fmt: skip
             params[name].append(value)
-    created = {job.id: job for job in session.scalars(select(Job).from_statement(_INSERT_JOBS_SQL), params)}
+    created = {row.id: row for row in (JobRow(*r) for r in session.execute(_INSERT_JOBS_SQL, params))}
     replayed = [(t, j.idempotency_key) for t, j in jobs if j.id not in created and j.idempotency_key is not None]
-    earlier = {}
+    earlier: dict[tuple[uuid.UUID, str | None], JobRow] = {}
     if replayed:
-        pairs = [and_(Job.tenant_id == t, Job.idempotency_key == k) for t, k in replayed]
-        earlier = {(j.tenant_id, j.idempotency_key): j for j in session.scalars(select(Job).where(or_(*pairs)))}
+        keys = {"tenants": [t for t, _ in replayed], "keys": [k for _, k in replayed]}
+        found = session.execute(_EARLIER_JOBS_SQL, keys)
+        keyed = [(r[0], JobRow(*r[1:])) for r in found]  # (the Idempotency-Key, the earlier job)
+        earlier = {(row.tenant_id, key): row for key, row in keyed}
     out = []
     for tenant_id, job in jobs:
         if job.id in created:
@@ -203,7 +243,7 @@ def insert_jobs(session: Session, *, jobs: Sequence[tuple[uuid.UUID, NewJob]]) -
     return out
 
 
-def insert_job(session: Session, *, tenant_id: uuid.UUID, job: NewJob) -> tuple[Job, bool]:
+def insert_job(session: Session, *, tenant_id: uuid.UUID, job: NewJob) -> tuple[JobRow, bool]:
     """Insert one queued job; see insert_jobs."""
     return insert_jobs(session, jobs=[(tenant_id, job)])[0]
 

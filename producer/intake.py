@@ -28,7 +28,6 @@ from jobs import metrics, store
 from jobs.artifacts import ArtifactStore, StoredArtifact
 from jobs.db import single_statements
 from jobs.settings import Settings
-from jobs.tables import Job
 from producer.publish import Publisher
 from producer.ratelimit import ACTIVE_RETRY_AFTER_S, RateLimiter, too_many
 
@@ -48,7 +47,7 @@ class Submission:
     files: list[StoredArtifact] = field(default_factory=list)
 
 
-Answer = tuple[Job, bool] | Exception  # (the row, created) or what to raise for this submission
+Answer = tuple[store.JobRow, bool] | Exception  # (the row, created) or what to raise for this submission
 
 
 class Intake:
@@ -69,16 +68,16 @@ class Intake:
         self.publisher = publisher
         self.limiter = limiter
         self.artifacts = artifacts
-        self._pending: list[tuple[Submission, asyncio.Future[tuple[Job, bool]]]] = []
+        self._pending: list[tuple[Submission, asyncio.Future[tuple[store.JobRow, bool]]]] = []
         self._draining: asyncio.Task[None] | None = None
         self.groups = Counter[int]()  # group size → how many groups of that size (for tests and benchmarks)
         self._unpublished: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)  # committed, no message yet
         self._unpublished_since = time.monotonic()
 
-    async def accept(self, submission: Submission) -> tuple[Job, bool]:
+    async def accept(self, submission: Submission) -> tuple[store.JobRow, bool]:
         """The committed (and published) row and whether it is new; raises this submission's refusal."""
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[tuple[Job, bool]] = loop.create_future()
+        answer: asyncio.Future[tuple[store.JobRow, bool]] = loop.create_future()
         self._pending.append((submission, answer))
         if self._draining is None:
             self._draining = loop.create_task(self._drain(), name="mlq-intake")
@@ -224,11 +223,11 @@ class Intake:
                 self.publisher.publish(kind=key[0], job_ids=ids, priority=key[1])
 
 
-def _add_files(session: Session, pairs: list[tuple[Submission, tuple[Job, bool]]]) -> None:
+def _add_files(session: Session, pairs: list[tuple[Submission, tuple[store.JobRow, bool]]]) -> None:
     store.add_artifacts(session, rows=[(row.id, f) for s, (row, created) in pairs if created for f in s.files])
 
 
-def _checked(submission: Submission, answer: tuple[Job, bool]) -> Answer:
+def _checked(submission: Submission, answer: tuple[store.JobRow, bool]) -> Answer:
     """A replayed Idempotency-Key must name the same job: 409 when it named another."""
     row, created = answer
     new = submission.job

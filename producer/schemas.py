@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from jobs.batches import Counts, status_of
 from jobs.queues import BATCH_PRIORITY, DEFAULT_PRIORITY, MAX_BATCH_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from jobs.status import JobStatus
+from jobs.store import JobRow
 from jobs.tables import Artifact, Batch, Job
-from producer.waiter import FinishedRow
 
 MAX_METADATA_KEYS = 32
 MAX_METADATA_VALUE_CHARS = 512
@@ -71,7 +71,7 @@ class JobView(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: Job | FinishedRow) -> JobView:
+    def of(cls, job: Job | JobRow) -> JobView:
         return cls(
             id=job.id,
             kind=job.kind,

@@ -20,15 +20,13 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
 from jobs.db import NOTIFY_CHANNEL, libpq_url
+from jobs.store import JOB_ROW_SQL, JobRow
 
 log = logging.getLogger("mlq.waiter")
 
@@ -36,34 +34,8 @@ RECONNECT_S = 1.0
 FALLBACK_POLL_S = 1.0  # how often a waiter re-reads its row while the listener is down
 
 
-@dataclass(frozen=True)
-class FinishedRow:
-    """A job's row as it was read after its wake-up; the attribute names of ``jobs.tables.Job``."""
-
-    id: uuid.UUID
-    tenant_id: uuid.UUID
-    kind: str
-    model: str
-    profile: str
-    status: str
-    priority: int
-    input: dict[str, Any]
-    output: dict[str, Any] | None
-    error_code: str | None
-    error_message: str | None
-    attempt: int
-    history: list[dict[str, Any]]
-    metadata_: dict[str, Any]
-    webhook_url: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
 _READ_FINISHED = sql.SQL(
-    "SELECT id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message, "
-    "attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at "
-    "FROM jobs WHERE id = ANY(%s) AND status IN ('succeeded', 'failed', 'cancelled')"
+    f"SELECT {JOB_ROW_SQL} FROM jobs WHERE id = ANY(%s) AND status IN ('succeeded', 'failed', 'cancelled')"
 )
 
 
@@ -73,9 +45,9 @@ class Wake:
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
-        self.row: FinishedRow | None = None
+        self.row: JobRow | None = None
 
-    def row_of(self, tenant_id: uuid.UUID) -> FinishedRow | None:
+    def row_of(self, tenant_id: uuid.UUID) -> JobRow | None:
         """The finished row, if it was read and belongs to ``tenant_id``."""
         return self.row if self.row is not None and self.row.tenant_id == tenant_id else None
 
@@ -88,7 +60,7 @@ class Waiter:
         self._tasks: list[asyncio.Task[None]] = []
         self._to_read: set[uuid.UUID] = set()
         self._read_wanted = asyncio.Event()
-        self._reader: psycopg.AsyncConnection[FinishedRow] | None = None
+        self._reader: psycopg.AsyncConnection[JobRow] | None = None
 
     def start(self) -> None:
         self._tasks = [
@@ -165,11 +137,11 @@ class Waiter:
             if self._reader is not None:
                 await self._reader.close()
 
-    async def _finished_rows(self, ids: set[uuid.UUID]) -> list[FinishedRow]:
+    async def _finished_rows(self, ids: set[uuid.UUID]) -> list[JobRow]:
         try:
             if self._reader is None or self._reader.closed:
                 self._reader = await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, row_factory=class_row(FinishedRow)
+                    self.url, autocommit=True, row_factory=class_row(JobRow)
                 )
             return await (await self._reader.execute(_READ_FINISHED, [list(ids)])).fetchall()
         except Exception as exc:
