@@ -176,14 +176,10 @@ class JobRow:
     finished_at: datetime | None
 
 
-# JobRow's columns, in its order, for raw SQL (``metadata`` is ``metadata_`` in Python)
-JOB_ROW_SQL = (
-    "id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message, "
-    "attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at"
-)
-
+# The statements that build JobRow values list its columns in its order (written out: SQL
+# text is never assembled from pieces, tests/security/test_static.py).
 _INSERT_JOBS_SQL = text(
-    f"""
+    """
     INSERT INTO jobs (id, tenant_id, kind, model, profile, status, priority, input, metadata,
                       attempt, max_attempts, idempotency_key, webhook_url)
     SELECT v.id, v.tenant_id, v.kind, v.model, v.profile, 'queued', v.priority, v.input::jsonb,
@@ -195,12 +191,16 @@ _INSERT_JOBS_SQL = text(
          AS v(id, tenant_id, kind, model, profile, priority, input, metadata, max_attempts,
               idempotency_key, webhook_url)
     ON CONFLICT ON CONSTRAINT jobs_tenant_idempotency_key DO NOTHING
-    RETURNING {JOB_ROW_SQL}
+    RETURNING id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message,
+           attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at
     """
 )
 _EARLIER_JOBS_SQL = text(
-    f"""
-    SELECT idempotency_key, {JOB_ROW_SQL} FROM jobs
+    """
+    SELECT idempotency_key,
+           id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message,
+           attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at
+    FROM jobs
     WHERE (tenant_id, idempotency_key) IN (SELECT * FROM unnest(CAST(:tenants AS uuid[]), CAST(:keys AS text[])))
     """
 )

@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from jobs.db import NOTIFY_CHANNEL, libpq_url
-from jobs.store import JOB_ROW_SQL, JobRow
+from jobs.store import JobRow
 
 log = logging.getLogger("mlq.waiter")
 
@@ -34,8 +34,10 @@ RECONNECT_S = 1.0
 FALLBACK_POLL_S = 1.0  # how often a waiter re-reads its row while the listener is down
 
 
-_READ_FINISHED = sql.SQL(
-    f"SELECT {JOB_ROW_SQL} FROM jobs WHERE id = ANY(%s) AND status IN ('succeeded', 'failed', 'cancelled')"
+_READ_FINISHED = sql.SQL(  # JobRow's columns in its order, as in jobs/store.py
+    "SELECT id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message, "
+    "attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at "
+    "FROM jobs WHERE id = ANY(%s) AND status IN ('succeeded', 'failed', 'cancelled')"
 )
 
 

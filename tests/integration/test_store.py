@@ -176,3 +176,18 @@ def test_finish_wakes_long_polls_with_one_notification(
         [note] = list(listener.notifies(timeout=5, stop_after=1))
     assert note.channel == NOTIFY_CHANNEL and set(note.payload.split(",")) == {str(j.id) for j in jobs}
     assert sorted(written) == sorted(j.id for j in jobs)
+
+
+def test_job_rows_carry_the_same_values_as_the_orm_row(sessions: sessionmaker[Session], tenant: uuid.UUID) -> None:
+    """insert_jobs (and the waiter) build JobRow from columns listed by hand: their order must be JobRow's."""
+    import dataclasses
+
+    with sessions.begin() as session:
+        row, created = store.insert_job(
+            session, tenant_id=tenant, job=new_job(metadata={"m": "1"}, webhook_url="https://example.com/h")
+        )
+    with sessions() as session:
+        job = session.get(Job, row.id)
+        assert created and job is not None
+        for name in (f.name for f in dataclasses.fields(store.JobRow)):
+            assert getattr(row, name) == getattr(job, name), name
