@@ -43,7 +43,7 @@ class RateLimiter:
     def __init__(self, redis_url: str) -> None:
         self.client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._active: dict[tuple[uuid.UUID, str], tuple[float, int]] = {}
-        self._reserved: dict[uuid.UUID, tuple[int, int]] = {}  # tenant -> (window, tokens taken, not spent)
+        self._reserved: dict[uuid.UUID, tuple[int, int]] = {}  # tenant -> (window, tokens taken, unspent)
         self._lock = threading.Lock()
 
     def active(self, *, tenant_id: uuid.UUID, kind: str, count: Callable[[], int]) -> int:
@@ -59,13 +59,13 @@ class RateLimiter:
                 self._active[key] = found
         return found[1]
 
-    def accepted(self, *, tenant_id: uuid.UUID, kind: str, jobs: int = 1) -> None:
-        """``jobs`` more active jobs of the tenant's ``kind`` since the last count."""
+    def accepted(self, *, tenant_id: uuid.UUID, kind: str) -> None:
+        """One more active job of the tenant's ``kind`` since the last count."""
         key = (tenant_id, kind)
         with self._lock:
             found = self._active.get(key)
             if found is not None:
-                self._active[key] = (found[0], found[1] + jobs)
+                self._active[key] = (found[0], found[1] + 1)
 
     def admit(self, *, tenant_id: uuid.UUID, jobs: int, per_minute: int) -> tuple[int, int]:
         """Count up to ``jobs`` against the tenant's minute. Returns how many fit (the first ones

@@ -32,6 +32,7 @@ log = logging.getLogger("mlq.waiter")
 
 RECONNECT_S = 1.0
 FALLBACK_POLL_S = 1.0  # how often a waiter re-reads its row while the listener is down
+READ_TIMEOUT_S = 5.0  # the longest the reader waits for finished rows; then waiters read their own
 
 
 _READ_FINISHED = sql.SQL(  # JobRow's columns in its order, as in jobs/store.py
@@ -143,9 +144,15 @@ class Waiter:
         try:
             if self._reader is None or self._reader.closed:
                 self._reader = await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, row_factory=class_row(JobRow)
+                    self.url, autocommit=True, row_factory=class_row(JobRow), connect_timeout=int(READ_TIMEOUT_S)
                 )
-            return await (await self._reader.execute(_READ_FINISHED, [list(ids)])).fetchall()
+            reader = self._reader
+
+            async def read() -> list[JobRow]:
+                return await (await reader.execute(_READ_FINISHED, [list(ids)])).fetchall()
+
+            # Bounded: a stuck read would hold every waiter of this process until its own deadline.
+            return await asyncio.wait_for(read(), timeout=READ_TIMEOUT_S)
         except Exception as exc:
             log.warning("could not read finished jobs (%s); their waiters read them", exc)
             if self._reader is not None:
