@@ -367,10 +367,11 @@ _CLAIM_SQL = text(
         FOR UPDATE SKIP LOCKED
     ), extra AS (
         SELECT ctid FROM jobs
-        WHERE kind = :kind AND status = 'queued' AND attempt = 0 AND :fill > 0
+        WHERE kind = :kind AND status = 'queued' AND attempt = 0 AND :fill_to > 0
           AND NOT (id = ANY(CAST(:ids AS uuid[])))
           AND NOT EXISTS (SELECT 1 FROM own WHERE own.attempt > 0)
-        ORDER BY priority DESC, created_at LIMIT :fill FOR UPDATE SKIP LOCKED
+        ORDER BY priority DESC, created_at
+        LIMIT GREATEST(0, :fill_to - (SELECT count(*) FROM own)) FOR UPDATE SKIP LOCKED
     )
     UPDATE jobs SET
         status = 'running', attempt = jobs.attempt + 1, worker = :worker,
@@ -386,20 +387,21 @@ _CLAIM_SQL = text(
 
 
 def claim(
-    session: Session, *, job_ids: Sequence[uuid.UUID], kind: str, worker: str, lease_s: float, fill: int = 0
+    session: Session, *, job_ids: Sequence[uuid.UUID], kind: str, worker: str, lease_s: float, fill_to: int = 0
 ) -> list[Claimed]:
-    """Take the still-queued jobs among ``job_ids`` and up to ``fill`` more queued jobs of
-    the kind (most urgent first), in one statement.
+    """Take the still-queued jobs among ``job_ids`` and more queued jobs of the kind (most
+    urgent first) until the claim holds ``fill_to`` jobs, in one statement.
 
     Filling is how single-job messages become batches: PostgreSQL already holds every
     accepted job, so a worker takes what is waiting instead of waiting for messages.
-    The messages of filled jobs later find nothing queued and are no-ops. Only fresh jobs
+    The messages of filled jobs later find nothing queued and fill a batch of their own (only
+    the message's jobs still queued count towards ``fill_to``). Only fresh jobs
     fill, and a retried job never gets company: if it is what killed its last worker, it
     must not take innocent jobs' attempts down with it again.
     """
     rows = session.execute(
         _CLAIM_SQL,
-        {"ids": list(job_ids), "kind": kind, "worker": worker, "lease_s": lease_s, "fill": max(0, fill)},
+        {"ids": list(job_ids), "kind": kind, "worker": worker, "lease_s": lease_s, "fill_to": max(0, fill_to)},
     ).all()
     return [
         Claimed(

@@ -166,7 +166,7 @@ class Runner:
         with self.statements.begin() as session:  # one statement (and a read of file locations)
             claimed = store.claim(
                 session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s,
-                fill=adapter.spec.max_batch_size - len(ids) if self.fill else 0,
+                fill_to=adapter.spec.max_batch_size if self.fill else 0,
             )  # fmt: skip
             files = store.artifact_uris(session, job_ids=[c.id for c in claimed]) if _has_files(claimed) else {}
         report.claimed += len(claimed)

@@ -222,7 +222,7 @@ def test_a_claim_reads_rows_for_its_batch_not_for_the_queue(
     with sessions.begin() as session:
         ids = [r.id for r, _ in store.insert_jobs(session, jobs=[(tenant, new_job(kind=kind)) for _ in range(queued)])]
         store.claim(session, job_ids=ids[:64], kind=kind, worker="w", lease_s=30)  # some running too
-    params = {"ids": ids[-8:], "kind": kind, "worker": "w2", "lease_s": 30, "fill": 24}
+    params = {"ids": ids[-8:], "kind": kind, "worker": "w2", "lease_s": 30, "fill_to": 32}
     with sessions() as session:  # rolled back: EXPLAIN ANALYZE runs the UPDATE
         [[plan]] = session.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + store._CLAIM_SQL.text), params).one()
         session.rollback()
@@ -237,3 +237,21 @@ def test_a_claim_reads_rows_for_its_batch_not_for_the_queue(
     }
     assert len(claimed) == 32 and {r.id for r in claimed} >= set(ids[-8:])
     assert max(touched.values()) <= 100, touched
+
+
+def test_a_message_whose_jobs_were_taken_still_claims_a_full_batch(
+    sessions: sessionmaker[Session], tenant: uuid.UUID
+) -> None:
+    """Under load most of a message's jobs were already filled into other claims: only those
+    still queued count towards the batch, so the claim is whole (before: 32 minus the ids
+    named, whether queued or not; claims averaged 20 jobs with a backlog of 1,000)."""
+    kind = f"fill-{uuid.uuid4().hex[:8]}"
+    with sessions.begin() as session:
+        ids = [r.id for r, _ in store.insert_jobs(session, jobs=[(tenant, new_job(kind=kind)) for _ in range(60)])]
+    with sessions.begin() as session:
+        taken = store.claim(session, job_ids=ids[:16], kind=kind, worker="w1", lease_s=30)
+        claimed = store.claim(session, job_ids=ids[:20], kind=kind, worker="w2", lease_s=30, fill_to=32)
+        rest = store.claim(session, job_ids=[], kind=kind, worker="w3", lease_s=30, fill_to=32)
+    assert len(taken) == 16
+    assert len(claimed) == 32 and {c.id for c in claimed} >= set(ids[16:20])
+    assert len(rest) == 12 and not {c.id for c in rest} & {c.id for c in claimed + taken}
