@@ -251,10 +251,41 @@ def test_a_token_budget_keeps_one_long_text_from_padding_the_whole_batch(
         del adapter.predict
         with_spec(runner, "embedding", max_batch_tokens=None)
     assert report.succeeded == 5 and len(calls) >= 2
-    assert [size for call in calls for size in call] == [adapter.size(EmbeddingInput(text=t)) for t in texts]
+    sizes = [adapter.size(EmbeddingInput(text=t)) for t in texts]
+    assert sorted(size for call in calls for size in call) == sorted(sizes)  # each text once
     for call in calls:  # each call within 64 padded tokens, or a lone item over it
         assert len(call) == 1 or len(call) * max(call) <= 64, calls
     assert max(len(call) for call in calls) >= 3  # short texts still share a call
+
+
+def test_texts_are_ordered_by_length_into_calls_that_pad_less(runner: Runner, sessions: sessionmaker[Session]) -> None:
+    """No token budget set: 16 short and 16 long texts, interleaved, run in calls of similar
+    lengths (on CPU a call costs about 64 padded tokens), and each job gets its own text's
+    embedding back, the same as when it runs alone."""
+    adapter = runner.adapter("embedding")
+    calls: list[list[int]] = []
+    predict = adapter.predict
+
+    def recording(batch: list[Any]) -> list[Prediction]:
+        calls.append([adapter.size(item) for item in batch])
+        return predict(batch)
+
+    short, long = "a short text", " ".join(["a much longer sentence about the weather and trains"] * 3)
+    texts = [f"{short} {i}" if i % 2 else f"{long} {i}" for i in range(32)]
+    adapter.predict = recording  # type: ignore[method-assign]
+    try:
+        ids = submit(sessions, "embedding", [{"text": t} for t in texts])
+        assert runner.run(kind="embedding", job_ids=ids).succeeded == 32
+    finally:
+        del adapter.predict
+    assert len(calls) >= 2 and sorted(len(call) for call in calls) == [16, 16]
+    assert all(max(call) - min(call) <= 2 for call in calls), calls  # no short text padded to a long one
+    padded = sum(len(call) * max(call) for call in calls)
+    assert padded < 32 * max(size for call in calls for size in call)
+    alone = {t: predict([adapter.prepare(EmbeddingInput(text=t))])[0].output.embedding for t in (texts[0], texts[1])}
+    first, second = rows(sessions, ids[:2])
+    for row, text in ((first, texts[0]), (second, texts[1])):
+        assert max(abs(a - b) for a, b in zip(row.output["embedding"], alone[text], strict=True)) < 1e-4
 
 
 def test_a_memory_budget_unloads_the_least_recently_used_model(sessions: sessionmaker[Session], data_dir: Path) -> None:

@@ -1,0 +1,50 @@
+"""workers.runner.cheapest_calls: how a claim's text items are cut into model calls."""
+
+import itertools
+import random
+
+from workers.runner import cheapest_calls
+
+
+def cost(calls: list[list[tuple[int, int]]], call_cost: int) -> int:
+    return sum(len(call) * max(size for size, _ in call) + call_cost for call in calls)
+
+
+def test_short_and_long_texts_run_in_separate_calls_when_that_saves_padding() -> None:
+    sized = sorted([(8, i) for i in range(16)] + [(20, 16 + i) for i in range(16)])
+    calls = cheapest_calls(sized, budget=0, call_cost=64)
+    assert [sorted({size for size, _ in call}) for call in calls] == [[8], [20]]
+    assert sorted(i for call in calls for _, i in call) == list(range(32))
+
+
+def test_a_call_that_costs_more_than_the_padding_it_saves_is_not_made() -> None:
+    sized = sorted([(8, i) for i in range(16)] + [(20, 16 + i) for i in range(16)])
+    assert len(cheapest_calls(sized, budget=0, call_cost=1_000_000)) == 1
+
+
+def test_every_call_stays_within_the_budget_and_an_item_over_it_runs_alone() -> None:
+    sized = [(10, i) for i in range(10)] + [(300, 10)]
+    calls = cheapest_calls(sized, budget=50, call_cost=1_000_000)
+    assert all(len(call) == 1 or len(call) * max(s for s, _ in call) <= 50 for call in calls)
+    assert [len(call) for call in calls] == [5, 5, 1]
+
+
+def test_the_cuts_are_the_cheapest_of_all_possible_cuts() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        n = rng.randint(1, 8)
+        sized = sorted((rng.randint(1, 40), i) for i in range(n))
+        budget, call_cost = rng.choice([0, 60, 120]), rng.choice([0, 10, 64, 500])
+        found = cheapest_calls(sized, budget=budget, call_cost=call_cost)
+        best = None
+        for mask in itertools.product([False, True], repeat=n - 1):  # a cut after item k or not
+            calls, start = [], 0
+            for k, cut in enumerate(mask, start=1):
+                if cut:
+                    calls.append(sized[start:k])
+                    start = k
+            calls.append(sized[start:])
+            if all(len(c) == 1 or not budget or len(c) * max(s for s, _ in c) <= budget for c in calls):
+                best = min(best if best is not None else cost(calls, call_cost), cost(calls, call_cost))
+        assert [item for call in found for item in call] == sized
+        assert cost(found, call_cost) == best, (sized, budget, call_cost, found)
