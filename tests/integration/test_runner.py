@@ -1,8 +1,10 @@
 """The runner on the real PostgreSQL: claim → predict → store, without Celery."""
 
+import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,11 +232,9 @@ def test_cancel_reaches_a_running_generation_between_steps(runner: Runner, sessi
     assert slow.steps < 6000 - 1
 
 
-def test_a_token_budget_keeps_one_long_text_from_padding_the_whole_batch(
-    runner: Runner, sessions: sessionmaker[Session]
-) -> None:
-    with_spec(runner, "embedding", max_batch_tokens=64)
-    adapter = runner.adapter("embedding")
+@contextlib.contextmanager
+def model_calls(adapter: Adapter[Any]) -> Iterator[list[list[int]]]:
+    """The sizes of the items of each model call the adapter makes meanwhile."""
     calls: list[list[int]] = []
     predict = adapter.predict
 
@@ -244,11 +244,21 @@ def test_a_token_budget_keeps_one_long_text_from_padding_the_whole_batch(
 
     adapter.predict = recording  # type: ignore[method-assign]
     try:
-        texts = ["short one", "another short", "a third", " ".join(["a long sentence about many things"] * 8), "tail"]
-        ids = submit(sessions, "embedding", [{"text": t} for t in texts])
-        report = runner.run(kind="embedding", job_ids=ids)
+        yield calls
     finally:
         del adapter.predict
+
+
+def test_a_token_budget_keeps_one_long_text_from_padding_the_whole_batch(
+    runner: Runner, sessions: sessionmaker[Session]
+) -> None:
+    with_spec(runner, "embedding", max_batch_tokens=64)
+    adapter = runner.adapter("embedding")
+    texts = ["short one", "another short", "a third", " ".join(["a long sentence about many things"] * 8), "tail"]
+    try:
+        with model_calls(adapter) as calls:
+            report = runner.run(kind="embedding", job_ids=submit(sessions, "embedding", [{"text": t} for t in texts]))
+    finally:
         with_spec(runner, "embedding", max_batch_tokens=None)
     assert report.succeeded == 5 and len(calls) >= 2
     sizes = [adapter.size(EmbeddingInput(text=t)) for t in texts]
@@ -263,26 +273,16 @@ def test_texts_are_ordered_by_length_into_calls_that_pad_less(runner: Runner, se
     lengths (on CPU a call costs about 64 padded tokens), and each job gets its own text's
     embedding back, the same as when it runs alone."""
     adapter = runner.adapter("embedding")
-    calls: list[list[int]] = []
-    predict = adapter.predict
-
-    def recording(batch: list[Any]) -> list[Prediction]:
-        calls.append([adapter.size(item) for item in batch])
-        return predict(batch)
-
     short, long = "a short text", " ".join(["a much longer sentence about the weather and trains"] * 3)
     texts = [f"{short} {i}" if i % 2 else f"{long} {i}" for i in range(32)]
-    adapter.predict = recording  # type: ignore[method-assign]
-    try:
-        ids = submit(sessions, "embedding", [{"text": t} for t in texts])
+    ids = submit(sessions, "embedding", [{"text": t} for t in texts])
+    with model_calls(adapter) as calls:
         assert runner.run(kind="embedding", job_ids=ids).succeeded == 32
-    finally:
-        del adapter.predict
     assert len(calls) >= 2 and sorted(len(call) for call in calls) == [16, 16]
     assert all(max(call) - min(call) <= 2 for call in calls), calls  # no short text padded to a long one
     padded = sum(len(call) * max(call) for call in calls)
     assert padded < 32 * max(size for call in calls for size in call)
-    alone = {t: predict([adapter.prepare(EmbeddingInput(text=t))])[0].output.embedding for t in (texts[0], texts[1])}
+    alone = {t: adapter.predict([adapter.prepare(EmbeddingInput(text=t))])[0].output.embedding for t in texts[:2]}
     first, second = rows(sessions, ids[:2])
     for row, text in ((first, texts[0]), (second, texts[1])):
         assert max(abs(a - b) for a, b in zip(row.output["embedding"], alone[text], strict=True)) < 1e-4
