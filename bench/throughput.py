@@ -6,7 +6,7 @@ python -m bench throughput [--items 2000] [--rounds 3] [--concurrency 2] [--clie
 - direct: the EmbeddingAdapter in this one process, batches of 32, the faster of 1 and
   all-cores torch threads: the single-process limit as issue #5 defines it.
 - direct-sorted: the same batches of 32, each ordered by length and cut into model calls
-  as mlq's workers cut a claim (workers.runner.budgeted): the like-for-like limit, since
+  as mlq's workers cut a claim (workers.calls.budgeted): the like-for-like limit, since
   that ordering alone makes the model about 1.26x faster on these mixed sentences.
 - naive: one plain Celery task per item (bench/naive_celery.py), no database;
   each task pushes its finish time to a Redis list.
@@ -121,14 +121,15 @@ def run_direct(texts: list[str], args: argparse.Namespace, *, sorted_calls: bool
 
     from jobs.kinds import EmbeddingInput
     from models.registry import create_adapter
-    from workers.runner import budgeted
+    from workers.calls import budgeted, call_cost_tokens
 
     adapter = create_adapter(load_models_file("demo").kinds["embedding"], data_dir=DATA_DIR)
     adapter.load("cpu")
+    call_cost = call_cost_tokens(adapter) if sorted_calls else 0.0
 
     def run(batch: list[str]) -> list[Any]:
         items = list(enumerate(adapter.prepare(EmbeddingInput(text=t)) for t in batch))
-        calls = budgeted(adapter, items) if sorted_calls else [items]
+        calls = budgeted(adapter, items, call_cost_tokens=call_cost) if sorted_calls else [items]
         return [p for call in calls for p in adapter.predict([item for _, item in call])]
 
     seconds_by_threads = {}

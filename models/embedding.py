@@ -7,6 +7,7 @@ from typing import Any
 from jobs.kinds import EmbeddingInput, EmbeddingOutput
 from models.base import Adapter, Prediction
 from models.loading import pretrained_kwargs, torch_dtype
+from models.tokens import Tokenized, padded, tokenized
 
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256 tokens; longer input is truncated
 
@@ -28,8 +29,6 @@ class EmbeddingAdapter(Adapter[EmbeddingInput]):
 
     def embed(self, texts: list[str], *, normalize: bool = True) -> Any:
         """Mean-pooled embeddings (a float32 tensor on the CPU), one row per text."""
-        import torch
-
         encoded = self.tokenizer(
             texts,
             padding=True,
@@ -37,6 +36,11 @@ class EmbeddingAdapter(Adapter[EmbeddingInput]):
             max_length=min(MAX_TOKENS, self.tokenizer.model_max_length),
             return_tensors="pt",
         ).to(self.device)
+        return self._pooled(encoded, normalize=normalize)
+
+    def _pooled(self, encoded: Any, *, normalize: bool) -> Any:
+        import torch
+
         with torch.inference_mode():
             hidden = self.model(**encoded).last_hidden_state
             mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -45,16 +49,18 @@ class EmbeddingAdapter(Adapter[EmbeddingInput]):
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.cpu()
 
-    def size(self, prepared: Any) -> int:
+    def prepare(self, item: EmbeddingInput) -> Tokenized:
+        return tokenized(self.tokenizer, item, max_tokens=MAX_TOKENS)
+
+    def size(self, prepared: Tokenized) -> int:
         """Tokens the text takes in a batch (after truncation)."""
-        limit = min(MAX_TOKENS, self.tokenizer.model_max_length)
-        return len(self.tokenizer(prepared.text, truncation=True, max_length=limit)["input_ids"])
+        return len(prepared.ids)
 
     def predict(self, batch: list[Any]) -> list[Prediction]:
-        items: list[EmbeddingInput] = batch
-        vectors = self.embed([item.text for item in items], normalize=False)
+        prepared: list[Tokenized] = batch
+        vectors = self._pooled(padded(self.tokenizer, prepared, device=self.device), normalize=False)
         predictions = []
-        for vector, item in zip(vectors, items, strict=True):
+        for vector, item in zip(vectors, (p.item for p in prepared), strict=True):
             if item.normalize:
                 vector = vector / vector.norm().clamp(min=1e-12)
             values = vector.tolist()

@@ -7,6 +7,7 @@ from typing import Any
 from jobs.kinds import LabelScore, TextClassificationInput, TextClassificationOutput
 from models.base import Adapter, Prediction
 from models.loading import pretrained_kwargs, torch_dtype
+from models.tokens import Tokenized, padded, tokenized
 
 MAX_TOKENS = 512  # longer texts are truncated; max_text_chars in the models file bounds them first
 
@@ -28,26 +29,21 @@ class TextClassificationAdapter(Adapter[TextClassificationInput]):
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
 
-    def size(self, prepared: Any) -> int:
+    def prepare(self, item: TextClassificationInput) -> Tokenized:
+        return tokenized(self.tokenizer, item, max_tokens=MAX_TOKENS)
+
+    def size(self, prepared: Tokenized) -> int:
         """Tokens the text takes in a batch (after truncation)."""
-        limit = min(MAX_TOKENS, self.tokenizer.model_max_length)
-        return len(self.tokenizer(prepared.text, truncation=True, max_length=limit)["input_ids"])
+        return len(prepared.ids)
 
     def predict(self, batch: list[Any]) -> list[Prediction]:
         import torch
 
-        items: list[TextClassificationInput] = batch
-        encoded = self.tokenizer(
-            [item.text for item in items],
-            padding=True,
-            truncation=True,
-            max_length=min(MAX_TOKENS, self.tokenizer.model_max_length),
-            return_tensors="pt",
-        ).to(self.device)
+        prepared: list[Tokenized] = batch
         with torch.inference_mode():
-            logits = self.model(**encoded).logits.float()
+            logits = self.model(**padded(self.tokenizer, prepared, device=self.device)).logits.float()
         scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
-        return [self._prediction(row.tolist(), item.top_k) for row, item in zip(scores, items, strict=True)]
+        return [self._prediction(row.tolist(), p.item.top_k) for row, p in zip(scores, prepared, strict=True)]
 
     def _prediction(self, scores: list[float], top_k: int | None) -> Prediction:
         ranked = sorted(zip(self.labels, scores, strict=True), key=lambda pair: pair[1], reverse=True)

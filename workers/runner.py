@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -43,6 +43,7 @@ from jobs.modelsfile import ModelsConfig, ModelSpec
 from models.base import Adapter, Prediction, StopSignal
 from models.loading import pick_device
 from models.registry import create_adapter
+from workers.calls import UNKNOWN_CALL_COST_TOKENS, budgeted, call_cost_tokens
 
 log = logging.getLogger("mlq.runner")
 
@@ -97,6 +98,7 @@ class Runner:
         self.adapters: dict[str, Adapter[Any]] = {}
         self.memory_budget_bytes = memory_budget_bytes  # 0: keep every model loaded
         self.footprints: dict[str, int] = {}
+        self.call_costs: dict[str, float] = {}  # kind -> a model call's cost in padded tokens (workers.calls)
         self.last_used: dict[str, float] = {}
 
     def _fields(self, job: store.Claimed, kind: str, **more: Any) -> dict[str, Any]:
@@ -122,6 +124,7 @@ class Runner:
             adapter = create_adapter(spec, data_dir=self.data_dir)
             adapter.load(pick_device(spec.device))
             load_s = time.perf_counter() - started
+            self.call_costs[kind] = call_cost_tokens(adapter)
             self.adapters[kind] = adapter
             self.footprints[kind] = adapter.footprint_bytes()
             metrics.MODEL_LOAD.labels(kind, spec.model).set(load_s)
@@ -405,7 +408,8 @@ class Runner:
             except PermanentError as exc:
                 outcomes.append(_Failed(job, exc.code, str(exc)))
         retry: list[tuple[store.Claimed, str]] = []
-        for group in budgeted(adapter, ready):
+        call_cost = self.call_costs.get(adapter.kind, UNKNOWN_CALL_COST_TOKENS)
+        for group in budgeted(adapter, ready, call_cost_tokens=call_cost):
             self._predict(adapter, group, outcomes, retry)
         return outcomes, retry
 
@@ -493,69 +497,6 @@ def _is_sticky_device_error(exc: BaseException) -> bool:
 def _is_out_of_memory(exc: BaseException) -> bool:
     """torch.OutOfMemoryError (CUDA) or MemoryError, told apart without importing torch here."""
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-
-
-# What one more model call costs, in padded tokens: on CPU, MiniLM's forward costs about
-# 0.23 ms per padded token and a call's own overhead (Python, tokenizer, kernel launches)
-# about as much as 64 of them; cuts every 32 to 128 tokens measured within 3 % of each
-# other. Elsewhere (CUDA) padding is cheap next to a call, and this is not measured yet:
-# there the cuts are the fewest the budget allows, with the least padding among them.
-CALL_COST_TOKENS = {"cpu": 64}
-CALL_COST_TOKENS_ELSEWHERE = 1_000_000
-
-J = TypeVar("J")  # what travels with each item: the runner's claimed job, the benchmark's index
-T = TypeVar("T")
-
-
-def budgeted(adapter: Adapter[Any], ready: list[tuple[J, Any]]) -> list[list[tuple[J, Any]]]:
-    """A claim's prepared items, ``(job, item)`` pairs, as model calls.
-
-    Text models pad every item of a call to its longest: ordered by length and cut where
-    a shorter call saves more padding than a call costs, 2,000 mixed sentences in calls
-    cut from batches of 32 ran 1.26x faster on CPU (one thread: 227 -> 286 items/s).
-    Every call stays within the kind's ``max_batch_tokens`` or ``max_batch_pixels``,
-    padding counted (items x the largest); an item over it runs alone. Images keep their
-    order (the processor resizes them: no padding to save). No unit: one call."""
-    unit = adapter.budget_unit
-    budget = {"tokens": adapter.spec.max_batch_tokens, "pixels": adapter.spec.max_batch_pixels}.get(unit or "") or 0
-    if len(ready) < 2 or unit is None or (unit == "pixels" and not budget):
-        return [ready] if ready else []
-    sized = [(adapter.size(item), (job, item)) for job, item in ready]
-    if unit == "tokens":
-        sized.sort(key=lambda s: s[0])
-        call_cost = CALL_COST_TOKENS.get(adapter.device, CALL_COST_TOKENS_ELSEWHERE)
-        return [[pair for _, pair in call] for call in cheapest_calls(sized, budget=budget, call_cost=call_cost)]
-    calls: list[list[tuple[J, Any]]] = [[]]
-    largest = 0
-    for size, pair in sized:
-        if calls[-1] and (len(calls[-1]) + 1) * max(largest, size) > budget:
-            calls.append([])
-            largest = 0
-        calls[-1].append(pair)
-        largest = max(largest, size)
-    return calls
-
-
-def cheapest_calls(sized: list[tuple[int, T]], *, budget: int, call_cost: int) -> list[list[tuple[int, T]]]:
-    """Cut items sorted by size into consecutive calls minimising padded size (count x the
-    largest) plus ``call_cost`` per call, each within ``budget`` (0: none) unless alone.
-    Dynamic programming over the cut points: O(n^2); 0.05 ms for 32 items, 1.6 ms for 256."""
-    n = len(sized)
-    best = [0] + [-1] * n  # best[j]: the cheapest cost of the first j items
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        largest = sized[j - 1][0]
-        for i in range(j - 1, -1, -1):  # the last call holds items i..j-1
-            if j - i > 1 and budget and (j - i) * largest > budget:
-                break  # longer calls only grow
-            cost = best[i] + (j - i) * largest + call_cost
-            if best[j] < 0 or cost < best[j]:
-                best[j], cut[j] = cost, i
-    calls, j = [], n
-    while j:
-        calls.append(sized[cut[j] : j])
-        j = cut[j]
-    return calls[::-1]
 
 
 def _release_memory() -> None:

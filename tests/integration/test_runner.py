@@ -261,7 +261,7 @@ def test_a_token_budget_keeps_one_long_text_from_padding_the_whole_batch(
     finally:
         with_spec(runner, "embedding", max_batch_tokens=None)
     assert report.succeeded == 5 and len(calls) >= 2
-    sizes = [adapter.size(EmbeddingInput(text=t)) for t in texts]
+    sizes = [adapter.size(adapter.prepare(EmbeddingInput(text=t))) for t in texts]
     assert sorted(size for call in calls for size in call) == sorted(sizes)  # each text once
     for call in calls:  # each call within 64 padded tokens, or a lone item over it
         assert len(call) == 1 or len(call) * max(call) <= 64, calls

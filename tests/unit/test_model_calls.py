@@ -1,9 +1,15 @@
-"""workers.runner.cheapest_calls: how a claim's text items are cut into model calls."""
+"""workers.calls: how a claim's text items are cut into model calls."""
 
 import itertools
 import random
+import time
+from typing import Any
 
-from workers.runner import cheapest_calls
+from jobs.kinds import EmbeddingInput
+from jobs.modelsfile import load_models_file
+from models.base import Adapter, Prediction
+from models.tokens import Tokenized
+from workers.calls import UNKNOWN_CALL_COST_TOKENS, budgeted, call_cost_tokens, cheapest_calls
 
 
 def cost(calls: list[list[tuple[int, int]]], call_cost: int) -> int:
@@ -48,3 +54,41 @@ def test_the_cuts_are_the_cheapest_of_all_possible_cuts() -> None:
                 best = min(best if best is not None else cost(calls, call_cost), cost(calls, call_cost))
         assert [item for call in found for item in call] == sized
         assert cost(found, call_cost) == best, (sized, budget, call_cost, found)
+
+
+class Timed(Adapter[Any]):
+    """A text model whose call takes 10 ms plus 0.2 ms per padded token (a word is a token,
+    plus two special ones): a call costs as much as 50 tokens."""
+
+    kind = "embedding"
+    budget_unit = "tokens"
+    fixed_s, per_token_s = 0.010, 0.0002
+
+    def load(self, device: str) -> None:
+        self.device = device
+
+    def prepare(self, item: Any) -> Tokenized:
+        return Tokenized(item, list(range(len(item.text.split()) + 2)))
+
+    def size(self, prepared: Tokenized) -> int:
+        return len(prepared.ids)
+
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        time.sleep(self.fixed_s + self.per_token_s * len(batch) * max(self.size(p) for p in batch))
+        return []
+
+
+def test_a_worker_measures_what_a_call_costs_in_tokens() -> None:
+    adapter = Timed(load_models_file("demo").kinds["embedding"])
+    adapter.load("cpu")
+    assert 25 <= call_cost_tokens(adapter) <= 100  # 50; a busy machine only adds time, the fastest try counts
+
+
+def test_kinds_that_do_not_count_tokens_are_not_measured_and_keep_one_call() -> None:
+    class Images(Timed):
+        budget_unit = "pixels"
+
+    adapter = Images(load_models_file("demo").kinds["embedding"])
+    assert call_cost_tokens(adapter) == UNKNOWN_CALL_COST_TOKENS
+    ready = [(i, adapter.prepare(EmbeddingInput(text="word " * i))) for i in range(5, 0, -1)]
+    assert budgeted(adapter, ready) == [ready]  # no pixel budget: one call, in order

