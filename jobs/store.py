@@ -359,8 +359,12 @@ class Claimed:
 #   match, so the message's ids are looked up by primary key. With ``status = 'queued'`` the
 #   planner scanned that whole index (every queued job) for the few ids, at each claim.
 # - The UPDATE finds the rows the CTEs locked by their ctid (a TID scan). With ``id IN (…)``
-#   it semi-joined every queued job against the batch: 17 ms per claim at 3,200 queued.
-#   A locked row cannot move or change before the UPDATE, which rechecks the status anyway.
+#   it semi-joined every queued job against the batch: 17 ms per claim at 3,200 queued, and
+#   with ``id = ANY(…)`` it chose a sequential scan of a table without statistics.
+#   A row locked here cannot change before the UPDATE. One that another transaction changed
+#   after this statement's snapshot but before the lock, still queued (the reconciler
+#   touching a stale job as it publishes it again), may be locked in a version the UPDATE
+#   cannot see: it stays queued for that transaction's own message. Nothing is claimed twice.
 _CLAIM_SQL = text(
     """
     WITH own AS (
