@@ -8,13 +8,19 @@ from typing import Any
 
 from models.base import Prediction
 from models.embedding import EmbeddingAdapter
+from models.tokens import Tokenized
+
+
+def texts(batch: list[Tokenized]) -> list[str]:
+    """The texts of a batch of prepared (tokenized) embedding inputs."""
+    return [prepared.item.text for prepared in batch]
 
 POISON = "poison"
 
 
 class PoisonEmbedding(EmbeddingAdapter):
     def predict(self, batch: list[Any]) -> list[Prediction]:
-        if any(item.text == POISON for item in batch):
+        if POISON in texts(batch):
             os._exit(1)  # like a segfault: no exception, no cleanup
         return super().predict(batch)
 
@@ -26,7 +32,7 @@ class HangingEmbedding(EmbeddingAdapter):
     """Never returns on the text "hang", like a generation stuck in native code."""
 
     def predict(self, batch: list[Any]) -> list[Prediction]:
-        if any(item.text == HANG for item in batch):
+        if HANG in texts(batch):
             import time
 
             time.sleep(3600)
@@ -40,6 +46,6 @@ class BrokenDeviceEmbedding(EmbeddingAdapter):
     """Raises what CUDA raises after an illegal memory access, on the text "gpu-crash"."""
 
     def predict(self, batch: list[Any]) -> list[Prediction]:
-        if any(item.text == GPU_CRASH for item in batch):
+        if GPU_CRASH in texts(batch):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return super().predict(batch)
