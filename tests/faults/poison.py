@@ -15,6 +15,7 @@ def texts(batch: list[Tokenized]) -> list[str]:
     """The texts of a batch of prepared (tokenized) embedding inputs."""
     return [prepared.item.text for prepared in batch]
 
+
 POISON = "poison"
 
 
