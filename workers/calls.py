@@ -30,9 +30,9 @@ def call_cost_tokens(adapter: Adapter[Any]) -> float:
     the fixed part of a call over the cost of a token. UNKNOWN_CALL_COST_TOKENS for
     adapters that do not count tokens or whose kind has no ``text`` input.
 
-    Measured on the 2-core VM, one torch thread: all-MiniLM-L6-v2 about 10 tokens (a token
-    is dear), the tiny test classifier hundreds (a call is dear: cutting its claims into
-    calls made it 1.6x slower at a fixed cost of 64 tokens)."""
+    Measured on the 2-core VM: all-MiniLM-L6-v2 about 25 tokens on one torch thread and 55
+    on two (a token is dear), the tiny test classifier about 350 (a call is dear: cutting
+    its claims at a fixed cost of 64 tokens made it 1.6x slower)."""
     if adapter.budget_unit != "tokens":
         return UNKNOWN_CALL_COST_TOKENS
     kind = get_kind(adapter.kind)
@@ -68,8 +68,8 @@ def budgeted(
 
     Texts are ordered by length and cut into the calls that cost least: padded tokens
     (items x the longest) plus ``call_cost_tokens`` per call. On mixed English and
-    Chinese sentences, all-MiniLM-L6-v2 on one CPU thread ran 1.26x faster (227 -> 286
-    items/s) than in calls of 32 in arrival order. Every call stays within the kind's
+    Chinese sentences, all-MiniLM-L6-v2 on one CPU thread ran 1.23-1.29x faster (209 -> 270
+    items/s with the measured call cost) than in calls of 32 in arrival order. Every call stays within the kind's
     ``max_batch_tokens`` or ``max_batch_pixels``, padding counted; an item over it runs
     alone. Images keep their order (the processor resizes them: no padding to save).
     No unit: one call."""
