@@ -1,4 +1,4 @@
-"""Throughput (issue #5): the same N single-item embedding jobs, the same model, four ways.
+"""Throughput (issue #5): the same N single-item embedding jobs, the same model, five ways.
 
 python -m bench throughput [--items 2000] [--rounds 3] [--concurrency 2] [--clients 8] [--direct-threads 0]
                            [--modes direct,direct-sorted,naive,mlq,mlq-batch]
