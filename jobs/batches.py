@@ -14,8 +14,10 @@ from typing import Any, NamedTuple
 
 from psycopg import sql
 from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from jobs.errors import Conflict
 from jobs.status import JobStatus
 from jobs.store import decode_cursor, encode_cursor, enqueue_webhooks, notify_finished
 from jobs.tables import Batch, Job
@@ -61,15 +63,33 @@ def insert_batch(
     priority: int,
     metadata: dict[str, Any],
     webhook_url: str | None = None,
-) -> Batch:
-    """The batch row; its jobs follow through :func:`copy_jobs` in the same transaction."""
-    batch = Batch(
-        id=uuid.uuid4(), tenant_id=tenant_id, kind=None, total=0, priority=priority, metadata_=metadata,
-        webhook_url=webhook_url,
-    )  # fmt: skip
-    session.add(batch)
-    session.flush()
-    return batch
+    idempotency_key: str | None = None,
+) -> Batch | None:
+    """The batch row; its jobs follow through :func:`copy_jobs` in the same transaction. None
+    when the tenant used ``idempotency_key`` before (:func:`get_batch_by_key` finds that batch):
+    a run with the same key still being stored elsewhere is waited for, so only one is stored."""
+    inserted = session.execute(
+        pg_insert(Batch)
+        .values(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            kind=None,
+            total=0,
+            priority=priority,
+            metadata=metadata,
+            webhook_url=webhook_url,
+            idempotency_key=idempotency_key,
+        )
+        .on_conflict_do_nothing(constraint="batches_tenant_idempotency_key")
+        .returning(Batch.id)
+    ).scalar_one_or_none()
+    return None if inserted is None else session.get(Batch, inserted)
+
+
+def get_batch_by_key(session: Session, *, tenant_id: uuid.UUID, idempotency_key: str) -> Batch | None:
+    return session.execute(
+        select(Batch).where(Batch.tenant_id == tenant_id, Batch.idempotency_key == idempotency_key)
+    ).scalar_one_or_none()
 
 
 @contextmanager
@@ -130,11 +150,17 @@ def list_batches(
 
 
 def cancel_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch | None:
-    """Queued items are cancelled now; running ones end ``cancelled``; finished ones stay."""
-    batch = get_batch(session, tenant_id=tenant_id, batch_id=batch_id)
+    """Queued items are cancelled now; running ones end ``cancelled``; finished ones stay.
+    A run whose every item had finished before any cancel is a Conflict: it stays as it ended."""
+    batch = session.execute(
+        select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id).with_for_update()
+    ).scalar_one_or_none()
     if batch is None:
         return None
     if batch.cancel_requested_at is None:
+        tally = counts(session, batch_ids=[batch.id])[batch.id]
+        if not tally.unfinished:
+            raise Conflict(f"bulk run {batch_id} already finished ({status_of(batch, tally)}); nothing to cancel")
         batch.cancel_requested_at = session.execute(select(func.now())).scalar_one()
     cancelled = (
         session.execute(

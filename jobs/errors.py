@@ -10,6 +10,13 @@ class MlqError(Exception):
     code = "internal_error"
 
 
+class Conflict(MlqError):
+    """The request contradicts what is stored: an Idempotency-Key used before for something else,
+    or a finished job or bulk run asked to cancel."""
+
+    code = "conflict"
+
+
 class PermanentError(MlqError):
     """Retrying cannot help: the job fails now."""
 

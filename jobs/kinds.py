@@ -11,17 +11,43 @@ file and reach validators through the pydantic validation context, so the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 HARD_MAX_TEXT_CHARS = 100_000  # above any models file: protects the API from huge bodies
+HARD_MAX_ITEM_CHARS = 4_000  # one short text in a list: an interest, a candidate item's text
+HARD_MAX_ITEMS = 10_000  # candidates of one recommendation, above any models file's max_items
+HARD_MAX_BASE64_CHARS = 40_000_000  # inline file, above any request limit (max_request_bytes: 32 MB)
+MAX_STOP_CHARS = 200  # one stop string
+
+ShortText = Annotated[str, Field(min_length=1, max_length=HARD_MAX_ITEM_CHARS)]
+
+# Limits of binary inputs where the models file sets none: the API checks them at submission
+# (from the file's header; no pixel or sample is decoded there), the worker again as it decodes.
+DEFAULT_BINARY_LIMITS = {
+    "max_input_bytes": 20_000_000,  # a large JPEG is a few MB; PNG screenshots stay well below this
+    "max_image_pixels": 40_000_000,  # a 50-megapixel phone photo is ~48M; 40M is ~160 MB as RGB
+    "max_audio_s": 600,  # ten minutes: 21 windows of 30 s, seconds of GPU time
+}
+
+
+def binary_limit(limits: dict[str, Any], name: str) -> int:
+    """A binary input's limit from the models file's ``limits``, else the default above."""
+    return int(limits.get(name, DEFAULT_BINARY_LIMITS[name]))
 
 
 class Schema(BaseModel):
     # NaN and infinities are written as such, not as null: PostgreSQL refuses them, and the
     # job fails with result_not_storable instead of storing a result with holes in it
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+
+class Input(Schema):
+    """A kind's input. Numbers must be finite: NaN and Infinity are refused, naming the field.
+    Every string and list has a bound (a test walks the schemas to hold us to it)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
 
 def limit(info: ValidationInfo, name: str, default: int) -> int:
@@ -39,7 +65,7 @@ def check_text(value: str, info: ValidationInfo) -> str:
     return value
 
 
-class TextInput(Schema):
+class TextInput(Input):
     text: str = Field(max_length=HARD_MAX_TEXT_CHARS, description="The text to process.")
 
     @field_validator("text")
@@ -89,7 +115,7 @@ def check_max(value: int | float, info: ValidationInfo, name: str, default: int)
     return value
 
 
-class BinaryInput(Schema):
+class BinaryInput(Input):
     """Binary input (audio, an image): inline as base64, the name of an uploaded artifact, or
     a public http(s) URL that the API downloads at submission (SSRF-checked, size-bounded).
 
@@ -98,8 +124,10 @@ class BinaryInput(Schema):
     ``data`` before the adapter sees the item.
     """
 
-    base64: str | None = Field(default=None, description="The file's bytes, base64-encoded.")
-    artifact: str | None = Field(default=None, description="Name of a file uploaded with the job.")
+    base64: str | None = Field(
+        default=None, max_length=HARD_MAX_BASE64_CHARS, description="The file's bytes, base64-encoded."
+    )
+    artifact: str | None = Field(default=None, max_length=255, description="Name of a file uploaded with the job.")
     url: str | None = Field(
         default=None,
         max_length=2048,
@@ -123,7 +151,7 @@ class BinaryInput(Schema):
         self._data = data
 
 
-class GenerationOptions(Schema):
+class GenerationOptions(Input):
     """Decoding options shared by the text generation kinds."""
 
     max_new_tokens: int = Field(default=64, ge=1, description="Tokens to generate at most.")
@@ -131,7 +159,9 @@ class GenerationOptions(Schema):
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=1, le=1000)
     repetition_penalty: float = Field(default=1.0, gt=0, le=10)
-    stop: list[str] = Field(default_factory=list, max_length=8, description="Stop at any of these strings.")
+    stop: list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
+        default_factory=list, max_length=8, description="Stop at any of these strings."
+    )
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Same seed, same text (on one device).")
 
     @field_validator("max_new_tokens")
@@ -148,7 +178,7 @@ class Usage(Schema):
 # --- moderation ----------------------------------------------------------
 
 
-class ModerationInput(Schema):
+class ModerationInput(Input):
     text: str | None = Field(default=None, max_length=HARD_MAX_TEXT_CHARS)
     image: BinaryInput | None = None
 
@@ -202,7 +232,7 @@ class Text2TextOutput(Usage):
     text: str
 
 
-class ChatMessage(Schema):
+class ChatMessage(Input):
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=HARD_MAX_TEXT_CHARS)
 
@@ -228,7 +258,7 @@ class ChatOutput(Usage):
 # --- audio and vision ----------------------------------------------------
 
 
-class SpeechRecognitionInput(Schema):
+class SpeechRecognitionInput(Input):
     audio: BinaryInput = Field(description="WAV, FLAC, OGG or MP3.")
     language: str | None = Field(default=None, max_length=32, description="e.g. zh, en (Whisper models).")
     task: Literal["transcribe", "translate"] = "transcribe"
@@ -241,7 +271,7 @@ class SpeechRecognitionOutput(Schema):
     chunks: int = Field(description="How many windows long audio was cut into.")
 
 
-class ImageClassificationInput(Schema):
+class ImageClassificationInput(Input):
     image: BinaryInput = Field(description="PNG, JPEG, WEBP or GIF.")
     top_k: int = Field(default=5, ge=1, le=1000)
 
@@ -250,7 +280,7 @@ class ImageClassificationOutput(TextClassificationOutput):
     pass
 
 
-class ImageGenerationInput(Schema):
+class ImageGenerationInput(Input):
     prompt: str = Field(max_length=HARD_MAX_TEXT_CHARS)
     negative_prompt: str | None = Field(default=None, max_length=HARD_MAX_TEXT_CHARS)
     num_inference_steps: int = Field(default=20, ge=1)
@@ -296,7 +326,7 @@ class ImageGenerationOutput(Schema):
     seed: int
 
 
-class MusicGenerationInput(Schema):
+class MusicGenerationInput(Input):
     prompt: str = Field(max_length=HARD_MAX_TEXT_CHARS)
     duration_s: float = Field(default=5.0, gt=0)
     guidance_scale: float = Field(default=3.0, ge=0, le=20)
@@ -326,9 +356,9 @@ class MusicGenerationOutput(Schema):
 # --- recommendation ------------------------------------------------------
 
 
-class UserProfile(Schema):
-    interests: list[str] = Field(default_factory=list, max_length=100, description="Stated interests.")
-    recent: list[str] = Field(default_factory=list, max_length=100, description="Recent behaviour, as text.")
+class UserProfile(Input):
+    interests: list[ShortText] = Field(default_factory=list, max_length=100, description="Stated interests.")
+    recent: list[ShortText] = Field(default_factory=list, max_length=100, description="Recent behaviour, as text.")
 
     @model_validator(mode="after")
     def _something_to_go_on(self) -> UserProfile:
@@ -337,14 +367,14 @@ class UserProfile(Schema):
         return self
 
 
-class CandidateItem(Schema):
+class CandidateItem(Input):
     id: str = Field(min_length=1, max_length=200)
-    text: str = Field(min_length=1, max_length=4000)
+    text: ShortText
 
 
-class RecommendationInput(Schema):
+class RecommendationInput(Input):
     user: UserProfile
-    items: list[CandidateItem] = Field(min_length=1)
+    items: list[CandidateItem] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
     top_k: int = Field(default=10, ge=1, le=1000)
 
     @field_validator("items")

@@ -1,7 +1,7 @@
 """Names on the broker, shared by the producer (which publishes) and the workers.
 
-A message is only a wake-up: ``{"job_ids": [...]}``. The input stays in
-PostgreSQL, so a redelivered or replayed message can do no harm.
+A message is only a wake-up: its task's one argument is a list of job ids. The
+input stays in PostgreSQL, so a redelivered or replayed message can do no harm.
 """
 
 from __future__ import annotations

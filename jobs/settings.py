@@ -42,6 +42,10 @@ class Settings(BaseSettings):
 
     allow_hosts: list[str] = Field(default_factory=list)  # internal hosts/networks URLs and webhooks may reach
     input_fetch_timeout_s: float = 10.0  # per connect/read of an input given by URL (the whole download: 3x)
+    # URL inputs being downloaded at once, per API process: one tenant's more get a 429 at once,
+    # so a flood of slow URLs from one tenant holds nothing another tenant needs
+    input_fetches_per_tenant: int = Field(default=8, ge=1)
+    input_fetches_max: int = Field(default=64, ge=1)  # all tenants together
     webhooks_in_api: bool = True  # the API process sends the webhook outbox
     webhook_timeout_s: float = 5.0  # per connect/read of one delivery attempt
     webhook_max_attempts: int = 8  # then the delivery is marked failed

@@ -65,7 +65,10 @@ class Batch(Base):
     """A bulk run: its jobs carry ``batch_id``; counts and status are read from them."""
 
     __tablename__ = "batches"
-    __table_args__ = (Index("batches_tenant_created", "tenant_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("batches_tenant_created", "tenant_id", "created_at", "id"),
+        UniqueConstraint("tenant_id", "idempotency_key", name="batches_tenant_idempotency_key"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -76,6 +79,8 @@ class Batch(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_sha256: Mapped[str | None] = mapped_column(String(64))  # of the validated lines and options
 
 
 class Job(Base):

@@ -7,9 +7,9 @@ from typing import Any
 
 from PIL import Image
 
-from jobs.kinds import ImageClassificationInput, ImageClassificationOutput, LabelScore
+from jobs.kinds import ImageClassificationInput, ImageClassificationOutput, LabelScore, binary_limit
 from models.base import Adapter, Prediction
-from models.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_INPUT_BYTES, decode_image
+from models.images import decode_image
 from models.loading import pretrained_kwargs, torch_dtype
 
 
@@ -39,8 +39,8 @@ class ImageClassificationAdapter(Adapter[ImageClassificationInput]):
     def prepare(self, item: ImageClassificationInput) -> PreparedImage:
         image = decode_image(
             item.image.data,
-            max_pixels=int(self.spec.limits.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)),
-            max_bytes=int(self.spec.limits.get("max_input_bytes", DEFAULT_MAX_INPUT_BYTES)),
+            max_pixels=binary_limit(self.spec.limits, "max_image_pixels"),
+            max_bytes=binary_limit(self.spec.limits, "max_input_bytes"),
         )
         return PreparedImage(image=image, top_k=item.top_k)
 

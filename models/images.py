@@ -15,8 +15,6 @@ from PIL import Image, ImageOps
 from jobs.errors import InvalidInput
 
 DEFAULT_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # a 50-megapixel phone photo is ~48M; 40M is ~160 MB as RGB
-DEFAULT_MAX_INPUT_BYTES = 20_000_000  # a large JPEG is a few MB; PNG screenshots stay well below this
 
 
 def decode_image(

@@ -17,13 +17,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from jobs.errors import InvalidInput, ModelNotConfigured
-from jobs.kinds import SpeechRecognitionInput, SpeechRecognitionOutput
+from jobs.kinds import SpeechRecognitionInput, SpeechRecognitionOutput, binary_limit
 from jobs.modelsfile import ModelSpec
 from models.audio import decode_audio
 from models.base import Adapter, Prediction
 from models.loading import pretrained_kwargs, torch_dtype
 
-MAX_AUDIO_S = 600  # ten minutes: 21 windows of 30 s, seconds of GPU time
 MAX_INPUT_BYTES = 25_000_000  # 26 min of 128 kbit/s MP3, 2.4 min of CD-quality WAV
 CHUNK_S = 30.0  # Whisper's receptive field; wav2vec2 models are trained on shorter clips but cope
 OVERLAP_S = 2.0  # context on each side of a cut; the overlap is decoded twice
@@ -230,7 +229,7 @@ class SpeechRecognitionAdapter(Adapter[SpeechRecognitionInput]):
             raise ValueError(f"options: overlap_s={self.overlap_s} must be under half of chunk_s={self.chunk_s}")
         if self.max_windows < 1:
             raise ValueError(f"options: max_windows={self.max_windows} must be at least 1")
-        self.max_audio_s = float(spec.limits.get("max_audio_s", MAX_AUDIO_S))
+        self.max_audio_s = float(binary_limit(spec.limits, "max_audio_s"))
         self.max_input_bytes = int(spec.limits.get("max_input_bytes", MAX_INPUT_BYTES))
 
     def load(self, device: str) -> None:

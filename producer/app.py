@@ -7,16 +7,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, status
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import FastAPI
 
 from jobs.artifacts import LocalArtifactStore
 from jobs.db import make_engine, make_sessionmaker
 from jobs.modelsfile import load_models_file
 from jobs.settings import Settings, get_settings
+from producer import errors
 from producer.deps import State
+from producer.downloads import Downloads
+from producer.gate import Gate
 from producer.intake import Intake
 from producer.live import Live
 from producer.publish import Publisher
@@ -26,34 +26,6 @@ from producer.waiter import Waiter
 from producer.webhooks import Dispatcher
 
 log = logging.getLogger("mlq.api")
-
-
-class BodyLimit:
-    """413 before a body over the limit is read (``Content-Length`` against ``max_request_bytes``,
-    or ``batch_max_bytes`` for bulk runs). A plain ASGI middleware: Starlette's
-    ``BaseHTTPMiddleware`` costs every request a task and a stream wrapper."""
-
-    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
-        self.app = app
-        self.settings = settings
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            bulk = scope["path"].startswith("/v1/batches")
-            limit, name = (
-                (self.settings.batch_max_bytes, "batch_max_bytes")
-                if bulk
-                else (self.settings.max_request_bytes, "max_request_bytes")
-            )
-            if length.isdigit() and int(length) > limit:
-                refused = JSONResponse(
-                    {"detail": f"body is {length.decode()} bytes; the limit is {name}={limit}"},
-                    status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-                )
-                await refused(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -85,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings=settings, sessions=sessions, publisher=publisher, limiter=limiter, artifacts=artifacts
             ),
             artifacts=artifacts,
+            downloads=Downloads(settings),
             keys={},
         )
         # Everything imported and built so far lives as long as the process: out of the
@@ -115,16 +88,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(ops.router)
 
-    app.add_middleware(BodyLimit, settings=settings)
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(DBAPIError)
-    async def database_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
-        return JSONResponse(
-            {"detail": "the job store (PostgreSQL) is unavailable; nothing was accepted, retry later"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "5"},
-        )
-
+    app.add_middleware(Gate, settings=settings)
+    errors.install(app)
     return app

@@ -7,6 +7,7 @@ errors by line number and custom_id.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -19,7 +20,7 @@ from jobs.batches import BatchItem
 from jobs.ids import IdBuffer, new_id
 from jobs.kinds import KINDS, Schema
 from jobs.modelsfile import ModelsConfig
-from producer.inputs import NUL_MESSAGE, nul_at
+from producer.inputs import unstorable
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Parser:
     errors: list[LineError] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
     contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    digest: Any = None  # a hashlib object fed each valid line (custom_id, kind, input), when one is wanted
 
     def add(self, number: int, raw: Any) -> None:
         self.count += 1
@@ -63,6 +65,9 @@ class Parser:
         custom_id = raw.get("custom_id")
         if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= 255:
             return self.error(number, None, ["custom_id"], "custom_id must be a string of 1 to 255 characters")
+        if (found := unstorable(raw)) is not None:  # in custom_id, kind or input
+            shown = None if found[0][:1] == ("custom_id",) else custom_id
+            return self.error(number, shown, list(found[0]), found[1])
         if custom_id in self.seen:
             return self.error(number, custom_id, ["custom_id"], f"duplicate custom_id {custom_id!r}")
         self.seen.add(custom_id)
@@ -79,8 +84,6 @@ class Parser:
         spec = self.models.spec(kind)
         if spec is None:
             return self.error(number, custom_id, ["kind"], f"kind {kind!r} is not served here")
-        if (loc := nul_at(data)) is not None:
-            return self.error(number, custom_id, ["input", *loc], NUL_MESSAGE)
         try:
             parsed = KINDS[kind].input_model.model_validate(data, context=self.context(kind))
         except ValidationError as exc:
@@ -93,6 +96,8 @@ class Parser:
             new_id(), number, custom_id, kind, spec.model, self.models.profile,
             parsed.model_dump_json(), spec.max_attempts,
         )  # fmt: skip
+        if self.digest is not None:
+            self.digest.update(f"{json.dumps([custom_id, kind])}{item.input_json}\n".encode())
         ids = self.ids.get(kind)
         if ids is None:
             ids = self.ids[kind] = IdBuffer()

@@ -17,6 +17,7 @@ from jobs import store
 from jobs.artifacts import ArtifactStore
 from jobs.modelsfile import ModelsConfig
 from jobs.settings import Settings
+from producer.downloads import Downloads
 from producer.intake import Intake
 from producer.live import Live
 from producer.publish import Publisher
@@ -38,6 +39,7 @@ class State:
     waiter: Waiter
     intake: Intake  # group commit of single jobs
     artifacts: ArtifactStore
+    downloads: Downloads  # inputs given by URL, fetched at submission
     keys: dict[str, tuple[float, store.Principal]]
 
 
@@ -67,13 +69,16 @@ def unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def get_principal(
-    state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> store.Principal:
-    """The key's principal: from a cache of recent keys, else looked up on a worker thread."""
-    if credentials is None:
+PRINCIPAL = "mlq_principal"  # where the gate leaves the principal it checked, in the request's scope state
+
+
+async def principal_of(state: State, authorization: str | None) -> store.Principal:
+    """The principal of an ``Authorization: Bearer <key>`` header: from a cache of recent keys,
+    else looked up on a worker thread; 401 for a missing, unknown or revoked key."""
+    scheme, _, key = (authorization or "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
         raise unauthorized("missing API key: send Authorization: Bearer <key>")
-    key = credentials.credentials
     cached = state.keys.get(key)
     now = time.monotonic()
     if cached is not None and now - cached[0] < KEY_CACHE_S:
@@ -89,6 +94,18 @@ async def get_principal(
         raise unauthorized("invalid or revoked API key")
     state.keys[key] = (now, principal)
     return principal
+
+
+async def get_principal(
+    request: Request,
+    state: StateDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],  # documents the scheme in OpenAPI
+) -> store.Principal:
+    """The caller's principal: checked by the gate already for requests with a body."""
+    checked: store.Principal | None = request.scope.get("state", {}).get(PRINCIPAL)
+    if checked is not None:
+        return checked
+    return await principal_of(state, request.headers.get("authorization"))
 
 
 def require(scope: str) -> Callable[..., Awaitable[store.Principal]]:

@@ -2,7 +2,7 @@
 
 Inline base64 is bounded before it is decoded; uploaded files are bounded by
 the request limit and the kind's ``max_input_bytes``; a URL is downloaded by
-``jobs.netfetch`` (public addresses only, redirects re-checked, the same byte
+``producer.netfetch`` (public addresses only, redirects re-checked, the same byte
 limit enforced while reading). The bytes go to the
 artifact store and the job's input keeps only ``{"artifact": "input-<field>"}``,
 so PostgreSQL never holds blobs.
@@ -13,19 +13,14 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
-from jobs.errors import InvalidInput
-from jobs.kinds import BinaryInput, Schema
-
-DEFAULT_MAX_INPUT_BYTES = 20_000_000  # per binary input, unless the models file says otherwise
-
-Download = Callable[[str, int], tuple[bytes, str]]  # (url, max_bytes) -> (bytes, content type)
+from jobs.kinds import BinaryInput, Schema, binary_limit
 
 
 @dataclass(frozen=True)
@@ -39,57 +34,69 @@ def input_error(loc: tuple[Any, ...], msg: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", "input", *loc), "msg": msg, "type": "value_error"}])
 
 
-NUL_MESSAGE = "contains a NUL character (\\u0000), which cannot be stored; remove it"
+def unstorable(value: Any) -> tuple[tuple[Any, ...], str] | None:
+    """Where in a JSON value sits something PostgreSQL cannot store, and why, or None.
 
-
-def nul_at(value: Any) -> tuple[Any, ...] | None:
-    """Where in a JSON value a string (or key) holds a NUL character, or None. PostgreSQL
-    stores no NUL in text or jsonb, so such a job is refused before anything is stored."""
+    A NUL character (text and jsonb hold none), a lone surrogate (half of a UTF-16 pair, as
+    ``"\\ud800"`` reads: not Unicode, so not UTF-8 either), a number that is not finite (NaN,
+    Infinity, or beyond 1.8e308, as ``1e400`` reads). Such a job is refused, naming the place,
+    before anything is stored."""
     if isinstance(value, str):
-        return () if "\x00" in value else None
+        return None if (reason := _bad_text(value)) is None else ((), reason)
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ((), "is not a finite number (NaN or Infinity); send a finite one")
     if isinstance(value, dict):
         for key, item in value.items():
-            if "\x00" in key:
-                return (key,)
-            if (found := nul_at(item)) is not None:
-                return (key, *found)
+            if (reason := _bad_text(key)) is not None:
+                return (key,), f"key {reason}"
+            if (found := unstorable(item)) is not None:
+                return (key, *found[0]), found[1]
     if isinstance(value, list):
         for index, item in enumerate(value):
-            if (found := nul_at(item)) is not None:
-                return (index, *found)
+            if (found := unstorable(item)) is not None:
+                return (index, *found[0]), found[1]
     return None
+
+
+def _bad_text(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which cannot be stored; remove it"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (\\ud800-\\udfff without its pair), which is not Unicode; send UTF-8 text"
+    return None
+
+
+def binary_inputs(parsed: Schema) -> list[tuple[str, BinaryInput]]:
+    """The input's binary fields that hold something, with their names."""
+    found = ((name, getattr(parsed, name)) for name in type(parsed).model_fields)
+    return [(name, value) for name, value in found if isinstance(value, BinaryInput)]
 
 
 def stage_binaries(
     parsed: Schema,
     *,
     uploads: dict[str, tuple[bytes, str]],
+    fetched: dict[str, tuple[bytes, str]],
     limits: dict[str, int],
-    download: Download | None = None,
 ) -> tuple[dict[str, Any], list[PendingFile]]:
     """The job's stored input and the files to store for it.
 
-    ``uploads`` maps an input field to (bytes, content type) from a multipart request;
-    ``download`` fetches a URL input (it raises InvalidInput saying why not).
+    ``uploads`` maps an uploaded file's name to (bytes, content type), from a multipart
+    request; ``fetched`` maps an input field given by URL to what was downloaded for it.
     """
-    max_bytes = int(limits.get("max_input_bytes", DEFAULT_MAX_INPUT_BYTES))
+    max_bytes = binary_limit(limits, "max_input_bytes")
     stored = parsed.model_dump(mode="json")
     files: list[PendingFile] = []
-    for field in type(parsed).model_fields:
-        value = getattr(parsed, field)
-        if not isinstance(value, BinaryInput):
-            continue
+    for field, value in binary_inputs(parsed):
         name = f"input-{field}"
         if value.base64 is not None:
             data = decode_base64(value.base64, loc=(field, "base64"), max_bytes=max_bytes)
             content_type = "application/octet-stream"
         elif value.url is not None:
-            if download is None:
-                raise input_error((field, "url"), "inputs by URL are not accepted here")
-            try:
-                data, content_type = download(value.url, max_bytes)
-            except InvalidInput as exc:
-                raise input_error((field, "url"), str(exc)) from None
+            data, content_type = fetched[field]
         elif value.artifact in uploads:
             data, content_type = uploads[value.artifact]
         else:
@@ -122,9 +129,7 @@ def check_audio_header(data: bytes, loc: tuple[Any, ...], limits: dict[str, int]
     A file whose header cannot be read is left to the worker, which fails that job saying why."""
     import soundfile
 
-    limit_s = limits.get("max_audio_s")
-    if limit_s is None:
-        return
+    limit_s = binary_limit(limits, "max_audio_s")
     try:
         info = soundfile.info(io.BytesIO(data))
     except Exception:  # undecodable: the worker fails the job with the decoder's reason
@@ -138,9 +143,7 @@ def check_image_header(data: bytes, loc: tuple[Any, ...], limits: dict[str, int]
     """Refuse an image over ``max_image_pixels`` from its header alone (no pixel is decoded)."""
     from PIL import Image
 
-    limit = limits.get("max_image_pixels")
-    if limit is None:
-        return
+    limit = binary_limit(limits, "max_image_pixels")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides here

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from jobs.batches import Counts, status_of
 from jobs.queues import BATCH_PRIORITY, DEFAULT_PRIORITY, MAX_BATCH_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
@@ -15,36 +15,47 @@ from jobs.store import JobRow
 from jobs.tables import Artifact, Batch, Job
 
 MAX_METADATA_KEYS = 32
+MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
+MAX_KIND_CHARS = 64
+
+
+def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"metadata has {len(value)} keys; the limit is {MAX_METADATA_KEYS}")
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY_CHARS or (isinstance(item, str) and len(item) > MAX_METADATA_VALUE_CHARS):
+            raise ValueError(
+                f"metadata[{key[:MAX_METADATA_KEY_CHARS]!r}] is too long: keys up to {MAX_METADATA_KEY_CHARS} "
+                f"and values up to {MAX_METADATA_VALUE_CHARS} characters"
+            )
+    return value
+
+
+# Your own labels on a job or a bulk run: a flat object of at most 32 short keys and values.
+Metadata = Annotated[
+    dict[str, str | int | float | bool | None],
+    AfterValidator(_small_metadata),
+    Field(description="Your own labels, returned with the job: a flat object of at most 32 keys."),
+]
+# what every request body refuses: unknown fields, and numbers JSON cannot carry (NaN, Infinity)
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SubmitJob(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    kind: str = Field(description="The job kind, e.g. text-classification; see GET /v1/models.")
+    kind: str = Field(
+        max_length=MAX_KIND_CHARS, description="The job kind, e.g. text-classification; see GET /v1/models."
+    )
     input: dict[str, Any] = Field(description="The kind's input; its schema is in GET /v1/models.")
     priority: int = Field(
         default=DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="9 is the most urgent."
     )
-    metadata: dict[str, str | int | float | bool | None] = Field(
-        default_factory=dict, description="Your own labels, returned with the job."
-    )
+    metadata: Metadata = Field(default_factory=dict)
     webhook_url: str | None = Field(
         default=None, max_length=2000, description="POSTed a signed copy of the job when it finishes."
     )
-
-    @field_validator("metadata")
-    @classmethod
-    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(value) > MAX_METADATA_KEYS:
-            raise ValueError(f"metadata has {len(value)} keys; the limit is {MAX_METADATA_KEYS}")
-        for key, item in value.items():
-            if len(key) > 64 or (isinstance(item, str) and len(item) > MAX_METADATA_VALUE_CHARS):
-                raise ValueError(
-                    f"metadata[{key[:64]!r}] is too long: keys up to 64 and values up to "
-                    f"{MAX_METADATA_VALUE_CHARS} characters"
-                )
-        return value
 
 
 class JobError(BaseModel):
@@ -169,13 +180,20 @@ class BatchPage(BaseModel):
     next_cursor: str | None
 
 
-class SubmitBatch(BaseModel):
+class BatchOptions(BaseModel):
+    """A bulk run's options: the JSON form's fields, a JSONL upload's form fields."""
+
+    model_config = STRICT
+
+    kind: str | None = Field(
+        default=None, max_length=MAX_KIND_CHARS, description="Batch-wide kind for lines that name none."
+    )
+    priority: int = Field(default=BATCH_PRIORITY, ge=MIN_PRIORITY, le=MAX_BATCH_PRIORITY)
+    metadata: Metadata = Field(default_factory=dict)
+    webhook_url: str | None = Field(default=None, max_length=2000)
+
+
+class SubmitBatch(BatchOptions):
     """The JSON form of a bulk run (JSONL uploads carry the same fields as form fields)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str | None = Field(default=None, description="Batch-wide kind for lines that name none.")
     items: list[dict[str, Any]] = Field(description='Lines: {"custom_id", "kind"?, "input"}.')
-    priority: int = Field(default=BATCH_PRIORITY, ge=MIN_PRIORITY, le=MAX_BATCH_PRIORITY)
-    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
-    webhook_url: str | None = Field(default=None, max_length=2000)

@@ -6,100 +6,59 @@ row is committed (a failed publish leaves it ``queued`` for the reconciler).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from jobs import batches, metrics, store
-from jobs.errors import InvalidInput, MlqError
+from jobs.errors import Conflict, InvalidInput
 from jobs.ids import IdBuffer
-from jobs.kinds import KINDS
-from jobs.netfetch import check_url, fetch
-from jobs.tables import Batch
+from jobs.kinds import KINDS, Schema, binary_limit
+from jobs.modelsfile import ModelSpec
 from producer.batch_input import Parser
 from producer.deps import State
-from producer.inputs import NUL_MESSAGE, nul_at, stage_binaries
+from producer.errors import invalid, located
+from producer.inputs import binary_inputs, input_error, stage_binaries, unstorable
 from producer.intake import Submission
-from producer.schemas import SubmitJob
+from producer.netfetch import acheck_url
+from producer.schemas import BatchOptions, BatchView, SubmitJob
 
 
 def body_error(loc: tuple[Any, ...], msg: str) -> RequestValidationError:
-    return RequestValidationError([{"loc": ("body", *loc), "msg": msg, "type": "value_error"}])
+    return invalid(("body", *loc), msg)
 
 
-def check_webhook(url: str, *, state: State, loc: tuple[Any, ...]) -> None:
+async def check_webhook(url: str, *, state: State, loc: tuple[Any, ...]) -> None:
     """Refuse (422) a webhook URL that is not http(s) or reaches a non-public address."""
     try:
-        check_url(url, allow_hosts=state.settings.allow_hosts)
+        await acheck_url(url, allow_hosts=state.settings.allow_hosts)
     except InvalidInput as exc:
         raise body_error(loc, str(exc)) from None
 
 
-def download(state: State, url: str, max_bytes: int) -> tuple[bytes, str]:
-    """An input given by URL, fetched now (public addresses only); InvalidInput says why not."""
-    settings = state.settings
-    try:
-        answer = fetch(
-            url, max_bytes=max_bytes, timeout_s=settings.input_fetch_timeout_s, allow_hosts=settings.allow_hosts
-        )
-    except MlqError as exc:  # refused (unsafe address, too large) or failed (timeout, no such host)
-        raise InvalidInput(f"{exc.code}: {exc}") from None
-    if not 200 <= answer.status < 300:
-        raise InvalidInput(f"the URL answered HTTP {answer.status}; it must answer 200 with the file")
-    return answer.body, answer.headers.get("content-type", "application/octet-stream").split(";")[0]
-
-
-def prepare_job(
-    state: State,
-    body: SubmitJob,
-    *,
-    principal: store.Principal,
-    idempotency_key: str | None = None,
-    uploads: dict[str, tuple[bytes, str]] | None = None,
-) -> Submission:
-    """Validate a job and store its binary inputs; nothing is in PostgreSQL yet. Blocking only
-    when the job has files or a webhook (a download, a DNS lookup): see ``needs_thread``."""
+def validated(state: State, body: SubmitJob) -> tuple[ModelSpec, Schema]:
+    """The kind's model and the parsed input; a 422 naming the field otherwise. Pure CPU."""
     if body.kind not in KINDS:
         raise body_error(("kind",), f"unknown job kind {body.kind!r}; known kinds: {', '.join(sorted(KINDS))}")
     spec = state.models.spec(body.kind)
     if spec is None:
         raise body_error(("kind",), f"kind {body.kind!r} is not served here: the models file has no model for it")
     for name, value in (("input", body.input), ("metadata", body.metadata)):
-        if (loc := nul_at(value)) is not None:
-            raise body_error((name, *loc), NUL_MESSAGE)
+        if (found := unstorable(value)) is not None:
+            raise body_error((name, *found[0]), found[1])
     try:
         parsed = KINDS[body.kind].validate_input(body.input, limits=spec.limits)
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", "input", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
-    if body.webhook_url is not None:
-        check_webhook(body.webhook_url, state=state, loc=("webhook_url",))
-    stored_input, files = stage_binaries(
-        parsed, uploads=uploads or {}, limits=spec.limits, download=lambda url, limit: download(state, url, limit)
-    )
-    new = store.NewJob(
-        kind=body.kind,
-        model=spec.model,
-        profile=state.models.profile,
-        input=stored_input,
-        priority=body.priority,
-        metadata=body.metadata,
-        max_attempts=spec.max_attempts,
-        idempotency_key=idempotency_key,
-        webhook_url=body.webhook_url,
-    )
-    saved = [state.artifacts.put(job_id=new.id, name=f.name, data=f.data, content_type=f.content_type) for f in files]
-    return Submission(job=new, principal=principal, files=saved)
-
-
-def needs_thread(body: SubmitJob, *, uploads: dict[str, tuple[bytes, str]] | None = None) -> bool:
-    """Whether preparing ``body`` may block (files to write, a URL to fetch, a webhook host to
-    resolve); a plain JSON job is validated on the event loop, sparing a thread hop."""
-    return bool(uploads) or body.webhook_url is not None or any(isinstance(v, dict) for v in body.input.values())
+        raise located(exc, "body", "input") from None
+    return spec, parsed
 
 
 async def prepared(
@@ -110,13 +69,58 @@ async def prepared(
     idempotency_key: str | None = None,
     uploads: dict[str, tuple[bytes, str]] | None = None,
 ) -> Submission:
-    """``prepare_job`` on the event loop when it cannot block, else on a worker thread; then
+    """A job validated, its URL inputs downloaded (on the event loop) and its files stored (on a
+    worker thread, only when it has any); nothing is in PostgreSQL yet. Then
     ``state.intake.accept`` commits and publishes it with whatever else arrived meanwhile."""
-    if needs_thread(body, uploads=uploads):
-        return await run_in_threadpool(
-            prepare_job, state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads
-        )
-    return prepare_job(state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads)
+    spec, parsed = validated(state, body)
+    if body.webhook_url is not None:
+        await check_webhook(body.webhook_url, state=state, loc=("webhook_url",))
+    fetched = await downloaded(state, parsed, tenant_id=principal.tenant_id, limits=spec.limits)
+    new = store.NewJob(
+        kind=body.kind,
+        model=spec.model,
+        profile=state.models.profile,
+        input=parsed.model_dump(mode="json"),
+        priority=body.priority,
+        metadata=body.metadata,
+        max_attempts=spec.max_attempts,
+        idempotency_key=idempotency_key,
+        webhook_url=body.webhook_url,
+    )
+    if not (uploads or binary_inputs(parsed)):
+        return Submission(job=new, principal=principal)
+
+    def stage() -> Submission:
+        stored, files = stage_binaries(parsed, uploads=uploads or {}, fetched=fetched, limits=spec.limits)
+        job = replace(new, input=stored)
+        put = state.artifacts.put
+        saved = [put(job_id=job.id, name=f.name, data=f.data, content_type=f.content_type) for f in files]
+        return Submission(job=job, principal=principal, files=saved)
+
+    return await run_in_threadpool(stage)
+
+
+async def downloaded(
+    state: State, parsed: Schema, *, tenant_id: uuid.UUID, limits: dict[str, int]
+) -> dict[str, tuple[bytes, str]]:
+    """The input's fields given by URL, downloaded: field -> (bytes, content type)."""
+    max_bytes = binary_limit(limits, "max_input_bytes")
+    fetched: dict[str, tuple[bytes, str]] = {}
+    for field, value in binary_inputs(parsed):
+        if value.url is not None:
+            try:
+                fetched[field] = await state.downloads.get(value.url, tenant_id=tenant_id, max_bytes=max_bytes)
+            except InvalidInput as exc:
+                raise input_error((field, "url"), str(exc)) from None
+    return fetched
+
+
+def json_field(fields: dict[str, Any], name: str) -> Any:
+    """A multipart form field that holds JSON (``{}`` when absent); a 422 naming it otherwise."""
+    try:
+        return json.loads(fields.get(name) or "{}")
+    except json.JSONDecodeError as exc:
+        raise body_error((name,), f"form field is not JSON: {exc}") from None
 
 
 def accept_batch(
@@ -125,24 +129,50 @@ def accept_batch(
     parser: Parser,
     *,
     principal: store.Principal,
-    priority: int,
-    metadata: dict[str, Any],
-    webhook_url: str | None = None,
-) -> tuple[Batch, int]:
+    options: BatchOptions,
+    idempotency_key: str | None = None,
+) -> tuple[BatchView, bool]:
     """Validate and store a bulk run in one transaction: lines stream into COPY as they pass,
     and one bad line rolls everything back (BatchRefused). Then publish one message per chunk
-    of ids. Returns the batch and its size."""
+    of ids. Returns the batch as the API shows it (built before the commit: an answer that
+    fails stores nothing) and whether it is new: a reused ``idempotency_key`` with the same
+    lines and options returns the stored run, with others a Conflict."""
+    if idempotency_key is not None:
+        parser.digest = hashlib.sha256(options.model_dump_json().encode())
     with state.sessions.begin() as session:
         batch = batches.insert_batch(
-            session, tenant_id=principal.tenant_id, priority=priority, metadata=metadata, webhook_url=webhook_url
-        )
+            session, tenant_id=principal.tenant_id, priority=options.priority, metadata=options.metadata,
+            webhook_url=options.webhook_url, idempotency_key=idempotency_key,
+        )  # fmt: skip
+        if batch is None:
+            assert idempotency_key is not None
+            return replayed(session, parse, parser, tenant_id=principal.tenant_id, idempotency_key=idempotency_key)
         with batches.copy_jobs(session, batch=batch) as write:
             parser.sink = write
             ids = parse(parser)
         batch.total = sum(len(v) for v in ids.values())
         batch.kind = next(iter(ids)) if len(ids) == 1 else None
+        batch.request_sha256 = parser.digest.hexdigest() if parser.digest is not None else None
+        view = BatchView.of(batch, batches.Counts(total=batch.total, queued=batch.total))
     for kind, kind_ids in sorted(ids.items()):
         metrics.JOBS_SUBMITTED.labels(kind, principal.tenant_name).inc(len(kind_ids))
         size = state.models.kinds[kind].batch_chunk_size
-        state.publisher.publish_chunks(kind=kind, chunks=kind_ids.chunks(size), priority=priority)
-    return batch, batch.total
+        state.publisher.publish_chunks(kind=kind, chunks=kind_ids.chunks(size), priority=options.priority)
+    return view, True
+
+
+def replayed(
+    session: Session,
+    parse: Callable[[Parser], dict[str, IdBuffer]],
+    parser: Parser,
+    *,
+    tenant_id: uuid.UUID,
+    idempotency_key: str,
+) -> tuple[BatchView, bool]:
+    """The run stored earlier under ``idempotency_key``, when this one has the same lines and options."""
+    earlier = batches.get_batch_by_key(session, tenant_id=tenant_id, idempotency_key=idempotency_key)
+    assert earlier is not None and parser.digest is not None  # the INSERT conflicted on this key
+    parse(parser)  # validated and digested only: nothing is written
+    if parser.digest.hexdigest() != earlier.request_sha256:
+        raise Conflict(f"Idempotency-Key {idempotency_key!r} was already used for a different bulk run ({earlier.id})")
+    return BatchView.of(earlier, batches.counts(session, batch_ids=[earlier.id])[earlier.id]), False

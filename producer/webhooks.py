@@ -20,13 +20,14 @@ import threading
 import time
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import batches, metrics, store, webhooks
 from jobs.errors import MlqError
-from jobs.netfetch import fetch
 from jobs.settings import Settings
 from jobs.tables import Tenant
+from producer.netfetch import fetch
 from producer.schemas import BatchView, JobView
 
 log = logging.getLogger("mlq.webhooks")
@@ -94,9 +95,18 @@ class Dispatcher:
         return json.dumps({"delivery_id": str(delivery.id), **payload}, ensure_ascii=False).encode()
 
     def deliver(self, delivery: webhooks.Due) -> None:
-        with self.sessions() as session:
-            body = self.body(session, delivery)
-            secret = session.execute(select(Tenant.webhook_secret).where(Tenant.id == delivery.tenant_id)).scalar_one()
+        try:
+            with self.sessions() as session:
+                body = self.body(session, delivery)
+                secret = session.execute(
+                    select(Tenant.webhook_secret).where(Tenant.id == delivery.tenant_id)
+                ).scalar_one()
+        except DBAPIError:
+            raise  # the database is away: the round fails, and the claim's lease brings the delivery back
+        except Exception as exc:  # the job or batch cannot be shown: retrying cannot help
+            log.exception("webhook %s: its body cannot be built; marked failed", delivery.id)
+            self.record(delivery, code=None, error=f"the body cannot be built: {type(exc).__name__}", final=True)
+            return
         code, error = None, None
         try:
             answer = fetch(
@@ -116,9 +126,13 @@ class Dispatcher:
             code = answer.status
         except MlqError as exc:
             error = f"{exc.code}: {exc}"[:500]
+        self.record(delivery, code=code, error=error, final=delivery.attempt >= self.settings.webhook_max_attempts)
+
+    def record(self, delivery: webhooks.Due, *, code: int | None, error: str | None, final: bool) -> None:
+        """One attempt's outcome: delivered, retried with backoff, or (``final``) failed for good."""
         delivered = code is not None and 200 <= code < 300
         retry_in_s = None
-        if not delivered and delivery.attempt < self.settings.webhook_max_attempts:
+        if not delivered and not final:
             retry_in_s = min(3600.0, self.settings.webhook_retry_base_s * 2 ** (delivery.attempt - 1))
             retry_in_s *= random.uniform(0.5, 1.5)
         with self.sessions.begin() as session:

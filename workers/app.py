@@ -56,6 +56,12 @@ def create_app() -> Celery:
 def _register(app: Celery, kind: str) -> None:
     @app.task(name=task_name(kind), bind=True, max_retries=None)
     def run_jobs(self: Task, job_ids: list[str]) -> dict[str, int]:
+        if kind not in served_kinds():
+            # A message on the wrong queue (sent by hand, or a routing mistake): this worker has
+            # no model for the kind and loads none. Its jobs stay queued for their own workers;
+            # the reconciler publishes them again to their kind's queue.
+            log.warning("jobs %s: a %s message reached a worker serving %s; left queued", job_ids, kind, served_kinds())
+            return {"claimed": 0, "succeeded": 0, "failed": 0}
         try:
             report = runner().run(kind=kind, job_ids=job_ids)
         except Exception as exc:
@@ -65,6 +71,12 @@ def _register(app: Celery, kind: str) -> None:
             log.warning("jobs %s: database unavailable (%s); retrying in %.1fs", job_ids, exc, delay_s)
             raise self.retry(countdown=delay_s) from exc
         return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed}
+
+
+def served_kinds() -> frozenset[str]:
+    """The kinds this worker was started for (``mlq worker --kinds``); every kind when not set."""
+    named = frozenset(filter(None, os.environ.get(KINDS_ENV, "").split(",")))
+    return named or frozenset(KINDS)
 
 
 def runner() -> Runner:

@@ -150,6 +150,7 @@ def flower(
         )
     from celery.bin.celery import celery
 
+    guard_flower()
     settings = get_settings()
     settings.require_redis_url()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +168,16 @@ def flower(
         ],
         prog_name="mlq flower",
     )
+
+
+def guard_flower() -> None:
+    """Flower serves ``/metrics`` and ``/healthcheck`` without credentials, and both name the
+    workers: put them behind the same basic auth as every other page."""
+    from flower.views import monitor
+    from tornado import web
+
+    for handler in (monitor.Metrics, monitor.Healthcheck):
+        handler.get = web.authenticated(handler.get)
 
 
 @models_cli.command("fetch")

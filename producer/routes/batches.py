@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any, BinaryIO, cast
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from jobs import batches
@@ -21,8 +20,10 @@ from jobs.queues import BATCH_PRIORITY, MAX_BATCH_PRIORITY
 from jobs.status import JobStatus
 from producer.batch_input import BatchRefused, Parser, parse_jsonl, parse_list
 from producer.deps import ReaderDep, State, StateDep, SubmitterDep
-from producer.schemas import BatchPage, BatchView, SubmitBatch
-from producer.submit import accept_batch, check_webhook
+from producer.errors import MSG_CHARS, Invalid, cut, invalid, located, responses, safe_loc
+from producer.inputs import unstorable
+from producer.schemas import BatchOptions, BatchPage, BatchView, SubmitBatch
+from producer.submit import accept_batch, check_webhook, json_field
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -53,118 +54,138 @@ UPLOAD_DOC: dict[str, Any] = {
 }
 
 
+class LineErrorView(BaseModel):
+    line: int
+    custom_id: str | None
+    loc: list[str | int]
+    msg: str
+
+
+class RefusalDetail(BaseModel):
+    message: str
+    errors: list[LineErrorView]
+
+
+class BatchRefusal(BaseModel):
+    """422 for bulk runs whose lines break a rule: the first bad lines, and nothing stored."""
+
+    detail: RefusalDetail
+
+
+REFUSED_DOC = {
+    "model": Invalid | BatchRefusal,
+    "description": "Bad lines (by line number and custom_id) or bad options; nothing was stored.",
+}
+
+
 def refused(exc: BatchRefused) -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        {"message": exc.message, "errors": [e.__dict__ for e in exc.errors]},
-    )
+    errors = [{**e.__dict__, "loc": safe_loc(e.loc), "msg": cut(e.msg, MSG_CHARS)} for e in exc.errors]
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"message": exc.message, "errors": errors})
 
 
-async def read_body(request: Request, *, max_bytes: int) -> BinaryIO:
+async def read_body(request: Request) -> BinaryIO:
     """The body, spooled: kept in memory up to 1 MiB, then on disk, so a large bulk run does
-    not sit in the API's memory while it is validated."""
+    not sit in the API's memory while it is validated (the gate bounds its size)."""
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # noqa: SIM115  # closed by the caller
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            spool.close()
-            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the batch is over batch_max_bytes={max_bytes}")
-        spool.write(chunk)
+    try:
+        async for chunk in request.stream():
+            spool.write(chunk)
+    except BaseException:
+        spool.close()
+        raise
     spool.seek(0)
     return cast(BinaryIO, spool)
 
 
-def form_options(fields: dict[str, Any]) -> dict[str, Any]:
+def options_of(given: dict[str, Any]) -> BatchOptions:
+    """The bulk run's options, checked as the JSON form's are (a 422 naming the field)."""
     try:
-        metadata = json.loads(fields.get("metadata") or "{}")
-        return {
-            "kind": fields.get("kind") or None,
-            "priority": int(fields.get("priority", BATCH_PRIORITY)),
-            "metadata": metadata,
-            "webhook_url": fields.get("webhook_url") or None,
-        }
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise RequestValidationError(
-            [{"loc": ("body",), "msg": f"bad form field: {exc}", "type": "value_error"}]
-        ) from None
+        options = BatchOptions.model_validate(given)
+    except ValidationError as exc:
+        raise located(exc, "body") from None
+    if (found := unstorable(options.metadata)) is not None:
+        raise invalid(("body", "metadata", *found[0]), found[1])
+    return options
 
 
-async def parse_request(request: Request, state: State, kind: str | None, priority: int) -> tuple[Any, dict[str, Any]]:
-    """The validated items and the batch options, from any of the three body forms."""
-    settings = state.settings
+async def parse_request(request: Request, state: State, query: dict[str, Any]) -> tuple[Any, BatchOptions]:
+    """The items (a JSON list, or a JSONL stream) and the options, from any of the three body forms."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    options: dict[str, Any] = {"kind": kind, "priority": priority, "metadata": {}, "webhook_url": None}
     if content_type == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=8)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "send the JSONL as a file part named 'file'")
-        if (upload.size or 0) > settings.batch_max_bytes:
-            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"over batch_max_bytes={settings.batch_max_bytes}")
-        options.update(form_options({k: v for k, v in form.items() if isinstance(v, str)}))
+            raise invalid(("body", "file"), "send the JSONL as a file part named 'file'")
+        fields = {k: v for k, v in form.items() if isinstance(v, str) and k != "file"}
+        metadata = json_field(fields, "metadata") if "metadata" in fields else {}
+        options = options_of({**query, **fields, "metadata": metadata})
         source: Any = ("jsonl", upload.file)
     elif content_type == "application/json":
         try:
-            with await read_body(request, max_bytes=settings.batch_max_bytes) as spooled:
+            with await read_body(request) as spooled:
                 body = SubmitBatch.model_validate_json(spooled.read())
         except ValidationError as exc:
+            # without the offending input: it may be bytes that are not UTF-8 (and it can be large)
             raise RequestValidationError(
-                # without the offending input: it may be bytes that are not UTF-8 (and it can be large)
                 [{**e, "loc": ("body", *e["loc"]), "input": None} for e in exc.errors(include_url=False)]
             ) from None
-        options.update(body.model_dump(exclude={"items"}))
+        options = options_of({**query, **body.model_dump(exclude={"items"}, exclude_unset=True)})
         source = ("list", body.items)
     elif content_type in JSONL_TYPES or not content_type:
-        source = ("jsonl", await read_body(request, max_bytes=settings.batch_max_bytes))
+        options = options_of(query)
+        source = ("jsonl", await read_body(request))
     else:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send JSONL, a JSON object or a multipart file")
-    if not 0 <= options["priority"] <= MAX_BATCH_PRIORITY:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"batch priority must be 0..{MAX_BATCH_PRIORITY}: bulk runs stay below single jobs",
-        )
-    if options["webhook_url"] is not None:
-        await run_in_threadpool(check_webhook, options["webhook_url"], state=state, loc=("webhook_url",))
+    if options.webhook_url is not None:
+        await check_webhook(options.webhook_url, state=state, loc=("webhook_url",))
     return source, options
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=BatchView, openapi_extra=UPLOAD_DOC)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BatchView,
+    openapi_extra=UPLOAD_DOC,
+    responses=responses(401, 403, 409, 413, 415, 429, 503) | {422: REFUSED_DOC},
+)
 async def create_batch(
     request: Request,
     state: StateDep,
     principal: SubmitterDep,
-    kind: Annotated[str | None, Query(description="Batch-wide kind for lines that name none.")] = None,
+    response: Response,
+    kind: Annotated[str | None, Query(max_length=64, description="Batch-wide kind for lines that name none.")] = None,
     priority: Annotated[int, Query(ge=0, le=MAX_BATCH_PRIORITY)] = BATCH_PRIORITY,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> BatchView:
     """Accept a bulk run: every line is validated first; one bad line refuses the batch (422,
     with line numbers) and nothing is stored. Accepted items are stored with COPY and
-    published in chunks at a priority below single jobs."""
-    (form, payload), options = await parse_request(request, state, kind, priority)
+    published in chunks at a priority below single jobs. With an ``Idempotency-Key``, sending
+    the same run again returns the stored one (``Idempotent-Replayed: true``), never a second."""
+    query = {"priority": priority} | ({"kind": kind} if kind is not None else {})
+    (form, payload), options = await parse_request(request, state, query)
     parser = Parser(
         models=state.models,
-        default_kind=options["kind"],
+        default_kind=options.kind,
         max_lines=state.settings.batch_max_lines,
         max_errors=state.settings.batch_max_errors,
     )
 
-    def accept() -> BatchView:
-        def parse(p: Parser) -> dict[str, IdBuffer]:
-            return parse_list(payload, p) if form == "list" else parse_jsonl(payload, p)
-
-        batch, total = accept_batch(
-            state, parse, parser, principal=principal, priority=options["priority"], metadata=options["metadata"],
-            webhook_url=options["webhook_url"],
-        )  # fmt: skip
-        return BatchView.of(batch, batches.Counts(total=total, queued=total))
+    def parse(p: Parser) -> dict[str, IdBuffer]:
+        return parse_list(payload, p) if form == "list" else parse_jsonl(payload, p)
 
     try:
-        return await run_in_threadpool(accept)
+        view, created = await run_in_threadpool(
+            accept_batch, state, parse, parser, principal=principal, options=options, idempotency_key=idempotency_key
+        )
     except BatchRefused as exc:
         raise refused(exc) from None
     finally:
         if form == "jsonl":
             payload.close()  # the spooled body (or the upload's own spool)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    return view
 
 
 def view(state: State, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> BatchView:
@@ -189,7 +210,7 @@ def list_batches(
         try:
             rows, next_cursor = batches.list_batches(session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor)
         except ValueError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+            raise invalid(("query", "cursor"), str(exc)) from None
         tallies = batches.counts(session, batch_ids=[b.id for b in rows])
         return BatchPage(data=[BatchView.of(b, tallies[b.id]) for b in rows], next_cursor=next_cursor)
 
@@ -216,9 +237,10 @@ def batch_results(
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-@router.post("/{batch_id}/cancel", response_model=BatchView)
+@router.post("/{batch_id}/cancel", response_model=BatchView, responses=responses(401, 403, 404, 409, 503))
 def cancel_batch(batch_id: uuid.UUID, state: StateDep, principal: SubmitterDep) -> BatchView:
-    """Queued items are cancelled at once; running ones end cancelled; finished results stay."""
+    """Queued items are cancelled at once; running ones end cancelled; finished results stay.
+    A run that had finished before the cancel is a 409: it stays as it ended."""
     with state.sessions.begin() as session:
         if batches.cancel_batch(session, tenant_id=principal.tenant_id, batch_id=batch_id) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)

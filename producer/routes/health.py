@@ -14,7 +14,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    """On the event loop, never on the worker threads: it answers while they are all busy."""
     return {"status": "ok"}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from typing import Annotated, Any
@@ -20,8 +19,9 @@ from jobs.queues import DEFAULT_PRIORITY
 from jobs.status import TERMINAL, JobStatus
 from jobs.store import Principal
 from producer.deps import ReaderDep, SessionDep, State, StateDep, SubmitterDep
+from producer.errors import invalid
 from producer.schemas import JobPage, JobView, SubmitJob
-from producer.submit import body_error, prepared
+from producer.submit import body_error, json_field, prepared
 
 MAX_UPLOAD_FILES = 4  # binary input fields per job
 
@@ -46,13 +46,13 @@ async def submit_job(
     Binary inputs (audio, images) go inline as ``{"base64": ...}`` or through ``/v1/jobs/upload``.
     With ``?wait=S`` the answer comes when the job finishes (or after S seconds): submit and
     result in one round trip."""
-    check_wait(state, wait)
+    check_wait(state, wait, principal=principal)
     submission = await prepared(state, body, principal=principal, idempotency_key=idempotency_key)
     if wait <= 0:
         job, created = await state.intake.accept(submission)
         if not created:
             response.headers["Idempotent-Replayed"] = "true"
-        return JobView.of(job)
+        return seen_by(principal, job)
     deadline = time.monotonic() + wait
     # Subscribed before the job is published, so its wake-up cannot be missed and a new job
     # needs no read until it is woken: one row read per answer.
@@ -86,47 +86,48 @@ async def upload_job(
             uploads[name] = (await value.read(), value.content_type or "application/octet-stream")
         else:
             fields[name] = value
-    try:
-        raw_input = json.loads(fields.get("input") or "{}")
-        metadata = json.loads(fields.get("metadata") or "{}")
-    except json.JSONDecodeError as exc:
-        raise body_error(("input",), f"form field is not JSON: {exc}") from None
+    raw_input = json_field(fields, "input")
     if not isinstance(raw_input, dict):
         raise body_error(("input",), "form field input must be a JSON object")
     try:
-        body = SubmitJob(
-            kind=fields.get("kind", ""),
-            input={**raw_input, **{name: {"artifact": name} for name in uploads}},
-            priority=int(fields.get("priority", DEFAULT_PRIORITY)),
-            metadata=metadata,
-        )
-    except (ValidationError, ValueError) as exc:
-        errors = (
-            exc.errors(include_url=False)
-            if isinstance(exc, ValidationError)
-            else [{"loc": ("priority",), "msg": str(exc), "type": "value_error"}]
-        )
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+        body = SubmitJob.model_validate({
+            "kind": fields.get("kind", ""),
+            "input": {**raw_input, **{name: {"artifact": name} for name in uploads}},
+            "priority": fields.get("priority", DEFAULT_PRIORITY),
+            "metadata": json_field(fields, "metadata"),
+        })  # fmt: skip
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
     submission = await prepared(state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads)
     job, created = await state.intake.accept(submission)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return JobView.of(job)
+    return seen_by(principal, job)
+
+
+def seen_by(principal: Principal, job: store.JobRow) -> JobView:
+    """The job as this key may see it: without the read scope, not its output, error or history
+    (a replayed Idempotency-Key names a job the key may not read)."""
+    view = JobView.of(job)
+    if "read" in principal.scopes:
+        return view
+    return view.model_copy(update={"output": None, "error": None, "history": []})
 
 
 @router.get("/{job_id}", response_model=JobView)
 async def get_job(job_id: uuid.UUID, state: StateDep, principal: ReaderDep, wait: WaitQuery = 0) -> JobView:
     """Read a job; with ``?wait=S``, answer as soon as it finishes or after S seconds."""
-    check_wait(state, wait)
+    check_wait(state, wait, principal=principal)
     return await wait_for(state, principal, job_id, wait_s=wait)
 
 
-def check_wait(state: State, wait: float) -> None:
+def check_wait(state: State, wait: float, *, principal: Principal) -> None:
     if wait > state.settings.max_wait_s:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"wait={wait} is over the limit max_wait_s={state.settings.max_wait_s}",
-        )
+        raise invalid(("query", "wait"), f"wait={wait} is over the limit max_wait_s={state.settings.max_wait_s}")
+    if wait > 0 and "read" not in principal.scopes:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "waiting for a job's result needs the 'read' scope")
 
 
 async def wait_for(state: State, principal: Principal, job_id: uuid.UUID, *, wait_s: float) -> JobView:
@@ -164,16 +165,13 @@ def list_jobs(
 ) -> JobPage:
     """The tenant's jobs, newest first, a page at a time."""
     if limit > state.settings.page_size_max:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"limit={limit} is over page_size_max={state.settings.page_size_max}",
-        )
+        raise invalid(("query", "limit"), f"limit={limit} is over page_size_max={state.settings.page_size_max}")
     try:
         jobs, next_cursor = store.list_jobs(
             session, tenant_id=principal.tenant_id, status=status_, kind=kind, limit=limit, cursor=cursor
         )
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        raise invalid(("query", "cursor"), str(exc)) from None
     return JobPage(data=[JobView.of(j) for j in jobs], next_cursor=next_cursor)
 
 

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from jobs import batches, metrics, ops
 from producer.deps import AdminDep, State, StateDep
 from producer.live import Live
+from producer.routes.artifacts import artifact_response
 from producer.schemas import BatchView, JobView
 
 router = APIRouter(tags=["operations"])
@@ -128,4 +129,4 @@ def ops_artifact(job_id: uuid.UUID, name: str, state: StateDep, principal: Admin
         found = ops.any_artifact(session, job_id=job_id, name=name)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such artifact")
-    return Response(state.artifacts.open(found.uri), media_type=found.content_type)
+    return artifact_response(state.artifacts.open(found.uri), content_type=found.content_type, name=name)

@@ -71,6 +71,9 @@ def test_flower_refuses_to_start_without_credentials_and_answers_401_without_the
                 time.sleep(0.2)
         assert answer.status_code == 401
         assert httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=5).status_code == 401
+        for path in ("/metrics", "/healthcheck"):  # Flower's own answer these to anyone; they name workers
+            assert httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).status_code == 401, path
+            assert httpx.get(f"http://127.0.0.1:{port}{path}", auth=("ops", "s3cret"), timeout=5).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/", auth=("ops", "s3cret"), timeout=5).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/", auth=("ops", "wrong"), timeout=5).status_code == 401
     finally:

@@ -1,4 +1,4 @@
-"""jobs.netfetch: hostile URLs are refused before any connection; allowed ones are fetched within limits.
+"""producer.netfetch: hostile URLs are refused before any connection; allowed ones are fetched within limits.
 
 Real sockets only on 127.0.0.1. An autouse guard fails any test that tries to
 connect anywhere else, and name resolution is faked (numeric hosts and
@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from jobs.errors import InvalidInput, PermanentError, RetryableError
-from jobs.netfetch import FetchFailed, ResponseRefused, UnsafeUrl, check_url, fetch
+from producer.netfetch import FetchFailed, ResponseRefused, UnsafeUrl, check_url, fetch
 
 LOOPBACK = "127.0.0.1"
 RELEASE_S = 5.0  # longest a stalling handler holds on; tests release it at teardown

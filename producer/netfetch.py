@@ -1,9 +1,11 @@
 """Fetch an HTTP(S) URL that a user gave us, treating it as hostile.
 
-Job inputs given by URL (images, audio) and webhook deliveries go through
-:func:`fetch`. The API calls :func:`check_url` at submission, to refuse a bad
-URL with a 422 before anything is stored; :func:`fetch` checks again anyway,
-since the name may resolve elsewhere by the time a worker runs the job.
+Job inputs given by URL (images, audio) are downloaded by the API at submission
+with :func:`afetch`, on the event loop: a slow server holds no thread. Webhook
+deliveries go through :func:`fetch` (the same, run to completion on a thread of
+the dispatcher's). A webhook URL is checked with :func:`acheck_url` at
+submission, to refuse a bad one with a 422 before anything is stored, and again
+at every delivery, since the name may resolve elsewhere by then.
 
 Refused with :class:`UnsafeUrl` (permanent), before any connection:
 
@@ -41,12 +43,12 @@ another name that shares its address.
 Limits of the approach: the client ignores the environment (``trust_env=False``):
 a proxy would resolve the name itself and undo the pinning, so proxies are not
 supported, and neither is ``.netrc``. Only the first address is tried, with no
-fallback to the next when it does not answer. Name resolution is bounded by the
-system resolver's own timeout (``resolv.conf``), not by ``timeout_s``.
+fallback to the next when it does not answer. Name resolution runs on the event
+loop's executor; the deadline stops the wait for it.
 
 Limits on the exchange: ``timeout_s`` bounds each connect, write and read;
-``deadline_s`` bounds the whole fetch, redirects included (checked between
-reads, so it may be overrun by at most one ``timeout_s``); ``max_bytes`` is
+``deadline_s`` bounds the whole fetch, name resolution and redirects included;
+``max_bytes`` is
 checked on a declared Content-Length before reading and on the bytes read while
 streaming. Requests ask for ``Accept-Encoding: identity`` and an answer
 compressed anyway is refused (:class:`ResponseRefused`): nothing is ever
@@ -57,14 +59,15 @@ decompressed. Network failures, timeouts and the deadline are
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import ssl
-import time
-from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Collection, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import httpx
 
@@ -154,15 +157,25 @@ class _Request:
 
 
 def check_url(url: str, *, allow_hosts: Collection[str] = ()) -> list[IPAddress]:
+    """:func:`acheck_url`, for code that runs no event loop."""
+    return asyncio.run(acheck_url(url, allow_hosts=allow_hosts))
+
+
+async def acheck_url(url: str, *, allow_hosts: Collection[str] = ()) -> list[IPAddress]:
     """Resolve the host of ``url`` once and return its addresses, every one of them safe to fetch.
 
     Raises :class:`UnsafeUrl` for a refused URL or a name that does not exist, and
     :class:`FetchFailed` when name resolution fails for now. Makes no connection.
     """
-    return list(_check(_parse(url), _Allow.parse(allow_hosts)).addresses)
+    return list((await _check(_parse(url), _Allow.parse(allow_hosts))).addresses)
 
 
-def fetch(
+def fetch(url: str, **options: Any) -> Fetched:
+    """:func:`afetch`, for code that runs no event loop (the webhook dispatcher's thread)."""
+    return asyncio.run(afetch(url, **options))
+
+
+async def afetch(
     url: str,
     *,
     max_bytes: int,
@@ -177,20 +190,40 @@ def fetch(
 ) -> Fetched:
     """Fetch ``url``, following at most ``max_redirects`` redirects, each checked like the first URL.
 
-    ``deadline_s`` defaults to ``DEADLINE_TIMEOUTS * timeout_s``; ``ssl_context``
-    to the trust store httpx uses (certifi), pass one to trust an internal CA.
+    ``deadline_s`` (default ``DEADLINE_TIMEOUTS * timeout_s``) bounds the whole of it; ``ssl_context``
+    defaults to the trust store httpx uses (certifi), pass one to trust an internal CA.
     """
     if max_bytes < 0 or timeout_s <= 0 or max_redirects < 0 or (deadline_s is not None and deadline_s <= 0):
         raise ValueError("fetch needs max_bytes >= 0, timeout_s > 0, deadline_s > 0 and max_redirects >= 0")
     allow = _Allow.parse(allow_hosts)
     request = _Request(method=_method(method), body=body, headers=_caller_headers(headers))
-    deadline = time.monotonic() + (deadline_s if deadline_s is not None else DEADLINE_TIMEOUTS * timeout_s)
-    target = _check(_parse(url), allow)
+    budget_s = deadline_s if deadline_s is not None else DEADLINE_TIMEOUTS * timeout_s
+    try:
+        async with asyncio.timeout(budget_s):
+            return await _hops(url, request, allow, max_bytes=max_bytes, timeout_s=timeout_s,
+                               max_redirects=max_redirects, ssl_context=ssl_context)  # fmt: skip
+    except TimeoutError:
+        raise FetchFailed(
+            f"fetching {_show(url)} took longer than its {budget_s:.3g}s deadline; try again later"
+        ) from None
+
+
+async def _hops(
+    url: str,
+    request: _Request,
+    allow: _Allow,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    max_redirects: int,
+    ssl_context: ssl.SSLContext | None,
+) -> Fetched:
+    target = await _check(_parse(url), allow)
     for hop in range(max_redirects + 1):
-        with _exchange(target, request, timeout_s=timeout_s, deadline=deadline, ssl_context=ssl_context) as response:
+        async with _exchange(target, request, timeout_s=timeout_s, ssl_context=ssl_context) as response:
             location = response.headers.get("location") if response.status_code in REDIRECTS else None
             if location is None:
-                data = _read(response, url=target.url, max_bytes=max_bytes, deadline=deadline)
+                data = await _read(response, url=target.url, max_bytes=max_bytes)
                 return Fetched(
                     status=response.status_code,
                     headers=dict(response.headers.items()),
@@ -203,7 +236,7 @@ def fetch(
         next_url = _follow(target.url, location)
         cross_origin = _origin(next_url) != _origin(target.url)
         request = _redirected(request, status=response.status_code, cross_origin=cross_origin)
-        target = _check(next_url, allow)
+        target = await _check(next_url, allow)
     raise UnsafeUrl(f"{_show(url)} redirects more than {max_redirects} times; give the final URL instead")
 
 
@@ -227,10 +260,10 @@ def _parse(url: str | httpx.URL) -> httpx.URL:
     return parsed.copy_with(fragment=None)
 
 
-def _check(url: httpx.URL, allow: _Allow) -> _Target:
+async def _check(url: httpx.URL, allow: _Allow) -> _Target:
     host = _normal_host(url.raw_host.decode("ascii"))
     port = url.port or (443 if url.scheme == "https" else 80)
-    addresses = _resolve(host, port)
+    addresses = await _resolve(host, port)
     named = host in allow.names
     for ip in addresses:
         reason = _refusal(ip, allow, named=named)
@@ -240,12 +273,12 @@ def _check(url: httpx.URL, allow: _Allow) -> _Target:
     return _Target(url=url, host=host, addresses=addresses)
 
 
-def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
+async def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
     literal = _ip_literal(host)
     if literal is not None:
         return (_unmapped(literal),)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except UnicodeError:
         raise UnsafeUrl(f"{host!r} is not a valid host name") from None
     except socket.gaierror as exc:
@@ -321,20 +354,19 @@ def _normal_host(host: str) -> str:
     return host.strip().lower().rstrip(".")
 
 
-@contextmanager
-def _exchange(
-    target: _Target, request: _Request, *, timeout_s: float, deadline: float, ssl_context: ssl.SSLContext | None
-) -> Iterator[httpx.Response]:
+@asynccontextmanager
+async def _exchange(
+    target: _Target, request: _Request, *, timeout_s: float, ssl_context: ssl.SSLContext | None
+) -> AsyncIterator[httpx.Response]:
     """Send ``request`` to the first checked address of ``target``; the response streams, unread."""
-    timeout = min(timeout_s, _remaining(deadline, target.url))
     address = target.addresses[0]
     headers = httpx.Headers({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
     headers.update(request.headers)
     headers["Host"] = _host_header(target)
     extensions = {} if _ip_literal(target.host) else {"sni_hostname": target.host}
     try:
-        with httpx.Client(
-            trust_env=False, timeout=timeout, verify=ssl_context or _default_tls(), follow_redirects=False
+        async with httpx.AsyncClient(
+            trust_env=False, timeout=timeout_s, verify=ssl_context or _default_tls(), follow_redirects=False
         ) as client:
             pinned = client.build_request(
                 request.method,
@@ -343,10 +375,13 @@ def _exchange(
                 content=request.body,
                 extensions=extensions,
             )
-            with _sent(client, pinned) as response:
+            response = await client.send(pinned, stream=True)
+            try:
                 yield response
+            finally:
+                await response.aclose()
     except httpx.TimeoutException:
-        raise FetchFailed(f"{_show(target.url)} did not answer within {timeout:.3g}s; try again later") from None
+        raise FetchFailed(f"{_show(target.url)} did not answer within {timeout_s:.3g}s; try again later") from None
     except httpx.HTTPError as exc:
         raise FetchFailed(f"could not fetch {_show(target.url)} ({type(exc).__name__}: {exc})") from None
 
@@ -357,16 +392,7 @@ def _default_tls() -> ssl.SSLContext:
     return httpx.create_ssl_context(trust_env=False)
 
 
-@contextmanager
-def _sent(client: httpx.Client, request: httpx.Request) -> Iterator[httpx.Response]:
-    response = client.send(request, stream=True)
-    try:
-        yield response
-    finally:
-        response.close()
-
-
-def _read(response: httpx.Response, *, url: httpx.URL, max_bytes: int, deadline: float) -> bytes:
+async def _read(response: httpx.Response, *, url: httpx.URL, max_bytes: int) -> bytes:
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise ResponseRefused(f"{_show(url)} answered with a {encoding!r}-encoded body though none was asked for")
@@ -375,11 +401,10 @@ def _read(response: httpx.Response, *, url: httpx.URL, max_bytes: int, deadline:
         raise ResponseRefused(f"{_show(url)} declares {int(declared)} bytes, over the limit of {max_bytes}")
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_raw():
+    async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > max_bytes:
             raise ResponseRefused(f"{_show(url)} sent more than the limit of {max_bytes} bytes")
-        _remaining(deadline, url)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -413,13 +438,6 @@ def _origin(url: httpx.URL) -> tuple[str, bytes, int | None]:
 def _host_header(target: _Target) -> str:
     host = f"[{target.host}]" if ":" in target.host else target.host
     return host if target.url.port is None else f"{host}:{target.url.port}"
-
-
-def _remaining(deadline: float, url: httpx.URL) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise FetchFailed(f"fetching {_show(url)} took longer than its deadline; try again later")
-    return left
 
 
 def _method(method: str) -> str:
