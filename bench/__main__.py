@@ -1,12 +1,17 @@
-"""`python -m bench [latency|throughput|batch] [args…]`."""
+"""`python -m bench [latency|throughput|batch|hostile] [args…]`."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import batch_accept, latency, throughput
+from bench import batch_accept, hostile, latency, throughput
 
-BENCHMARKS = {"latency": latency.main, "throughput": throughput.main, "batch": batch_accept.main}
+BENCHMARKS = {
+    "latency": latency.main,
+    "throughput": throughput.main,
+    "batch": batch_accept.main,
+    "hostile": hostile.main,
+}
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "latency"

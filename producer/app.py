@@ -19,6 +19,7 @@ from producer.downloads import Downloads
 from producer.gate import Gate
 from producer.intake import Intake
 from producer.live import Live
+from producer.openapi import with_deployment_limits
 from producer.publish import Publisher
 from producer.ratelimit import RateLimiter
 from producer.routes import artifacts, batches, health, jobs, models, ops
@@ -88,6 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(ops.router)
 
+    app.openapi = with_deployment_limits(  # type: ignore[method-assign]
+        app, settings=settings, kinds=sorted(load_models_file(settings.models).kinds)
+    )
     app.add_middleware(Gate, settings=settings)
     errors.install(app)
     return app

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, InternalError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from jobs.errors import Conflict
 
@@ -128,9 +129,12 @@ class Refusal(BaseModel):
     detail: str
 
 
+# The refusals each sort of operation may answer, for ``responses=``: every /v1 operation may
+# answer 401 (key), 403 (scope), 422 (a parameter) and 503 (PostgreSQL away).
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The documented error answers of an operation (FastAPI's ``responses=``)."""
     described = {
+        400: "The body cannot be read: it is not UTF-8 JSON.",
         401: "No API key, or one that is unknown or revoked.",
         403: "The key lacks the scope this operation needs.",
         404: "No such resource for this tenant (another tenant's is not revealed).",
@@ -141,7 +145,8 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         429: "Over a limit of this tenant; retry after Retry-After seconds.",
         503: "PostgreSQL is unavailable; nothing was accepted; retry after Retry-After seconds.",
     }
-    return {code: {"model": Invalid if code == 422 else Refusal, "description": described[code]} for code in codes}
+    every = sorted({401, 403, 422, 503, *codes})
+    return {code: {"model": Invalid if code == 422 else Refusal, "description": described[code]} for code in every}
 
 
 # --- handlers ------------------------------------------------------------------------------
@@ -156,7 +161,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return SafeJSONResponse(error_body(exc.detail), status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:  # every method of the path, not one route's
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
+        return SafeJSONResponse(error_body(exc.detail), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Conflict)
     async def conflict(request: Request, exc: Conflict) -> JSONResponse:
@@ -166,6 +174,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(psycopg.Error)
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
         return database_answer(request, exc)
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods some route of ``app`` answers at ``path``."""
+    found = {m for r in app.routes if isinstance(r, Route) and r.path_regex.match(path) for m in r.methods or ()}
+    return sorted(found)
 
 
 def database_answer(request: Request, exc: Exception) -> SafeJSONResponse:

@@ -8,8 +8,8 @@
   (``max_request_bytes``; ``batch_max_bytes`` for bulk runs) reading stops with a 413. A
   declared Content-Length over the limit is refused before anything is read.
 - **Every answer says ``X-Content-Type-Options: nosniff``.**
-- **No NUL in the path or the query.** No such value can be stored or matched: a 422 names
-  the parameter, where PostgreSQL would otherwise refuse it mid-request.
+- **No NUL in the path or the query** of ``/v1/``. No such value can be stored or matched: a
+  422 names the parameter, where PostgreSQL would otherwise refuse it mid-request.
 
 A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs every request a task and
 a stream wrapper.
@@ -61,6 +61,10 @@ class Gate:
                 refusal.headers.update(CLOSE)
             await refusal(scope, receive, send)
             return
+        await self.counted(scope, receive, send)
+
+    async def counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app, reading a body counted as it arrives, its answers marked nosniff."""
         limit, name = self.limit_of(scope)
         read_bytes = 0
         started = False
@@ -92,9 +96,11 @@ class Gate:
 
     async def refusal(self, scope: Scope) -> SafeJSONResponse | None:
         """The answer to a request refused before its body is read, or None."""
-        refusal = nul_in_request(scope) or self.over_declared_size(scope)
-        if refusal is None and scope["method"] in SENDING and scope["path"].startswith("/v1/"):
-            refusal = await authenticated(scope)
+        refusal = self.over_declared_size(scope)
+        if refusal is None and scope["path"].startswith("/v1/"):
+            refusal = nul_in_request(scope)
+            if refusal is None and scope["method"] in SENDING:
+                refusal = await authenticated(scope)
         return refusal
 
     def limit_of(self, scope: Scope) -> tuple[int, str]:

@@ -29,6 +29,7 @@ from jobs import metrics, store
 from jobs.artifacts import ArtifactStore, StoredArtifact
 from jobs.db import single_statements
 from jobs.settings import Settings
+from producer.errors import invalid
 from producer.publish import Publisher
 from producer.ratelimit import ACTIVE_RETRY_AFTER_S, RateLimiter, too_many
 
@@ -141,10 +142,7 @@ class Intake:
                 answers[i] = _checked(group[i], row)
             except DataError as exc:
                 log.info("job refused by PostgreSQL: %s", exc.orig)
-                answers[i] = HTTPException(
-                    status.HTTP_422_UNPROCESSABLE_CONTENT,
-                    f"the job cannot be stored: {str(exc.orig or exc).splitlines()[0][:300]}",
-                )
+                answers[i] = invalid(("body",), f"the job cannot be stored: {str(exc.orig or exc).splitlines()[0]}")
         return [a for a in answers if a is not None]
 
     def _refusals(self, group: list[Submission]) -> list[Exception | None]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from jobs import store
 from producer.deps import ReaderDep, StateDep
+from producer.errors import responses
 from producer.schemas import ArtifactView
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/artifacts", tags=["artifacts"])
@@ -22,6 +24,13 @@ INLINE_TYPES = frozenset({
     "audio/wav", "audio/x-wav", "audio/wave", "audio/mpeg", "audio/flac", "audio/ogg",
 })  # fmt: skip
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+FILE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The file: an image or audio inline with its type, anything else as application/octet-stream.",
+        "content": dict.fromkeys([*sorted(INLINE_TYPES), "application/octet-stream"], BINARY),
+    }
+}
 
 
 def artifact_response(data: bytes, *, content_type: str, name: str) -> Response:
@@ -39,7 +48,7 @@ def artifact_response(data: bytes, *, content_type: str, name: str) -> Response:
     )
 
 
-@router.get("", response_model=list[ArtifactView])
+@router.get("", response_model=list[ArtifactView], responses=responses(404))
 def list_artifacts(job_id: uuid.UUID, state: StateDep, principal: ReaderDep) -> list[ArtifactView]:
     with state.sessions() as session:
         if store.get_job(session, tenant_id=principal.tenant_id, job_id=job_id) is None:
@@ -47,7 +56,7 @@ def list_artifacts(job_id: uuid.UUID, state: StateDep, principal: ReaderDep) -> 
         return [ArtifactView.of(a) for a in store.list_artifacts(session, tenant_id=principal.tenant_id, job_id=job_id)]
 
 
-@router.get("/{name}", response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get("/{name}", response_class=Response, responses=FILE_DOC | responses(404))
 async def get_artifact(job_id: uuid.UUID, name: str, state: StateDep, principal: ReaderDep) -> Response:
     """The file's bytes: images and audio inline with their type, anything else as a download."""
 

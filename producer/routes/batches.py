@@ -78,6 +78,14 @@ REFUSED_DOC = {
 }
 
 
+RESULTS_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One JSON object per line.",
+        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+    }
+}
+
+
 def refused(exc: BatchRefused) -> HTTPException:
     errors = [{**e.__dict__, "loc": safe_loc(e.loc), "msg": cut(e.msg, MSG_CHARS)} for e in exc.errors]
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"message": exc.message, "errors": errors})
@@ -146,7 +154,7 @@ async def parse_request(request: Request, state: State, query: dict[str, Any]) -
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BatchView,
     openapi_extra=UPLOAD_DOC,
-    responses=responses(401, 403, 409, 413, 415, 429, 503) | {422: REFUSED_DOC},
+    responses=responses(400, 409, 413, 415, 429) | {422: REFUSED_DOC},
 )
 async def create_batch(
     request: Request,
@@ -196,13 +204,13 @@ def view(state: State, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> BatchView:
         return BatchView.of(batch, batches.counts(session, batch_ids=[batch.id])[batch.id])
 
 
-@router.get("/{batch_id}", response_model=BatchView)
+@router.get("/{batch_id}", response_model=BatchView, responses=responses(404))
 def get_batch(batch_id: uuid.UUID, state: StateDep, principal: ReaderDep) -> BatchView:
     """Status and counts (total, queued, running, succeeded, failed, cancelled)."""
     return view(state, principal.tenant_id, batch_id)
 
 
-@router.get("", response_model=BatchPage)
+@router.get("", response_model=BatchPage, responses=responses())
 def list_batches(
     state: StateDep, principal: ReaderDep, limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None
 ) -> BatchPage:
@@ -216,7 +224,9 @@ def list_batches(
 
 
 @router.get(
-    "/{batch_id}/results", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}}
+    "/{batch_id}/results",
+    response_class=StreamingResponse,
+    responses=RESULTS_DOC | responses(404),
 )
 def batch_results(
     batch_id: uuid.UUID,
@@ -237,7 +247,7 @@ def batch_results(
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-@router.post("/{batch_id}/cancel", response_model=BatchView, responses=responses(401, 403, 404, 409, 503))
+@router.post("/{batch_id}/cancel", response_model=BatchView, responses=responses(404, 409, 413))
 def cancel_batch(batch_id: uuid.UUID, state: StateDep, principal: SubmitterDep) -> BatchView:
     """Queued items are cancelled at once; running ones end cancelled; finished results stay.
     A run that had finished before the cancel is a 409: it stays as it ended."""

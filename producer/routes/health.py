@@ -19,7 +19,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz", responses={503: {"description": "PostgreSQL does not answer; the body says which checks failed."}}
+)
 async def readyz(state: StateDep, response: Response) -> dict[str, Any]:
     """Ready when PostgreSQL answers (required) and Redis answers (without it jobs are
     still accepted, and wait in PostgreSQL: ``degraded``)."""

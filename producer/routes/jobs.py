@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUpload
 
@@ -19,7 +18,7 @@ from jobs.queues import DEFAULT_PRIORITY
 from jobs.status import TERMINAL, JobStatus
 from jobs.store import Principal
 from producer.deps import ReaderDep, SessionDep, State, StateDep, SubmitterDep
-from producer.errors import invalid
+from producer.errors import invalid, located, responses
 from producer.schemas import JobPage, JobView, SubmitJob
 from producer.submit import body_error, json_field, prepared
 
@@ -33,7 +32,7 @@ NOT_FOUND = "no such job"  # also for another tenant's job: its existence is not
 WaitQuery = Annotated[float, Query(ge=0, description="Seconds to wait for the job to finish (at most max_wait_s).")]
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobView)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobView, responses=responses(400, 409, 413, 429))
 async def submit_job(
     body: SubmitJob,
     state: StateDep,
@@ -68,7 +67,9 @@ async def submit_job(
     return await wait_for(state, principal, job.id, wait_s=max(0.0, deadline - time.monotonic()))
 
 
-@router.post("/upload", status_code=status.HTTP_202_ACCEPTED, response_model=JobView)
+@router.post(
+    "/upload", status_code=status.HTTP_202_ACCEPTED, response_model=JobView, responses=responses(409, 413, 429)
+)
 async def upload_job(
     request: Request,
     state: StateDep,
@@ -89,17 +90,16 @@ async def upload_job(
     raw_input = json_field(fields, "input")
     if not isinstance(raw_input, dict):
         raise body_error(("input",), "form field input must be a JSON object")
+    form_body = {
+        "kind": fields.get("kind", ""),
+        "input": {**raw_input, **{name: {"artifact": name} for name in uploads}},
+        "priority": fields.get("priority", DEFAULT_PRIORITY),
+        "metadata": json_field(fields, "metadata"),
+    }
     try:
-        body = SubmitJob.model_validate({
-            "kind": fields.get("kind", ""),
-            "input": {**raw_input, **{name: {"artifact": name} for name in uploads}},
-            "priority": fields.get("priority", DEFAULT_PRIORITY),
-            "metadata": json_field(fields, "metadata"),
-        })  # fmt: skip
+        body = SubmitJob.model_validate(form_body)
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
+        raise located(exc, "body") from None
     submission = await prepared(state, body, principal=principal, idempotency_key=idempotency_key, uploads=uploads)
     job, created = await state.intake.accept(submission)
     if not created:
@@ -116,7 +116,7 @@ def seen_by(principal: Principal, job: store.JobRow) -> JobView:
     return view.model_copy(update={"output": None, "error": None, "history": []})
 
 
-@router.get("/{job_id}", response_model=JobView)
+@router.get("/{job_id:uuid}", response_model=JobView, responses=responses(404))
 async def get_job(job_id: uuid.UUID, state: StateDep, principal: ReaderDep, wait: WaitQuery = 0) -> JobView:
     """Read a job; with ``?wait=S``, answer as soon as it finishes or after S seconds."""
     check_wait(state, wait, principal=principal)
@@ -153,7 +153,7 @@ async def wait_for(state: State, principal: Principal, job_id: uuid.UUID, *, wai
                 return JobView.of(row)
 
 
-@router.get("", response_model=JobPage)
+@router.get("", response_model=JobPage, responses=responses())
 def list_jobs(
     state: StateDep,
     session: SessionDep,
@@ -175,7 +175,7 @@ def list_jobs(
     return JobPage(data=[JobView.of(j) for j in jobs], next_cursor=next_cursor)
 
 
-@router.post("/{job_id}/cancel", response_model=JobView)
+@router.post("/{job_id}/cancel", response_model=JobView, responses=responses(404, 409, 413))
 def cancel_job(job_id: uuid.UUID, session: SessionDep, principal: SubmitterDep) -> JobView:
     """Cancel a queued job at once; a running one ends ``cancelled`` when its attempt stops.
     Cancelling a job that already succeeded or failed is a 409."""

@@ -6,12 +6,13 @@ from fastapi import APIRouter
 
 from jobs.kinds import KINDS
 from producer.deps import ReaderDep, StateDep
+from producer.errors import responses
 from producer.schemas import ModelView
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=list[ModelView])
+@router.get("", response_model=list[ModelView], responses=responses())
 def list_models(state: StateDep, _: ReaderDep) -> list[ModelView]:
     return [
         ModelView(

@@ -19,8 +19,9 @@ from prometheus_client.registry import Collector
 
 from jobs import batches, metrics, ops
 from producer.deps import AdminDep, State, StateDep
+from producer.errors import responses
 from producer.live import Live
-from producer.routes.artifacts import artifact_response
+from producer.routes.artifacts import FILE_DOC, artifact_response
 from producer.schemas import BatchView, JobView
 
 router = APIRouter(tags=["operations"])
@@ -99,14 +100,14 @@ def overview(state: State) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/ops/overview")
+@router.get("/v1/ops/overview", responses=responses())
 async def ops_overview(state: StateDep, principal: AdminDep) -> dict[str, Any]:
     """Queue depth and unfinished jobs per kind, workers online, batches with counts, recent
     failures and recent jobs, across tenants (admin scope)."""
     return await run_in_threadpool(overview, state)
 
 
-@router.get("/v1/ops/jobs/{job_id}")
+@router.get("/v1/ops/jobs/{job_id}", responses=responses(404))
 def ops_job(job_id: uuid.UUID, state: StateDep, principal: AdminDep) -> dict[str, Any]:
     """Any tenant's job, with its artifacts (admin scope)."""
     with state.sessions() as session:
@@ -123,7 +124,7 @@ def ops_job(job_id: uuid.UUID, state: StateDep, principal: AdminDep) -> dict[str
     }
 
 
-@router.get("/v1/ops/jobs/{job_id}/artifacts/{name}", response_class=Response)
+@router.get("/v1/ops/jobs/{job_id}/artifacts/{name}", response_class=Response, responses=FILE_DOC | responses(404))
 def ops_artifact(job_id: uuid.UUID, name: str, state: StateDep, principal: AdminDep) -> Response:
     with state.sessions() as session:
         found = ops.any_artifact(session, job_id=job_id, name=name)
