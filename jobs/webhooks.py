@@ -22,8 +22,9 @@ class Due:
     attempt: int  # this attempt's number, from 1
 
 
-def claim_due(session: Session, *, limit: int) -> list[Due]:
-    """Take up to ``limit`` due deliveries; SKIP LOCKED lets several API processes share the work."""
+def claim_due(session: Session, *, limit: int, skip_tenants: Sequence[uuid.UUID] = ()) -> list[Due]:
+    """Take up to ``limit`` due deliveries, none of ``skip_tenants``; SKIP LOCKED lets several
+    API processes share the work."""
     rows = session.execute(
         text(
             """
@@ -32,12 +33,13 @@ def claim_due(session: Session, *, limit: int) -> list[Due]:
             WHERE d.id IN (
                 SELECT id FROM webhook_deliveries
                 WHERE status = 'pending' AND next_attempt_at <= now()
+                  AND tenant_id <> ALL(CAST(:skip AS uuid[]))
                 ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED
             )
             RETURNING d.id, d.tenant_id, d.job_id, d.batch_id, d.url, d.attempts
             """
         ),
-        {"limit": limit, "lease_s": CLAIM_LEASE_S},
+        {"limit": limit, "lease_s": CLAIM_LEASE_S, "skip": list(skip_tenants)},
     ).all()
     return [Due(r.id, r.tenant_id, r.job_id, r.batch_id, r.url, r.attempts) for r in rows]
 

@@ -2,8 +2,7 @@
 
 Job inputs given by URL (images, audio) are downloaded by the API at submission
 with :func:`afetch`, on the event loop: a slow server holds no thread. Webhook
-deliveries go through :func:`fetch` (the same, run to completion on a thread of
-the dispatcher's). A webhook URL is checked with :func:`acheck_url` at
+deliveries use it too, on the dispatcher's own event loop. A webhook URL is checked with :func:`acheck_url` at
 submission, to refuse a bad one with a 422 before anything is stored, and again
 at every delivery, since the name may resolve elsewhere by then.
 

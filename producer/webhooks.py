@@ -11,6 +11,7 @@ Failed attempts are retried with exponential backoff and jitter, then marked fai
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -18,6 +19,8 @@ import logging
 import random
 import threading
 import time
+import uuid
+from collections import Counter
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
@@ -27,12 +30,14 @@ from jobs import batches, metrics, store, webhooks
 from jobs.errors import MlqError
 from jobs.settings import Settings
 from jobs.tables import Tenant
-from producer.netfetch import fetch
+from producer.netfetch import afetch
 from producer.schemas import BatchView, JobView
 
 log = logging.getLogger("mlq.webhooks")
 
 MAX_RESPONSE_BYTES = 64_000  # a receiver's answer is read but ignored
+AT_ONCE = 16  # deliveries in flight per API process
+PER_TENANT_AT_ONCE = 4  # of them, one tenant's: its slow receivers hold no other tenant's places
 
 
 def sign(secret: str, body: bytes, *, timestamp: int) -> str:
@@ -50,11 +55,16 @@ def verify(secret: str, body: bytes, header: str, *, tolerance_s: float = 300) -
 
 
 class Dispatcher:
+    """Sends the outbox from a thread of its own, on an event loop of its own: up to
+    ``AT_ONCE`` deliveries are in flight together, at most ``PER_TENANT_AT_ONCE`` of one
+    tenant, and a due delivery is claimed as soon as a place frees up. A slow receiver (held
+    at most 3 x ``webhook_timeout_s``) holds its own places, never another tenant's."""
+
     def __init__(self, *, sessions: sessionmaker[Session], settings: Settings) -> None:
         self.sessions = sessions
         self.settings = settings
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="mlq-webhooks", daemon=True)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="mlq-webhooks", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -63,22 +73,35 @@ class Dispatcher:
         self.stopping.set()
         self.thread.join(timeout=10)
 
-    def _loop(self) -> None:
+    async def _run(self) -> None:
+        sending: dict[asyncio.Task[None], uuid.UUID] = {}  # in flight, with its tenant
         while not self.stopping.is_set():
-            try:
-                sent = self.run_once()
-            except Exception:  # the database may be away; try again next round
-                log.exception("webhook dispatch round failed")
-                sent = 0
-            if not sent:
-                self.stopping.wait(self.settings.webhook_poll_s)
+            busy = Counter(sending.values())
+            claimed: list[webhooks.Due] = []
+            if len(sending) < AT_ONCE:
+                try:
+                    claimed = self.claim(limit=AT_ONCE - len(sending), busy=busy)
+                except Exception:  # the database may be away; try again after a pause
+                    log.exception("claiming due webhooks failed")
+            for delivery in claimed:
+                task = asyncio.create_task(self._send(delivery))
+                sending[task] = delivery.tenant_id
+                task.add_done_callback(sending.pop)
+            await asyncio.sleep(0.05 if claimed or len(sending) >= AT_ONCE else self.settings.webhook_poll_s)
+        for task in sending:  # claimed but not recorded: their claim's lease sends them again later
+            task.cancel()
 
-    def run_once(self, *, limit: int = 16) -> int:
+    def claim(self, *, limit: int, busy: Counter[uuid.UUID]) -> list[webhooks.Due]:
+        full = [tenant for tenant, n in busy.items() if n >= PER_TENANT_AT_ONCE]
         with self.sessions.begin() as session:
-            due = webhooks.claim_due(session, limit=limit)
-        for delivery in due:
-            self.deliver(delivery)
-        return len(due)
+            due = webhooks.claim_due(session, limit=limit, skip_tenants=full)
+        return due
+
+    async def _send(self, delivery: webhooks.Due) -> None:
+        try:
+            await self.deliver(delivery)
+        except Exception as exc:  # the database went away: the claim's lease brings the delivery back
+            log.warning("webhook %s: not recorded (%s); it is sent again later", delivery.id, exc)
 
     def body(self, session: Session, delivery: webhooks.Due) -> bytes:
         if delivery.job_id is not None:
@@ -94,7 +117,7 @@ class Dispatcher:
             }
         return json.dumps({"delivery_id": str(delivery.id), **payload}, ensure_ascii=False).encode()
 
-    def deliver(self, delivery: webhooks.Due) -> None:
+    async def deliver(self, delivery: webhooks.Due) -> None:
         try:
             with self.sessions() as session:
                 body = self.body(session, delivery)
@@ -109,7 +132,7 @@ class Dispatcher:
             return
         code, error = None, None
         try:
-            answer = fetch(
+            answer = await afetch(
                 delivery.url,
                 method="POST",
                 body=body,

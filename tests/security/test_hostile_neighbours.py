@@ -255,3 +255,55 @@ def test_a_webhook_whose_body_cannot_be_built_is_marked_failed_not_retried_forev
             break
         time.sleep(0.2)
     assert row.status == "failed" and row.attempts == 1 and "cannot be built" in row.last_error, row
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver: ``/slow`` answers after 4 s, ``/fast`` at once; both record the path."""
+
+    seen: ClassVar[list[tuple[str, float]]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path == "/slow":
+            time.sleep(4)
+        self.seen.append((self.path, time.monotonic()))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_slow_webhook_receiver_holds_no_other_tenants_deliveries(
+    api_without_workers: Api, key: str, other_key: str, sessions: sessionmaker[Session]
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    rows = []
+    for who, path, count in ((key, "/slow", 8), (other_key, "/fast", 1)):
+        with api_without_workers.client(who) as http_:
+            for _ in range(count):
+                job = http_.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "w"}}).json()
+                rows.append((uuid.UUID(job["id"]), f"{base}{path}"))
+    with sessions.begin() as session:
+        for job_id, url in rows:  # as a job's finish writes them: the slow tenant's first
+            session.execute(
+                text(
+                    "INSERT INTO webhook_deliveries (id, tenant_id, job_id, url, status, attempts) "
+                    "SELECT :id, tenant_id, id, :url, 'pending', 0 FROM jobs WHERE id = :job"
+                ),
+                {"id": uuid.uuid4(), "url": url, "job": job_id},
+            )
+    inserted = time.monotonic()
+    try:
+        deadline = inserted + 30
+        while not any(p == "/fast" for p, _ in Receiver.seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fast = [t for p, t in Receiver.seen if p == "/fast"]
+        assert fast and fast[0] - inserted < 3.0, Receiver.seen  # not behind 8 x 4 s of the other tenant's
+        assert sum(p == "/slow" for p, _ in Receiver.seen) == 0  # they were still in flight
+    finally:
+        server.shutdown()
