@@ -4,7 +4,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.migrate import upgrade
 from jobs.tables import Base
+from tests.services import Services, fresh_database
 
 
 def test_migrated_schema_matches_the_tables(sessions: sessionmaker[Session]) -> None:
@@ -34,3 +36,33 @@ def test_results_are_compressed_with_lz4_where_postgresql_has_it(sessions: sessi
         except Exception:
             has_lz4 = False
     assert methods == ({"input": "l", "output": "l"} if has_lz4 else {"input": "", "output": ""})
+
+
+def test_batch_metadata_that_is_not_an_object_is_kept_under_value(services: Services) -> None:
+    """Migration 0008: multipart bulk runs once stored ``metadata=[1]``, which then broke every
+    read of the tenant's batches; such values are wrapped so every batch reads back."""
+    from sqlalchemy import create_engine, text
+
+    with fresh_database(services.pg_admin_url) as url:
+        upgrade(url, revision="0007")
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            tenant = conn.execute(
+                text(
+                    "INSERT INTO tenants (id, name, webhook_secret) VALUES (gen_random_uuid(), 'old', 'x') RETURNING id"
+                )
+            )
+            values = {"t": tenant.scalar_one()}
+            conn.execute(
+                text(
+                    "INSERT INTO batches (id, tenant_id, total, priority, metadata) VALUES "
+                    "(gen_random_uuid(), :t, 0, 2, '[1]'), (gen_random_uuid(), :t, 0, 2, '123'), "
+                    "(gen_random_uuid(), :t, 0, 2, '{\"a\": 1}')"
+                ),
+                values,
+            )
+        upgrade(url)
+        with engine.connect() as conn:
+            found = sorted(str(m) for m in conn.execute(text("SELECT metadata FROM batches")).scalars())
+        engine.dispose()
+    assert found == ["{'a': 1}", "{'value': 123}", "{'value': [1]}"]
