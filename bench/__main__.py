@@ -1,16 +1,17 @@
-"""`python -m bench [latency|throughput|batch|hostile] [args…]`."""
+"""`python -m bench [latency|throughput|batch|hostile|pipeline] [args…]`."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import batch_accept, hostile, latency, throughput
+from bench import batch_accept, hostile, latency, pipeline, throughput
 
 BENCHMARKS = {
     "latency": latency.main,
     "throughput": throughput.main,
     "batch": batch_accept.main,
     "hostile": hostile.main,
+    "pipeline": pipeline.main,
 }
 
 if __name__ == "__main__":
