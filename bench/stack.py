@@ -59,15 +59,15 @@ def running_stack(
         fresh_redis_db(services.redis_base_url) as redis_url,
     ):
         upgrade(database_url)
-        env = dict(
-            os.environ,
-            MLQ_DATABASE_URL=database_url,
-            MLQ_REDIS_URL=redis_url,
-            MLQ_DATA_DIR=str(data_dir),
-            HF_HUB_OFFLINE="1",
-            MLQ_LOG_LEVEL="WARNING",
+        env = {
+            **os.environ,
+            "MLQ_DATABASE_URL": database_url,
+            "MLQ_REDIS_URL": redis_url,
+            "MLQ_DATA_DIR": str(data_dir),
+            "HF_HUB_OFFLINE": "1",
+            "MLQ_LOG_LEVEL": "WARNING",  # unless extra_env says otherwise (bench pipeline: INFO, the default)
             **(extra_env or {}),
-        )
+        }
         key = (
             subprocess.run(
                 [MLQ, "keys", "create", "--tenant", "bench"], env=env, capture_output=True, text=True, check=True

@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-JOB_FIELDS = ("job_id", "kind", "tenant", "attempt", "duration_s", "batch_size", "error_code", "worker")
+# a line about one job carries job_id; a line about a claim carries job_ids (and tenant and
+# attempt when its jobs share them)
+JOB_FIELDS = ("job_id", "job_ids", "kind", "tenant", "attempt", "duration_s", "batch_size", "error_code", "worker")
 
 
 def job_fields(**fields: Any) -> dict[str, Any]:
@@ -23,7 +25,10 @@ def job_fields(**fields: Any) -> dict[str, Any]:
     unknown = set(fields) - set(JOB_FIELDS)
     if unknown:
         raise ValueError(f"not job log fields: {sorted(unknown)}")
-    return {name: str(value) if name == "job_id" else value for name, value in fields.items()}
+    shown = {name: str(value) if name == "job_id" else value for name, value in fields.items()}
+    if "job_ids" in shown:
+        shown["job_ids"] = [str(i) for i in shown["job_ids"]]
+    return shown
 
 
 class JsonFormatter(logging.Formatter):

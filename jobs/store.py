@@ -184,14 +184,11 @@ _INSERT_JOBS_SQL = text(
     """
     INSERT INTO jobs (id, tenant_id, kind, model, profile, status, priority, input, metadata,
                       attempt, max_attempts, idempotency_key, webhook_url)
-    SELECT v.id, v.tenant_id, v.kind, v.model, v.profile, 'queued', v.priority, v.input::jsonb,
-           v.metadata::jsonb, 0, v.max_attempts, v.idempotency_key, v.webhook_url
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:tenants AS uuid[]), CAST(:kinds AS text[]),
-                CAST(:models AS text[]), CAST(:profiles AS text[]), CAST(:priorities AS int[]),
-                CAST(:inputs AS text[]), CAST(:metadata AS text[]), CAST(:max_attempts AS int[]),
-                CAST(:keys AS text[]), CAST(:webhooks AS text[]))
-         AS v(id, tenant_id, kind, model, profile, priority, input, metadata, max_attempts,
-              idempotency_key, webhook_url)
+    SELECT v.id, v.tenant_id, v.kind, v.model, v.profile, 'queued', v.priority, v.input,
+           v.metadata, 0, v.max_attempts, v.idempotency_key, v.webhook_url
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+         AS v(id uuid, tenant_id uuid, kind text, model text, profile text, priority int, input jsonb,
+              metadata jsonb, max_attempts int, idempotency_key text, webhook_url text)
     ON CONFLICT ON CONSTRAINT jobs_tenant_idempotency_key DO NOTHING
     RETURNING id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message,
            attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at
@@ -215,20 +212,25 @@ def insert_jobs(session: Session, *, jobs: Sequence[tuple[uuid.UUID, NewJob]]) -
     building them cost half of a group's CPU in the API (measured with cProfile)."""
     if not jobs:
         return []
-    params = {
-        "ids": [j.id for _, j in jobs],
-        "tenants": [t for t, _ in jobs],
-        "kinds": [j.kind for _, j in jobs],
-        "models": [j.model for _, j in jobs],
-        "profiles": [j.profile for _, j in jobs],
-        "priorities": [j.priority for _, j in jobs],
-        "inputs": [json.dumps(j.input) for _, j in jobs],
-        "metadata": [json.dumps(j.metadata) for _, j in jobs],
-        "max_attempts": [j.max_attempts for _, j in jobs],
-        "keys": [j.idempotency_key for _, j in jobs],
-        "webhooks": [j.webhook_url for _, j in jobs],
+    rows = [
+        {
+            "id": str(j.id),
+            "tenant_id": str(t),
+            "kind": j.kind,
+            "model": j.model,
+            "profile": j.profile,
+            "priority": j.priority,
+            "input": j.input,
+            "metadata": j.metadata,
+            "max_attempts": j.max_attempts,
+            "idempotency_key": j.idempotency_key,
+            "webhook_url": j.webhook_url,
+        }
+        for t, j in jobs
+    ]
+    created = {
+        row.id: row for row in (JobRow(*r) for r in session.execute(_INSERT_JOBS_SQL, {"rows": json.dumps(rows)}))
     }
-    created = {row.id: row for row in (JobRow(*r) for r in session.execute(_INSERT_JOBS_SQL, params))}
     replayed = [(t, j.idempotency_key) for t, j in jobs if j.id not in created and j.idempotency_key is not None]
     earlier: dict[tuple[uuid.UUID, str | None], JobRow] = {}
     if replayed:
@@ -407,7 +409,7 @@ def claim(
     """
     rows = session.execute(
         _CLAIM_SQL,
-        {"ids": list(job_ids), "kind": kind, "worker": worker, "lease_s": lease_s, "fill_to": max(0, fill_to)},
+        {"ids": uuid_array(job_ids), "kind": kind, "worker": worker, "lease_s": lease_s, "fill_to": max(0, fill_to)},
     ).all()
     return [
         Claimed(
@@ -442,15 +444,14 @@ _FINISH_SQL = text(
                 WHEN jobs.cancel_requested_at IS NOT NULL THEN 'cancelled'
                 WHEN v.error_code IS NULL THEN 'succeeded'
                 ELSE 'failed' END,
-            output = CASE WHEN jobs.cancel_requested_at IS NULL THEN v.output::jsonb END,
+            output = CASE WHEN jobs.cancel_requested_at IS NULL THEN v.output END,
             error_code = v.error_code,
             error_message = v.error_message,
             finished_at = now(),
             updated_at = now(),
             lease_expires_at = NULL
-        FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:outputs AS text[]),
-                    CAST(:codes AS text[]), CAST(:messages AS text[]))
-             AS v(id, attempt, output, error_code, error_message)
+        FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+             AS v(id uuid, attempt int, output jsonb, error_code text, error_message text)
         WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.status = 'running'
         RETURNING jobs.id, jobs.webhook_url IS NOT NULL AS hook, jobs.batch_id IS NOT NULL AS in_batch
     ), told AS (  -- the wake-up for long polls, in the same round trip (sent on commit)
@@ -488,6 +489,29 @@ def output_json(output: BaseModel | dict[str, Any]) -> str:
     return json.dumps(without_nul(output)) if "\\u0000" in encoded else encoded
 
 
+def outcome_rows(outcomes: Sequence[Outcome]) -> str:
+    """The outcomes as one JSON array for ``jsonb_to_recordset``, each output embedded as it
+    was encoded once. One text parameter: psycopg dumped five arrays of 256 values in 4.7 ms
+    of the worker's CPU (uuids are the dear part), this in 0.3 ms."""
+    return (
+        "["
+        + ",".join(
+            f'{{"id":"{o.job_id}","attempt":{int(o.attempt)},'
+            f'"output":{"null" if o.output is None else output_json(o.output)},'
+            f'"error_code":{json.dumps(o.error_code)},'
+            f'"error_message":{json.dumps(None if o.error_message is None else without_nul(o.error_message))}}}'
+            for o in outcomes
+        )
+        + "]"
+    )
+
+
+def uuid_array(ids: Sequence[uuid.UUID]) -> str:
+    """Ids as PostgreSQL's array text (``{a,b}``) for ``CAST(:ids AS uuid[])``: psycopg dumps a
+    list of 256 uuids in about 3 ms of CPU, this string in a few µs."""
+    return "{" + ",".join(map(str, ids)) + "}"
+
+
 def finish(session: Session, *, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
     """Write a batch of final results in one statement, fenced by attempt.
 
@@ -498,16 +522,7 @@ def finish(session: Session, *, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
         return []
     notify_here = len(outcomes) <= NOTIFY_IDS_PER_MESSAGE  # one payload holds them all
     rows = session.execute(
-        _FINISH_SQL,
-        {
-            "channel": NOTIFY_CHANNEL,
-            "notify_here": notify_here,
-            "ids": [o.job_id for o in outcomes],
-            "attempts": [o.attempt for o in outcomes],
-            "outputs": [None if o.output is None else output_json(o.output) for o in outcomes],
-            "codes": [o.error_code for o in outcomes],
-            "messages": [None if o.error_message is None else without_nul(o.error_message) for o in outcomes],
-        },
+        _FINISH_SQL, {"channel": NOTIFY_CHANNEL, "notify_here": notify_here, "rows": outcome_rows(outcomes)}
     ).all()
     written = [row.id for row in rows]
     if not notify_here:
@@ -605,8 +620,8 @@ def enqueue_webhooks(
         return
     ids = list(job_ids)
     if hooks:  # ``hooks``/``batches`` False: the caller knows none asked / none is in a batch
-        session.execute(_JOB_WEBHOOKS_SQL, {"ids": ids})
-    batch_ids = session.execute(_BATCH_LOCK_SQL, {"ids": ids}).scalars().all() if batches else []
+        session.execute(_JOB_WEBHOOKS_SQL, {"ids": uuid_array(ids)})
+    batch_ids = session.execute(_BATCH_LOCK_SQL, {"ids": uuid_array(ids)}).scalars().all() if batches else []
     if batch_ids:
         session.execute(_BATCH_WEBHOOKS_SQL, {"batch_ids": list(batch_ids)})
 

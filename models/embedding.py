@@ -7,7 +7,7 @@ from typing import Any
 from jobs.kinds import EmbeddingInput, EmbeddingOutput
 from models.base import Adapter, Prediction
 from models.loading import pretrained_kwargs, torch_dtype
-from models.tokens import Tokenized, padded, tokenized
+from models.tokens import Tokenized, padded, tokenized, tokenized_many
 
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256 tokens; longer input is truncated
 
@@ -51,6 +51,9 @@ class EmbeddingAdapter(Adapter[EmbeddingInput]):
 
     def prepare(self, item: EmbeddingInput) -> Tokenized:
         return tokenized(self.tokenizer, item, max_tokens=MAX_TOKENS)
+
+    def prepare_many(self, items: list[EmbeddingInput]) -> list[Tokenized]:
+        return tokenized_many(self.tokenizer, items, max_tokens=MAX_TOKENS)
 
     def size(self, prepared: Tokenized) -> int:
         """Tokens the text takes in a batch (after truncation)."""

@@ -7,7 +7,7 @@ from typing import Any
 from jobs.kinds import LabelScore, TextClassificationInput, TextClassificationOutput
 from models.base import Adapter, Prediction
 from models.loading import pretrained_kwargs, torch_dtype
-from models.tokens import Tokenized, padded, tokenized
+from models.tokens import Tokenized, padded, tokenized, tokenized_many
 
 MAX_TOKENS = 512  # longer texts are truncated; max_text_chars in the models file bounds them first
 
@@ -31,6 +31,9 @@ class TextClassificationAdapter(Adapter[TextClassificationInput]):
 
     def prepare(self, item: TextClassificationInput) -> Tokenized:
         return tokenized(self.tokenizer, item, max_tokens=MAX_TOKENS)
+
+    def prepare_many(self, items: list[TextClassificationInput]) -> list[Tokenized]:
+        return tokenized_many(self.tokenizer, items, max_tokens=MAX_TOKENS)
 
     def size(self, prepared: Tokenized) -> int:
         """Tokens the text takes in a batch (after truncation)."""

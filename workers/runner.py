@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import metrics, reconcile, store
+from jobs import metrics, store
 from jobs.artifacts import ArtifactStore, StoredArtifact
 from jobs.db import single_statements
 from jobs.errors import (
@@ -40,16 +39,16 @@ from jobs.errors import (
 from jobs.kinds import BinaryInput, Schema, get_kind
 from jobs.logs import job_fields
 from jobs.modelsfile import ModelsConfig, ModelSpec
-from models.base import Adapter, Prediction, StopSignal
+from models.base import Adapter, Prediction
 from models.loading import pick_device
 from models.registry import create_adapter
 from workers.calls import UNKNOWN_CALL_COST_TOKENS, budgeted, call_cost_tokens
+from workers.watch import Beside, Call, ids_of
 
 log = logging.getLogger("mlq.runner")
 
 
 RESULT_NOT_STORABLE = "result_not_storable"  # error code when PostgreSQL refuses a result's values
-CANCEL_POLL_S = 1.0  # how often a running generation looks for a cancel request
 STORE_RETRY_MAX_S = 5.0  # longest pause between tries of a result write while PostgreSQL is away
 TIME_LIMIT_EXIT_CODE = 75  # a pool process that exits with this ran past a time limit
 DEVICE_ERROR_EXIT_CODE = 76  # ... or lost its GPU context (illegal memory access and the like)
@@ -100,6 +99,10 @@ class Runner:
         self.footprints: dict[str, int] = {}
         self.call_costs: dict[str, float] = {}  # kind -> a model call's cost in padded tokens (workers.calls)
         self.last_used: dict[str, float] = {}
+        self.beside = Beside(sessions, lease_s=lease_s)  # leases, time limits and cancel requests
+        # the claim running now and its outcomes so far: what give_up records when the process must exit
+        self._claimed: Sequence[store.Claimed] = ()
+        self._outcomes: list[_Done | _Failed] = []
 
     def _fields(self, job: store.Claimed, kind: str, **more: Any) -> dict[str, Any]:
         """A job's log fields (JSON logs carry them; see jobs.logs)."""
@@ -150,26 +153,31 @@ class Runner:
             log.info("unloaded %s model (%.0f MiB) to stay within the memory budget", oldest, freed / 2**20)
 
     def run(self, *, kind: str, job_ids: Sequence[uuid.UUID | str]) -> RunReport:
-        """Run these jobs (those still queued) in slices of the kind's ``max_batch_size``:
-        each slice is claimed, predicted and committed before the next, so a long chunk
-        shows progress and a crash loses at most one slice's work."""
+        """Run these jobs (those still queued) in claims: each is claimed, predicted in model
+        calls and committed before the next, so a crash loses at most one claim's work.
+
+        A claim holds a message's jobs up to the kind's ``batch_chunk_size`` (a bulk run's
+        message: hundreds, one claim and one result write for them all), or fills up to
+        ``max_batch_size`` with other queued jobs (single jobs: few). A model call holds
+        ``max_batch_size`` at most."""
         ids = [uuid.UUID(str(i)) for i in job_ids]
         try:
             adapter = self.adapter(kind)
         except PermanentError as exc:  # e.g. no model configured: say so on each job rather than leave it queued
             return self.fail_unrunnable(kind=kind, job_ids=ids, error=exc)
         report = RunReport()
-        size = adapter.spec.max_batch_size
+        spec = adapter.spec
+        size = max(spec.max_batch_size, min(len(ids), spec.batch_chunk_size))
         for start in range(0, len(ids), size):
-            self._run_slice(adapter, ids[start : start + size], report)
+            self._run_claim(adapter, ids[start : start + size], size, report)
         return report
 
-    def _run_slice(self, adapter: Adapter[Any], ids: list[uuid.UUID], report: RunReport) -> None:
+    def _run_claim(self, adapter: Adapter[Any], ids: list[uuid.UUID], size: int, report: RunReport) -> None:
         kind = adapter.kind
         with self.statements.begin() as session:  # one statement (and a read of file locations)
             claimed = store.claim(
                 session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s,
-                fill_to=adapter.spec.max_batch_size if self.fill else 0,
+                fill_to=size if self.fill else 0,
             )  # fmt: skip
             files = store.artifact_uris(session, job_ids=[c.id for c in claimed]) if _has_files(claimed) else {}
         report.claimed += len(claimed)
@@ -180,19 +188,40 @@ class Runner:
             metrics.QUEUE_WAIT.labels(kind, model).observe(job.waited_s)
         metrics.BATCH_SIZE.labels(kind).observe(len(claimed))
         started = time.perf_counter()
-        stop = adapter.stop = StopSignal()
-        interruptible = stop if adapter.interruptible else None
-        with self._leases_kept(claimed, cancel=interruptible):
-            with self._time_limited(claimed, spec=adapter.spec, soft=interruptible):
+        self._claimed, self._outcomes = claimed, []
+        try:
+            with self.beside.claim(claimed):
                 outcomes, retry = self.process(adapter, claimed, files=files)
-            stored = [
-                (o.job.id, self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type))
-                for o in outcomes
-                if isinstance(o, _Done)
-                for b in o.prediction.blobs
-            ]
-            written, outcomes = self._store(outcomes, stored, retry)
-        elapsed_s = time.perf_counter() - started
+                stored = [
+                    (
+                        o.job.id,
+                        self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type),
+                    )
+                    for o in outcomes
+                    if isinstance(o, _Done)
+                    for b in o.prediction.blobs
+                ]
+                written, outcomes = self._store(outcomes, stored, retry)
+        finally:
+            self._claimed, self._outcomes = (), []
+        self._report(kind, model, claimed, outcomes, written, time.perf_counter() - started, report)
+        report.released += len(retry)
+        metrics.record_process_memory()
+
+    def _report(
+        self,
+        kind: str,
+        model: str,
+        claimed: Sequence[store.Claimed],
+        outcomes: list[_Done | _Failed],
+        written: set[uuid.UUID],
+        elapsed_s: float,
+        report: RunReport,
+    ) -> None:
+        """A claim's metrics and logs: one line for its successes (their ids at DEBUG), one
+        for each failure, one for each result a newer attempt superseded."""
+        finished: Counter[tuple[str, str, str]] = Counter()
+        succeeded = []
         for o in outcomes:
             if o.job.id not in written:
                 report.discarded.append(o.job.id)
@@ -200,24 +229,37 @@ class Runner:
                     "job %s attempt %d: result discarded, a newer attempt owns the job", o.job.id, o.job.attempt
                 )
             elif isinstance(o, _Done):
-                report.succeeded += 1
-                metrics.JOBS_FINISHED.labels(kind, o.job.tenant, "succeeded", "").inc()
-                metrics.RUN_TIME.labels(kind, model).observe(elapsed_s)
-                log.info(
-                    "job %s %s succeeded in %.3fs (batch of %d)", o.job.id, kind, elapsed_s, len(claimed),
-                    extra=self._fields(o.job, kind, duration_s=elapsed_s, batch_size=len(claimed)),
-                )  # fmt: skip
+                succeeded.append(o.job)
+                finished[(o.job.tenant, "succeeded", "")] += 1
             else:
-                report.failed += 1
                 status = "cancelled" if o.code == Cancelled.code else "failed"
-                metrics.JOBS_FINISHED.labels(kind, o.job.tenant, status, o.code).inc()
-                metrics.RUN_TIME.labels(kind, model).observe(elapsed_s)
+                finished[(o.job.tenant, status, o.code)] += 1
                 log.info(
                     "job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message,
                     extra=self._fields(o.job, kind, duration_s=elapsed_s, batch_size=len(claimed), error_code=o.code),
                 )  # fmt: skip
-        report.released += len(retry)
-        metrics.record_process_memory()
+        for (tenant, status, code), n in finished.items():
+            metrics.JOBS_FINISHED.labels(kind, tenant, status, code).inc(n)
+        run_time = metrics.RUN_TIME.labels(kind, model)
+        for _ in range(sum(finished.values())):
+            run_time.observe(elapsed_s)
+        report.succeeded += len(succeeded)
+        report.failed += sum(n for (_, status, _), n in finished.items() if status != "succeeded")
+        if succeeded:
+            shared = {
+                name: values.pop()
+                for name, values in (
+                    ("tenant", {j.tenant for j in succeeded}),
+                    ("attempt", {j.attempt for j in succeeded}),
+                )
+                if len(values) == 1
+            }
+            log.info(
+                "%d %s jobs succeeded in %.3fs (claim of %d)", len(succeeded), kind, elapsed_s, len(claimed),
+                extra=job_fields(kind=kind, duration_s=round(elapsed_s, 4), batch_size=len(claimed),
+                                 worker=self.worker, job_ids=[j.id for j in succeeded], **shared),
+            )  # fmt: skip
+            log.debug("succeeded: %s", ids_of(succeeded))
 
     def _store(
         self,
@@ -277,102 +319,43 @@ class Runner:
                 time.sleep(pause_s)
                 pause_s = min(STORE_RETRY_MAX_S, pause_s * 2)
 
-    @contextmanager
-    def _time_limited(
-        self, claimed: Sequence[store.Claimed], *, spec: ModelSpec, soft: StopSignal | None
-    ) -> Iterator[None]:
-        """Time limits. At the soft limit an interruptible model (``soft`` given) is asked to stop
-        between steps: its jobs fail ``timed_out`` and the process goes on. Past the hard limit
-        the jobs are recorded and this process exits, so Celery replaces it (native code cannot
-        be interrupted safely). A lone job fails with ``timed_out``; a batch goes back to the
-        queue, and its jobs, having lost an attempt, run alone next time, so only the one that
-        hangs fails."""
-        done = threading.Event()
-        limit_s = spec.time_limit_s
-
-        def watchdog() -> None:
-            if soft is not None:
-                if done.wait(spec.soft_limit_s):
-                    return
-                log.warning("jobs %s: past the soft time limit of %.0fs; stopping", _ids(claimed), spec.soft_limit_s)
-                soft.request(TimedOut(f"stopped at the soft time limit of {spec.soft_limit_s:g}s for this kind"))
-                if done.wait(limit_s - spec.soft_limit_s):
-                    return
-            elif done.wait(limit_s):
-                return
-            log.error("jobs %s: over the time limit of %.0fs", ",".join(str(c.id) for c in claimed), limit_s)
-            self.give_up(
-                claimed,
-                code="timed_out",
-                message=f"ran longer than the time limit of {limit_s:.0f}s for this kind",
-                exit_code=TIME_LIMIT_EXIT_CODE,
-            )
-
-        thread = threading.Thread(target=watchdog, name="mlq-time-limit", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-
-    def give_up(self, claimed: Sequence[store.Claimed], *, code: str, message: str, exit_code: int) -> None:
+    def give_up(self, culprits: Sequence[store.Claimed], *, code: str, message: str, exit_code: int) -> None:
         """Record the jobs this process can no longer run, then exit so Celery replaces it.
-        A lone job fails with ``code``; a batch goes back to the queue, and its jobs, having
-        lost an attempt, run alone next time, so only the culprit fails."""
+        A lone culprit fails with ``code``; several go back to the queue, and, having lost an
+        attempt, run alone next time, so only the one at fault fails. The rest of the claim is
+        recorded too: results already computed (without files) are written, the others go back."""
+        mine = {c.id for c in culprits}
+        done = (
+            [o for o in self._outcomes if isinstance(o, _Done | _Failed) and not getattr(o.prediction, "blobs", None)]
+            if False
+            else [o for o in self._outcomes if not (isinstance(o, _Done) and o.prediction.blobs)]
+        )
+        recorded = mine | {o.job.id for o in done}
+        others = [c for c in self._claimed if c.id not in recorded]
         try:
             with self.sessions.begin() as session:
-                if len(claimed) == 1:
-                    only = claimed[0]
+                store.finish(session, outcomes=[o.outcome() for o in done if o.job.id not in mine])
+                if len(culprits) == 1:
+                    only = culprits[0]
                     store.finish(session, outcomes=[
                         store.Outcome(job_id=only.id, attempt=only.attempt, error_code=code, error_message=message)
                     ])  # fmt: skip
                 else:
                     store.release(
                         session,
-                        job_ids=[c.id for c in claimed],
-                        attempts=[c.attempt for c in claimed],
+                        job_ids=[c.id for c in culprits],
+                        attempts=[c.attempt for c in culprits],
                         reason=f"{code} in a batch ({message}); each job runs alone next",
+                    )
+                if others:
+                    store.release(
+                        session,
+                        job_ids=[c.id for c in others],
+                        attempts=[c.attempt for c in others],
+                        reason=f"its worker process was replaced after {code} of other jobs of its claim",
                     )
         finally:
             os._exit(exit_code)
-
-    @contextmanager
-    def _leases_kept(self, claimed: Sequence[store.Claimed], *, cancel: StopSignal | None) -> Iterator[None]:
-        """Renew the claimed jobs' leases every third of a lease while they run, so a slow
-        job is never taken back from a live worker; a dead worker stops renewing. With
-        ``cancel``, also look every CANCEL_POLL_S for cancel requests: when every job of the
-        slice has one, the model is asked to stop between steps."""
-        stop = threading.Event()
-        ids = [c.id for c in claimed]
-        renew_every_s = self.lease_s / 3
-
-        def beat() -> None:
-            renew_at = time.monotonic() + renew_every_s
-            while not stop.wait(min(CANCEL_POLL_S, renew_every_s) if cancel else renew_every_s):
-                try:
-                    with self.sessions.begin() as session:
-                        if (
-                            cancel is not None
-                            and not cancel.is_set()
-                            and len(store.cancel_requested(session, job_ids=ids)) == len(ids)
-                        ):
-                            log.info("jobs %s: cancelled while running; stopping", _ids(claimed))
-                            cancel.request(Cancelled("cancelled while it ran; stopped between steps"))
-                        if time.monotonic() >= renew_at:
-                            renew_at += renew_every_s
-                            reconcile.extend_leases(
-                                session, job_ids=ids, attempts=[c.attempt for c in claimed], lease_s=self.lease_s
-                            )
-                except Exception as exc:  # the next beat tries again; the lease has slack
-                    log.warning("jobs %s: lease renewal failed: %s", _ids(claimed), exc)
-
-        thread = threading.Thread(target=beat, name="mlq-lease", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
 
     def fail_unrunnable(self, *, kind: str, job_ids: list[uuid.UUID], error: PermanentError) -> RunReport:
         log.error("jobs %s: cannot load the %s model: %s", ",".join(map(str, job_ids)), kind, error)
@@ -394,24 +377,58 @@ class Runner:
         *,
         files: dict[tuple[uuid.UUID, str], str] | None = None,
     ) -> tuple[list[_Done | _Failed], list[tuple[store.Claimed, str]]]:
-        """Prepare each job, predict on the good ones. Returns outcomes and jobs to retry."""
-        kind = get_kind(adapter.kind)
+        """Prepare the jobs, predict on the good ones in calls. Returns outcomes and jobs to retry."""
         outcomes: list[_Done | _Failed] = []
-        ready: list[tuple[store.Claimed, Any]] = []
+        ready = self._prepared(adapter, claimed, files=files or {}, outcomes=outcomes)
+        self._outcomes = outcomes  # what a process that must exit records first (give_up)
+        retry: list[tuple[store.Claimed, str]] = []
+        call_cost = self.call_costs.get(adapter.kind, UNKNOWN_CALL_COST_TOKENS)
+        for group in budgeted(adapter, ready, call_cost_tokens=call_cost):
+            call = Call(jobs=[job for job, _ in group], interruptible=adapter.interruptible)
+            adapter.stop = call.stop
+
+            def hard_limit(jobs: Sequence[store.Claimed] = call.jobs) -> None:
+                over = f"ran longer than the time limit of {adapter.spec.time_limit_s:.0f}s for this kind"
+                self.give_up(jobs, code="timed_out", message=over, exit_code=TIME_LIMIT_EXIT_CODE)
+
+            with self.beside.call(call, spec=adapter.spec, on_hard_limit=hard_limit):
+                self._predict(adapter, group, outcomes, retry)
+        return outcomes, retry
+
+    def _prepared(
+        self,
+        adapter: Adapter[Any],
+        claimed: Sequence[store.Claimed],
+        *,
+        files: dict[tuple[uuid.UUID, str], str],
+        outcomes: list[_Done | _Failed],
+    ) -> list[tuple[store.Claimed, Any]]:
+        """Each job's input checked alone, then prepared together (``prepare_many``); when that
+        raises, one by one, so a bad input fails its own job alone."""
+        kind = get_kind(adapter.kind)
+        valid: list[tuple[store.Claimed, Schema]] = []
         for job in claimed:
             try:
                 item = kind.validate_input(job.input, limits=adapter.spec.limits)
-                self._resolve_files(item, job_id=job.id, files=files or {})
-                ready.append((job, adapter.prepare(item)))
+                self._resolve_files(item, job_id=job.id, files=files)
+                valid.append((job, item))
             except ValidationError as exc:
                 outcomes.append(_Failed(job, InvalidInput.code, _validation_message(exc)))
             except PermanentError as exc:
                 outcomes.append(_Failed(job, exc.code, str(exc)))
-        retry: list[tuple[store.Claimed, str]] = []
-        call_cost = self.call_costs.get(adapter.kind, UNKNOWN_CALL_COST_TOKENS)
-        for group in budgeted(adapter, ready, call_cost_tokens=call_cost):
-            self._predict(adapter, group, outcomes, retry)
-        return outcomes, retry
+        if not valid:
+            return []
+        try:
+            return list(zip([job for job, _ in valid], adapter.prepare_many([item for _, item in valid]), strict=True))
+        except PermanentError:
+            pass
+        ready = []
+        for job, item in valid:
+            try:
+                ready.append((job, adapter.prepare(item)))
+            except PermanentError as exc:
+                outcomes.append(_Failed(job, exc.code, str(exc)))
+        return ready
 
     def _resolve_files(self, item: Schema, *, job_id: uuid.UUID, files: dict[tuple[uuid.UUID, str], str]) -> None:
         """Put the stored bytes of each binary input field into the item."""
@@ -508,10 +525,6 @@ def _release_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-
-
-def _ids(claimed: Sequence[store.Claimed]) -> str:
-    return ",".join(str(c.id) for c in claimed)
 
 
 def _has_files(claimed: Sequence[store.Claimed]) -> bool:

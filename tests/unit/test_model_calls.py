@@ -41,7 +41,8 @@ def test_the_cuts_are_the_cheapest_of_all_possible_cuts() -> None:
         n = rng.randint(1, 8)
         sized = sorted((rng.randint(1, 40), i) for i in range(n))
         budget, call_cost = rng.choice([0, 60, 120]), rng.choice([0, 10, 64, 500])
-        found = cheapest_calls(sized, budget=budget, call_cost=call_cost)
+        most = rng.choice([0, 1, 2, 3, 8])  # items a call may hold (0: any number)
+        found = cheapest_calls(sized, budget=budget, call_cost=call_cost, most=most)
         best = None
         for mask in itertools.product([False, True], repeat=n - 1):  # a cut after item k or not
             calls, start = [], 0
@@ -50,10 +51,12 @@ def test_the_cuts_are_the_cheapest_of_all_possible_cuts() -> None:
                     calls.append(sized[start:k])
                     start = k
             calls.append(sized[start:])
-            if all(len(c) == 1 or not budget or len(c) * max(s for s, _ in c) <= budget for c in calls):
+            within = all(len(c) == 1 or not budget or len(c) * max(s for s, _ in c) <= budget for c in calls)
+            if within and all(not most or len(c) <= most for c in calls):
                 best = min(best if best is not None else cost(calls, call_cost), cost(calls, call_cost))
         assert [item for call in found for item in call] == sized
-        assert cost(found, call_cost) == best, (sized, budget, call_cost, found)
+        assert cost(found, call_cost) == best, (sized, budget, call_cost, most, found)
+        assert all(not most or len(call) <= most for call in found)
 
 
 class Timed(Adapter[Any]):
@@ -92,3 +95,5 @@ def test_kinds_that_do_not_count_tokens_are_not_measured_and_keep_one_call() -> 
     assert call_cost_tokens(adapter) == UNKNOWN_CALL_COST_TOKENS
     ready = [(i, adapter.prepare(EmbeddingInput(text="word " * i))) for i in range(5, 0, -1)]
     assert budgeted(adapter, ready) == [ready]  # no pixel budget: one call, in order
+    adapter.spec = adapter.spec.model_copy(update={"max_batch_size": 2})
+    assert budgeted(adapter, ready) == [ready[:2], ready[2:4], ready[4:]]  # calls of max_batch_size at most
