@@ -88,10 +88,12 @@ def model_alone(texts: list[str]) -> dict[str, Any]:
     adapter = create_adapter(spec, data_dir=DATA_DIR)
     adapter.load("cpu")
     size = spec.max_batch_size
-    adapter.predict(adapter.prepare_many([TextClassificationInput(text=t) for t in texts[:size]]))  # warm-up
+    # prepare_many where the adapter has it (before issue #15 it had prepare alone)
+    prepare = getattr(adapter, "prepare_many", None) or (lambda items: [adapter.prepare(i) for i in items])
+    adapter.predict(prepare([TextClassificationInput(text=t) for t in texts[:size]]))  # warm-up
     started = time.process_time()
     for i in range(0, len(texts), size):
-        adapter.predict(adapter.prepare_many([TextClassificationInput(text=t) for t in texts[i : i + size]]))
+        adapter.predict(prepare([TextClassificationInput(text=t) for t in texts[i : i + size]]))
     cpu_ms = 1000 * (time.process_time() - started) / len(texts)
     return {"mode": "model", "items": len(texts), "cpu_ms_per_item": cpu_ms, "torch_threads": threads}
 
