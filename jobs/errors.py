@@ -10,6 +10,12 @@ class MlqError(Exception):
     code = "internal_error"
 
 
+class NotConfigured(MlqError):
+    """A setting this command needs is missing (MLQ_DATABASE_URL, MLQ_REDIS_URL...)."""
+
+    code = "not_configured"
+
+
 class Conflict(MlqError):
     """The request contradicts what is stored: an Idempotency-Key used before for something else,
     or a finished job or bulk run asked to cancel."""

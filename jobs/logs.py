@@ -60,4 +60,5 @@ def configure(log_format: str, *, level: str | None = None) -> None:
     logging.basicConfig(level=(level or os.environ.get("MLQ_LOG_LEVEL", "INFO")).upper(), force=True)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(formatter(log_format))
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for chatty in ("httpx", "alembic"):  # a request and a migration plugin each log a line at INFO
+        logging.getLogger(chatty).setLevel(logging.WARNING)

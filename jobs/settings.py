@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs.errors import NotConfigured
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLQ_", extra="ignore")
@@ -75,7 +77,7 @@ class Settings(BaseSettings):
 
     def require_database_url(self) -> str:
         if not self.database_url:
-            raise RuntimeError(
+            raise NotConfigured(
                 "MLQ_DATABASE_URL is not set: set it (postgresql+psycopg://user@host/db) "
                 "or run `mlq standalone`, which starts an embedded PostgreSQL"
             )
@@ -83,7 +85,7 @@ class Settings(BaseSettings):
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
-            raise RuntimeError(
+            raise NotConfigured(
                 "MLQ_REDIS_URL is not set: set it (redis://host:6379/0) "
                 "or run `mlq standalone`, which starts an embedded Redis"
             )

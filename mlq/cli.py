@@ -18,8 +18,21 @@ app = typer.Typer(help="mlq: AI jobs in the background.", no_args_is_help=True, 
 SERVICES = {"api", "worker", "reconcile", "flower"}  # long-running: they refuse placeholder secrets
 
 
+def print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"mlq {version('mlq')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def startup(ctx: typer.Context) -> None:
+def startup(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """mlq: AI jobs in the background."""
     if ctx.invoked_subcommand not in SERVICES:
         return
@@ -116,10 +129,22 @@ def demo(
 
 
 def main() -> None:
+    """The console script: the commands, and one line (exit status 1) for a problem the user
+    can fix (mlq/errors.py) instead of a traceback."""
+    import sys
+
     from jobs import logs
+    from mlq.errors import explain
 
     logs.configure(get_settings().log_format)
-    app()
+    try:
+        app()
+    except Exception as exc:
+        said = explain(exc)
+        if said is None:
+            raise
+        typer.echo(f"mlq: {said}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from jobs.artifacts import LocalArtifactStore
 from jobs.db import make_engine, make_sessionmaker
@@ -27,6 +28,8 @@ from producer.waiter import Waiter
 from producer.webhooks import Dispatcher
 
 log = logging.getLogger("mlq.api")
+
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts, and the favicon
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,11 +79,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             live.close()
             engine.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc from files installed with mlq (fastapi-offline), not from a CDN: they
+    # work on a machine with no network, and load nothing from elsewhere
+    app = FastAPIOffline(
         title="mlq",
         version="0.1.0",
         summary="Asynchronous AI jobs: submit, wait, read results.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        favicon_url="/favicon.ico",
     )
     app.include_router(jobs.router)
     app.include_router(artifacts.router)

@@ -21,6 +21,24 @@ ApiUrl = Annotated[str, typer.Option(envvar="MLQ_API_URL", help="Base URL of the
 ApiKey = Annotated[str, typer.Option(envvar="MLQ_API_KEY", help="An API key (mlq keys create).")]
 
 
+def connect(api_url: str, api_key: str) -> Any:
+    """A client of the API; a missing key is said at once (the API would answer 401)."""
+    from mlq.errors import CliError
+    from producer.client import Client
+
+    if not api_key.strip():
+        raise CliError(
+            "no API key: pass --api-key or set MLQ_API_KEY (`mlq keys create --tenant T` makes one; "
+            "`mlq standalone` prints one)"
+        )
+    return Client(api_url, api_key)
+
+
+def show(value: Any) -> None:
+    """A result on stdout, as one line of JSON (pipe it to jq); notes go to stderr."""
+    typer.echo(json.dumps(value, ensure_ascii=False))
+
+
 @contextmanager
 def operator_session() -> Iterator[Session]:
     """One transaction on MLQ_DATABASE_URL for an operator command, its engine closed after."""
@@ -98,20 +116,13 @@ def submit(
     wait: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 0,
     priority: Annotated[int | None, typer.Option(help="0..9, 9 most urgent.")] = None,
 ) -> None:
-    """Submit one job and print it (with --wait, its result)."""
-    from producer.client import ApiError, Client
-
+    """Submit one job and print it as one line of JSON (with --wait, its result)."""
     try:
         payload = json.loads(input_json)
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
-    with Client(api_url, api_key) as client:
-        try:
-            job = client.submit(kind, payload, priority=priority, wait_s=wait)
-        except ApiError as exc:
-            typer.echo(json.dumps({"status": exc.status, "detail": exc.detail}, indent=2), err=True)
-            raise typer.Exit(1) from None
-    typer.echo(json.dumps(job, indent=2, ensure_ascii=False))
+    with connect(api_url, api_key) as client:
+        show(client.submit(kind, payload, priority=priority, wait_s=wait))
 
 
 batch = typer.Typer(
@@ -132,8 +143,10 @@ def progress_until_done(client: Any, batch_id: str) -> dict[str, Any]:
         TextColumn("{task.fields[failed]} failed  {task.fields[rate]:.0f} items/s"),
         TimeRemainingColumn(),
     )
+    from rich.console import Console
+
     started = time.monotonic()
-    with Progress(*columns) as bar:
+    with Progress(*columns, console=Console(stderr=True)) as bar:
         current = client.batches.get(batch_id)
         task = bar.add_task(batch_id[:8], total=current["counts"]["total"], failed=0, rate=0.0)
         while True:
@@ -156,27 +169,19 @@ def batch_submit(
     api_url: ApiUrl = "http://127.0.0.1:8000",
     api_key: ApiKey = "",
 ) -> None:
-    """Submit a bulk run; prints the batch (and, with --wait, a live progress bar)."""
-    from producer.client import ApiError, Client
-
-    with Client(api_url, api_key) as client:
-        try:
-            created = client.batches.submit(file, kind=kind, priority=priority)
-        except ApiError as exc:
-            typer.echo(json.dumps({"status": exc.status, "detail": exc.detail}, indent=2, ensure_ascii=False), err=True)
-            raise typer.Exit(1) from None
-        typer.echo(f"batch {created['id']}: {created['counts']['total']} items accepted")
-        final = progress_until_done(client, created["id"]) if wait else created
-    typer.echo(json.dumps(final, indent=2, ensure_ascii=False))
+    """Submit a bulk run; prints the batch as one line of JSON (with --wait, once it finished,
+    a live progress bar on stderr meanwhile)."""
+    with connect(api_url, api_key) as client:
+        created = client.batches.submit(file, kind=kind, priority=priority)
+        typer.echo(f"batch {created['id']}: {created['counts']['total']} items accepted", err=True)
+        show(progress_until_done(client, created["id"]) if wait else created)
 
 
 @batch.command("status")
 def batch_status(batch_id: str, api_url: ApiUrl = "http://127.0.0.1:8000", api_key: ApiKey = "") -> None:
     """Print a batch's status and counts."""
-    from producer.client import Client
-
-    with Client(api_url, api_key) as client:
-        typer.echo(json.dumps(client.batches.get(batch_id), indent=2, ensure_ascii=False))
+    with connect(api_url, api_key) as client:
+        show(client.batches.get(batch_id))
 
 
 @batch.command("results")
@@ -190,9 +195,7 @@ def batch_results(
     """Fetch the results as JSONL, in input order (partial while the batch runs)."""
     import sys
 
-    from producer.client import Client
-
-    with Client(api_url, api_key) as client:
+    with connect(api_url, api_key) as client:
         lines = client.batches.results(batch_id, status=status)
         if output == "-":
             for line in lines:
@@ -209,10 +212,8 @@ def batch_results(
 @batch.command("cancel")
 def batch_cancel(batch_id: str, api_url: ApiUrl = "http://127.0.0.1:8000", api_key: ApiKey = "") -> None:
     """Cancel a batch: queued items at once; finished results stay available."""
-    from producer.client import Client
-
-    with Client(api_url, api_key) as client:
-        typer.echo(json.dumps(client.batches.cancel(batch_id), indent=2, ensure_ascii=False))
+    with connect(api_url, api_key) as client:
+        show(client.batches.cancel(batch_id))
 
 
 @keys.command("limits")

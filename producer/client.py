@@ -18,6 +18,15 @@ class ApiError(Exception):
         self.status = status
         self.detail = detail
 
+    @classmethod
+    def of(cls, response: httpx.Response) -> ApiError:
+        """The error an answer says: its JSON ``detail``, or its text."""
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text
+        return cls(response.status_code, detail)
+
 
 class Client:
     first_wait_s = 30.0  # submit with wait: the POST itself waits this long at most (servers allow 60 s)
@@ -43,11 +52,7 @@ class Client:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail")
-            except ValueError:
-                detail = response.text
-            raise ApiError(response.status_code, detail)
+            raise ApiError.of(response)
         return response.json()
 
     def submit(
@@ -111,7 +116,7 @@ class Client:
         """The bytes of one artifact (a generated PNG or WAV, an uploaded input)."""
         response = self.http.get(f"/v1/jobs/{job_id}/artifacts/{name}")
         if response.status_code >= 400:
-            raise ApiError(response.status_code, response.text)
+            raise ApiError.of(response)
         return response.content
 
     def upload(
@@ -184,6 +189,6 @@ class BatchClient:
         with self.client.http.stream("GET", f"/v1/batches/{batch_id}/results", params=params) as response:
             if response.status_code >= 400:
                 response.read()
-                raise ApiError(response.status_code, response.text)
+                raise ApiError.of(response)
             for line in response.iter_lines():
                 yield (line + "\n").encode()
