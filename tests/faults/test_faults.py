@@ -14,6 +14,7 @@ import redis
 
 from tests.faults.conftest import FaultStack, N, OwnPostgres, children, texts
 from tests.faults.poison import GPU_CRASH, HANG, POISON
+from tests.services import hold
 
 WORKER = ["worker", "--kinds", "embedding"]
 
@@ -56,6 +57,7 @@ def test_redis_flushall_during_processing(fault_stack: FaultStack) -> None:
     accepted = fault_stack.submit(texts())
     fault_stack.wait_for("succeeded", 20)
     redis.Redis.from_url(fault_stack.settings.require_redis_url()).flushdb()  # every wake-up is gone
+    hold(fault_stack.settings.require_redis_url())  # the database stays this run's
     fault_stack.settle(accepted, fault_at=time.monotonic(), name="Redis loses every message (FLUSHDB)")
     assert fault_stack.count("succeeded") == N
 
