@@ -11,15 +11,11 @@ import httpx
 from jobs.errors import MlqError
 
 
-class CliError(Exception):
-    """A problem the user can fix, already said in words."""
-
-
 def explain(exc: BaseException) -> str | None:
     """One line for ``exc``, or None when it is not one the user can fix."""
     from producer.client import ApiError
 
-    if isinstance(exc, CliError | MlqError):
+    if isinstance(exc, MlqError):
         return str(exc)
     if isinstance(exc, ApiError):
         return api_error(exc.status, exc.detail)

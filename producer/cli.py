@@ -23,11 +23,11 @@ ApiKey = Annotated[str, typer.Option(envvar="MLQ_API_KEY", help="An API key (mlq
 
 def connect(api_url: str, api_key: str) -> Any:
     """A client of the API; a missing key is said at once (the API would answer 401)."""
-    from mlq.errors import CliError
+    from jobs.errors import NotConfigured
     from producer.client import Client
 
     if not api_key.strip():
-        raise CliError(
+        raise NotConfigured(
             "no API key: pass --api-key or set MLQ_API_KEY (`mlq keys create --tenant T` makes one; "
             "`mlq standalone` prints one)"
         )
