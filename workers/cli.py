@@ -165,6 +165,7 @@ def flower(
             "--persistent=True",  # task history survives a restart
             f"--db={settings.data_dir / 'flower.db'}",
             "--state_save_interval=60000",
+            "--purge_offline_workers=60",  # the state persists: a previous run's workers are not listed
         ],
         prog_name="mlq flower",
     )

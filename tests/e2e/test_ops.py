@@ -186,6 +186,8 @@ def test_ops_page_shows_batch_progress_moving_and_a_generated_image(ops_stack: O
                                                          "width": 64, "height": 64, "seed": 3}},
         ).json()  # fmt: skip
         assert wait_job(http, image["id"])["status"] == "succeeded"
+        for text in ("one", "two"):  # made together: their ids share a time prefix
+            http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": text}})
         lines = [
             {"custom_id": f"post-{i}", "input": {"text": f"you are great, friend number {i}"}} for i in range(1500)
         ]
@@ -212,6 +214,12 @@ def test_ops_page_shows_batch_progress_moving_and_a_generated_image(ops_stack: O
     assert 0 < first < moved <= 1500  # the bar moved while the batch ran
     assert chrome.execute_script(read_row, row)[1] == 1500
     assert chrome.execute_script("return document.getElementById('worker-count').textContent") == "1"
+    # jobs made together share their UUIDv7 time prefix: the list shows each one's random tail
+    listed = chrome.execute_script(
+        "return [...document.querySelectorAll('a.job-link')].map(a => [a.dataset.job, a.textContent])"
+    )
+    assert len(listed) >= 2 and len({shown for _, shown in listed}) == len({job for job, _ in listed})
+    assert all(shown == "…" + job[-12:] for job, shown in listed), listed
 
     chrome.find_element(By.ID, "job-id").send_keys(image["id"])
     chrome.find_element(By.ID, "job-form").submit()
