@@ -72,11 +72,18 @@ def standalone(
     data_dir: Annotated[Path | None, typer.Option(help="Data folder (default MLQ_DATA_DIR, .mlq).")] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Run `mlq demo` once the stack is up.")] = False,
     exit_after_demo: Annotated[bool, typer.Option(help="Stop after the demo instead of serving.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show the embedded servers' own output.")] = False,
 ) -> None:
     """Run everything on this machine: embedded PostgreSQL and Redis (unless their URLs are
     set), migrations, the API and one worker per kind group. Ctrl-C stops it all."""
     from mlq.standalone import Stack
 
+    if not verbose:  # pgserver logs each initdb and pg_ctl command whole, about 60 lines a start
+        import logging
+        import warnings
+
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     if data_dir is not None:
         os.environ["MLQ_DATA_DIR"] = str(data_dir)
         get_settings.cache_clear()
@@ -99,12 +106,26 @@ def standalone(
             with Client(stack.api_url, stack.api_key) as client:
                 jobs = run_demo(client, out_dir=stack.data_dir / "demo-output", echo=typer.echo)
             code = 0 if all(j["status"] == "succeeded" for j in jobs) else 1
-        if not exit_after_demo:
+        if exit_after_demo:
+            typer.echo(next_steps(stack.data_dir))
+        else:
             typer.echo("serving; Ctrl-C stops every process")
             code = stack.wait() or code
     finally:
         stack.stop()
     raise typer.Exit(code)
+
+
+def next_steps(data_dir: Path) -> str:
+    return (
+        "\nwhat next\n"
+        "  make run                          the same stack, serving until Ctrl-C (docs at /docs, ops page at /ui)\n"
+        "  source .venv/bin/activate         puts `mlq` on your PATH\n"
+        f"  export MLQ_API_KEY=$(jq -r .api_key {data_dir / 'standalone.json'})   once `make run` is up\n"
+        '  mlq submit embedding --input \'{"text": "kitten"}\' --wait 30\n'
+        "  mlq batch submit posts.jsonl --kind moderation --wait\n"
+        "  README.md                          every kind with an example, bulk runs, deployment"
+    )
 
 
 @app.command("demo")

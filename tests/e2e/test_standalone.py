@@ -31,6 +31,10 @@ def test_standalone_demo_on_embedded_servers(tmp_path: Path, data_dir: Path) -> 
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "embedded PostgreSQL" in output and "embedded Redis" in output
+    assert "pgserver" not in output and "initdb" not in output  # quiet unless --verbose
+    before = result.stdout[: result.stdout.index("mlq is up")].strip().splitlines()
+    assert len(before) <= 10, before  # what comes before it: where things are, one line each
+    assert "what next" in result.stdout and "source .venv/bin/activate" in result.stdout
     kinds = sorted(load_models_file("demo").kinds)
     lines = [line for line in result.stdout.splitlines() if line.split(" ", 1)[0] in kinds]
     assert {line.split(" ", 1)[0] for line in lines} == set(kinds), result.stdout[-3000:]
