@@ -45,6 +45,13 @@ class ModelSpec(BaseModel):
     max_attempts: int = Field(default=3, ge=1)  # claims before the job is dead-lettered
     limits: dict[str, int] = Field(default_factory=dict)  # checked at submission (422)
     options: dict[str, Any] = Field(default_factory=dict)  # adapter-specific settings
+    # what a job's input gets where it leaves a field out, before the kind's own defaults: the
+    # demo profile keeps generated images small and few-stepped, so they fit a CPU
+    input_defaults: dict[str, Any] = Field(default_factory=dict)
+
+    def with_defaults(self, data: Any) -> Any:
+        """A job's raw input with this deployment's ``input_defaults`` under it."""
+        return {**self.input_defaults, **data} if self.input_defaults and isinstance(data, dict) else data
 
     @model_validator(mode="before")
     @classmethod

@@ -85,7 +85,7 @@ class Parser:
         if spec is None:
             return self.error(number, custom_id, ["kind"], f"kind {kind!r} is not served here")
         try:
-            parsed = KINDS[kind].input_model.model_validate(data, context=self.context(kind))
+            parsed = KINDS[kind].input_model.model_validate(spec.with_defaults(data), context=self.context(kind))
         except ValidationError as exc:
             for e in exc.errors(include_url=False)[:3]:
                 self.error(number, custom_id, ["input", *e["loc"]], e["msg"])

@@ -55,7 +55,7 @@ def validated(state: State, body: SubmitJob) -> tuple[ModelSpec, Schema]:
         if (found := unstorable(value)) is not None:
             raise body_error((name, *found[0]), found[1])
     try:
-        parsed = KINDS[body.kind].validate_input(body.input, limits=spec.limits)
+        parsed = KINDS[body.kind].validate_input(spec.with_defaults(body.input), limits=spec.limits)
     except ValidationError as exc:
         raise located(exc, "body", "input") from None
     return spec, parsed
