@@ -43,6 +43,14 @@ class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
 
+class Output(Schema):
+    """A kind's output: what the model made, and what to know about it."""
+
+    warnings: list[str] = Field(
+        default_factory=list, description="What to know about this result: e.g. the model does not read its language."
+    )
+
+
 class Input(Schema):
     """A kind's input. Numbers must be finite: NaN and Infinity are refused, naming the field.
     Every string and list has a bound (a test walks the schemas to hold us to it)."""
@@ -86,7 +94,7 @@ class LabelScore(Schema):
     score: float
 
 
-class TextClassificationOutput(Schema):
+class TextClassificationOutput(Output):
     label: str = Field(description="The most likely label.")
     score: float
     labels: list[LabelScore] = Field(description="Labels by descending score.")
@@ -99,7 +107,7 @@ class EmbeddingInput(TextInput):
     normalize: bool = Field(default=True, description="Scale the vector to unit length.")
 
 
-class EmbeddingOutput(Schema):
+class EmbeddingOutput(Output):
     embedding: list[float]
     dimensions: int
 
@@ -170,7 +178,7 @@ class GenerationOptions(Input):
         return int(check_max(value, info, "max_new_tokens", 4096))
 
 
-class Usage(Schema):
+class Usage(Output):
     prompt_tokens: int
     completion_tokens: int
 
@@ -194,7 +202,7 @@ class ModerationInput(Input):
         return self
 
 
-class ModerationOutput(Schema):
+class ModerationOutput(Output):
     flagged: bool
     flagged_categories: list[str]
     categories: dict[str, bool]
@@ -264,7 +272,7 @@ class SpeechRecognitionInput(Input):
     task: Literal["transcribe", "translate"] = "transcribe"
 
 
-class SpeechRecognitionOutput(Schema):
+class SpeechRecognitionOutput(Output):
     text: str
     duration_s: float
     sampling_rate: int
@@ -321,7 +329,7 @@ class GeneratedImage(ArtifactRef):
     height: int
 
 
-class ImageGenerationOutput(Schema):
+class ImageGenerationOutput(Output):
     images: list[GeneratedImage]
     seed: int
 
@@ -348,7 +356,7 @@ class GeneratedAudio(ArtifactRef):
     sampling_rate: int
 
 
-class MusicGenerationOutput(Schema):
+class MusicGenerationOutput(Output):
     audio: GeneratedAudio
     seed: int
 
@@ -391,7 +399,7 @@ class ScoredItem(Schema):
     score: float
 
 
-class RecommendationOutput(Schema):
+class RecommendationOutput(Output):
     items: list[ScoredItem] = Field(description="By descending relevance, at most top_k.")
 
 

@@ -48,6 +48,9 @@ class ModelSpec(BaseModel):
     # what a job's input gets where it leaves a field out, before the kind's own defaults: the
     # demo profile keeps generated images small and few-stepped, so they fit a CPU
     input_defaults: dict[str, Any] = Field(default_factory=dict)
+    # the languages the model reads (ISO 639-1); a text mostly in a script none of them is
+    # written in gets a warning in its answer (jobs/languages.py). None: not declared
+    languages: list[str] | None = None
 
     def with_defaults(self, data: Any) -> Any:
         """A job's raw input with this deployment's ``input_defaults`` under it."""

@@ -29,7 +29,8 @@ from jobs.kinds import KINDS
 from jobs.modelsfile import load_models_file
 from jobs.queues import queue_name, task_name
 from jobs.settings import get_settings
-from workers.runner import Runner, is_transient_db_error
+from workers.outcomes import is_transient_db_error
+from workers.runner import Runner
 
 log = logging.getLogger("mlq.worker")
 

@@ -4,6 +4,10 @@ Celery tasks hand it job ids and return; tests call it without Celery.
 Per job: a bad input fails that job alone (``invalid_input``); a model error on
 a batch is retried item by item so only the culprit fails; a transient error
 gives the jobs back to the queue.
+
+Beside it: ``watch`` (the thread that keeps leases and time limits), ``calls`` (a claim
+cut into model calls), ``outcomes`` (how attempts end, errors told apart), ``results``
+(a claim's results written, counted and logged).
 """
 
 from __future__ import annotations
@@ -12,14 +16,11 @@ import logging
 import os
 import time
 import uuid
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import metrics, store
@@ -37,38 +38,29 @@ from jobs.errors import (
     TimedOut,
 )
 from jobs.kinds import BinaryInput, Schema, get_kind
-from jobs.logs import job_fields
 from jobs.modelsfile import ModelsConfig, ModelSpec
-from models.base import Adapter, Prediction
+from models.base import Adapter
 from models.loading import pick_device
 from models.registry import create_adapter
 from workers.calls import UNKNOWN_CALL_COST_TOKENS, budgeted, call_cost_tokens
-from workers.watch import Beside, Call, ids_of
+from workers.outcomes import (
+    Done,
+    Failed,
+    has_files,
+    is_out_of_memory,
+    is_sticky_device_error,
+    release_memory,
+    validation_message,
+    warn_unread,
+)
+from workers.results import RunReport, reported, write_results
+from workers.watch import Beside, Call
 
 log = logging.getLogger("mlq.runner")
 
 
-RESULT_NOT_STORABLE = "result_not_storable"  # error code when PostgreSQL refuses a result's values
-STORE_RETRY_MAX_S = 5.0  # longest pause between tries of a result write while PostgreSQL is away
 TIME_LIMIT_EXIT_CODE = 75  # a pool process that exits with this ran past a time limit
 DEVICE_ERROR_EXIT_CODE = 76  # ... or lost its GPU context (illegal memory access and the like)
-STICKY_DEVICE_ERRORS = (  # CUDA errors after which the process's context cannot be used again
-    "illegal memory access",
-    "device-side assert",
-    "unspecified launch failure",
-    "misaligned address",
-    "CUDA error: an illegal instruction",
-    "uncorrectable ECC error",
-)
-
-
-@dataclass
-class RunReport:
-    claimed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    released: int = 0
-    discarded: list[uuid.UUID] = field(default_factory=list)  # outcomes a newer attempt superseded
 
 
 class Runner:
@@ -102,14 +94,7 @@ class Runner:
         self.beside = Beside(sessions, lease_s=lease_s)  # leases, time limits and cancel requests
         # the claim running now and its outcomes so far: what give_up records when the process must exit
         self._claimed: Sequence[store.Claimed] = ()
-        self._outcomes: list[_Done | _Failed] = []
-
-    def _fields(self, job: store.Claimed, kind: str, **more: Any) -> dict[str, Any]:
-        """A job's log fields (JSON logs carry them; see jobs.logs)."""
-        return job_fields(
-            job_id=job.id, kind=kind, tenant=job.tenant, attempt=job.attempt, worker=self.worker,
-            **{k: round(v, 4) if isinstance(v, float) else v for k, v in more.items()},
-        )  # fmt: skip
+        self._outcomes: list[Done | Failed] = []
 
     def spec(self, kind: str) -> ModelSpec:
         spec = self.models.spec(kind)
@@ -149,7 +134,7 @@ class Runner:
             unloaded = self.adapters.pop(oldest)
             freed = self.footprints.pop(oldest)
             del unloaded
-            _release_memory()
+            release_memory()
             log.info("unloaded %s model (%.0f MiB) to stay within the memory budget", oldest, freed / 2**20)
 
     def run(self, *, kind: str, job_ids: Sequence[uuid.UUID | str]) -> RunReport:
@@ -179,7 +164,7 @@ class Runner:
                 session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s,
                 fill_to=size if self.fill else 0,
             )  # fmt: skip
-            files = store.artifact_uris(session, job_ids=[c.id for c in claimed]) if _has_files(claimed) else {}
+            files = store.artifact_uris(session, job_ids=[c.id for c in claimed]) if has_files(claimed) else {}
         report.claimed += len(claimed)
         if not claimed:
             return
@@ -198,126 +183,26 @@ class Runner:
                         self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type),
                     )
                     for o in outcomes
-                    if isinstance(o, _Done)
+                    if isinstance(o, Done)
                     for b in o.prediction.blobs
                 ]
                 written, outcomes = self._store(outcomes, stored, retry)
         finally:
             self._claimed, self._outcomes = (), []
-        self._report(kind, model, claimed, outcomes, written, time.perf_counter() - started, report)
+        elapsed_s = time.perf_counter() - started
+        reported(outcomes, kind=kind, model=model, claimed=claimed, written=written, elapsed_s=elapsed_s,
+                 report=report, worker=self.worker)  # fmt: skip
         report.released += len(retry)
         metrics.record_process_memory()
 
-    def _report(
-        self,
-        kind: str,
-        model: str,
-        claimed: Sequence[store.Claimed],
-        outcomes: list[_Done | _Failed],
-        written: set[uuid.UUID],
-        elapsed_s: float,
-        report: RunReport,
-    ) -> None:
-        """A claim's metrics and logs: one line for its successes (their ids at DEBUG), one
-        for each failure, one for each result a newer attempt superseded."""
-        finished: Counter[tuple[str, str, str]] = Counter()
-        succeeded = []
-        for o in outcomes:
-            if o.job.id not in written:
-                report.discarded.append(o.job.id)
-                log.warning(
-                    "job %s attempt %d: result discarded, a newer attempt owns the job", o.job.id, o.job.attempt
-                )
-            elif isinstance(o, _Done):
-                succeeded.append(o.job)
-                finished[(o.job.tenant, "succeeded", "")] += 1
-            else:
-                status = "cancelled" if o.code == Cancelled.code else "failed"
-                finished[(o.job.tenant, status, o.code)] += 1
-                log.info(
-                    "job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message,
-                    extra=self._fields(o.job, kind, duration_s=elapsed_s, batch_size=len(claimed), error_code=o.code),
-                )  # fmt: skip
-        for (tenant, status, code), n in finished.items():
-            metrics.JOBS_FINISHED.labels(kind, tenant, status, code).inc(n)
-        run_time = metrics.RUN_TIME.labels(kind, model)
-        for _ in range(sum(finished.values())):
-            run_time.observe(elapsed_s)
-        report.succeeded += len(succeeded)
-        report.failed += sum(n for (_, status, _), n in finished.items() if status != "succeeded")
-        if succeeded:
-            shared = {
-                name: values.pop()
-                for name, values in (
-                    ("tenant", {j.tenant for j in succeeded}),
-                    ("attempt", {j.attempt for j in succeeded}),
-                )
-                if len(values) == 1
-            }
-            log.info(
-                "%d %s jobs succeeded in %.3fs (claim of %d)", len(succeeded), kind, elapsed_s, len(claimed),
-                extra=job_fields(kind=kind, duration_s=round(elapsed_s, 4), batch_size=len(claimed),
-                                 worker=self.worker, job_ids=[j.id for j in succeeded], **shared),
-            )  # fmt: skip
-            log.debug("succeeded: %s", ids_of(succeeded))
-
     def _store(
         self,
-        outcomes: list[_Done | _Failed],
+        outcomes: list[Done | Failed],
         stored: list[tuple[uuid.UUID, StoredArtifact]],
         retry: list[tuple[store.Claimed, str]],
-    ) -> tuple[set[uuid.UUID], list[_Done | _Failed]]:
-        """Write a slice's results in one transaction. While PostgreSQL is away (a restart) the
-        write is tried again with backoff for up to a lease, so computed results are not thrown
-        away; the attempt fence makes a late write harmless. Returns the ids written and the
-        outcomes as stored (a result PostgreSQL refused becomes a ``result_not_storable`` failure)."""
-        deadline = time.monotonic() + self.lease_s
-        pause_s = 0.2
-        storing_failures = False
-        # The finish statement alone (it carries its NOTIFY) needs no transaction; files,
-        # jobs given back, webhooks and bulk-run bookkeeping are written with it in one.
-        alone = not stored and not retry and len(outcomes) <= store.NOTIFY_IDS_PER_MESSAGE
-        sessions = self.statements if alone and not any(o.job.follow_up for o in outcomes) else self.sessions
-        while True:
-            try:
-                with sessions.begin() as session:
-                    written = set(store.finish(session, outcomes=[o.outcome() for o in outcomes]))
-                    store.add_artifacts(session, rows=[(job_id, a) for job_id, a in stored if job_id in written])
-                    if retry:
-                        store.release(
-                            session,
-                            job_ids=[c.id for c, _ in retry],
-                            attempts=[c.attempt for c, _ in retry],
-                            reason=retry[0][1],
-                        )
-                return written, outcomes
-            except Exception as exc:
-                if isinstance(exc, DBAPIError) and not is_transient_db_error(exc) and not storing_failures:
-                    # PostgreSQL refused the results themselves (a value it cannot store). Find the
-                    # job whose result it is, one write each, so the others keep theirs; fail that
-                    # one saying so, rather than leave it running to be retried into the same wall.
-                    if len(outcomes) > 1:
-                        written, kept = set(), []
-                        for index, one in enumerate(outcomes):
-                            mine = [a for a in stored if a[0] == one.job.id]
-                            done, result = self._store([one], mine, retry if index == 0 else [])
-                            written |= done
-                            kept += result
-                        return written, kept
-                    log.error("job %s: result refused by PostgreSQL: %s", outcomes[0].job.id, exc)
-                    message = f"the result could not be stored: {str(exc.orig or exc).splitlines()[0][:300]}"
-                    outcomes = [_Failed(o.job, RESULT_NOT_STORABLE, message) for o in outcomes]
-                    stored = []
-                    storing_failures = True
-                    continue
-                if not is_transient_db_error(exc) or time.monotonic() + pause_s > deadline:
-                    raise
-                log.warning(
-                    "jobs %s: result write failed (%s); trying again in %.1fs",
-                    ",".join(str(o.job.id) for o in outcomes), exc, pause_s,
-                )  # fmt: skip
-                time.sleep(pause_s)
-                pause_s = min(STORE_RETRY_MAX_S, pause_s * 2)
+    ) -> tuple[set[uuid.UUID], list[Done | Failed]]:
+        """A claim's results written (workers/results.py)."""
+        return write_results(self.sessions, self.statements, outcomes, stored, retry, lease_s=self.lease_s)
 
     def give_up(self, culprits: Sequence[store.Claimed], *, code: str, message: str, exit_code: int) -> None:
         """Record the jobs this process can no longer run, then exit so Celery replaces it.
@@ -326,9 +211,9 @@ class Runner:
         recorded too: results already computed (without files) are written, the others go back."""
         mine = {c.id for c in culprits}
         done = (
-            [o for o in self._outcomes if isinstance(o, _Done | _Failed) and not getattr(o.prediction, "blobs", None)]
+            [o for o in self._outcomes if isinstance(o, Done | Failed) and not getattr(o.prediction, "blobs", None)]
             if False
-            else [o for o in self._outcomes if not (isinstance(o, _Done) and o.prediction.blobs)]
+            else [o for o in self._outcomes if not (isinstance(o, Done) and o.prediction.blobs)]
         )
         recorded = mine | {o.job.id for o in done}
         others = [c for c in self._claimed if c.id not in recorded]
@@ -376,9 +261,9 @@ class Runner:
         claimed: Sequence[store.Claimed],
         *,
         files: dict[tuple[uuid.UUID, str], str] | None = None,
-    ) -> tuple[list[_Done | _Failed], list[tuple[store.Claimed, str]]]:
+    ) -> tuple[list[Done | Failed], list[tuple[store.Claimed, str]]]:
         """Prepare the jobs, predict on the good ones in calls. Returns outcomes and jobs to retry."""
-        outcomes: list[_Done | _Failed] = []
+        outcomes: list[Done | Failed] = []
         ready = self._prepared(adapter, claimed, files=files or {}, outcomes=outcomes)
         self._outcomes = outcomes  # what a process that must exit records first (give_up)
         retry: list[tuple[store.Claimed, str]] = []
@@ -393,6 +278,8 @@ class Runner:
 
             with self.beside.call(call, spec=adapter.spec, on_hard_limit=hard_limit):
                 self._predict(adapter, group, outcomes, retry)
+        if adapter.spec.languages:
+            warn_unread(outcomes, languages=adapter.spec.languages, model=adapter.spec.model)
         return outcomes, retry
 
     def _prepared(
@@ -401,7 +288,7 @@ class Runner:
         claimed: Sequence[store.Claimed],
         *,
         files: dict[tuple[uuid.UUID, str], str],
-        outcomes: list[_Done | _Failed],
+        outcomes: list[Done | Failed],
     ) -> list[tuple[store.Claimed, Any]]:
         """Each job's input checked alone, then prepared together (``prepare_many``); when that
         raises, one by one, so a bad input fails its own job alone."""
@@ -413,9 +300,9 @@ class Runner:
                 self._resolve_files(item, job_id=job.id, files=files)
                 valid.append((job, item))
             except ValidationError as exc:
-                outcomes.append(_Failed(job, InvalidInput.code, _validation_message(exc)))
+                outcomes.append(Failed(job, InvalidInput.code, validation_message(exc)))
             except PermanentError as exc:
-                outcomes.append(_Failed(job, exc.code, str(exc)))
+                outcomes.append(Failed(job, exc.code, str(exc)))
         if not valid:
             return []
         try:
@@ -427,7 +314,7 @@ class Runner:
             try:
                 ready.append((job, adapter.prepare(item)))
             except PermanentError as exc:
-                outcomes.append(_Failed(job, exc.code, str(exc)))
+                outcomes.append(Failed(job, exc.code, str(exc)))
         return ready
 
     def _resolve_files(self, item: Schema, *, job_id: uuid.UUID, files: dict[tuple[uuid.UUID, str], str]) -> None:
@@ -444,7 +331,7 @@ class Runner:
         self,
         adapter: Adapter[Any],
         ready: list[tuple[store.Claimed, Any]],
-        outcomes: list[_Done | _Failed],
+        outcomes: list[Done | Failed],
         retry: list[tuple[store.Claimed, str]],
     ) -> None:
         """Predict; on out-of-memory try the halves, on a model error each item alone,
@@ -455,10 +342,10 @@ class Runner:
             predictions = adapter.predict([item for _, item in ready])
             if len(predictions) != len(ready):
                 raise ModelError(f"adapter returned {len(predictions)} results for {len(ready)} inputs")
-            outcomes.extend(_Done(job, p) for (job, _), p in zip(ready, predictions, strict=True))
+            outcomes.extend(Done(job, p) for (job, _), p in zip(ready, predictions, strict=True))
             return
         except Exception as raised:
-            if _is_sticky_device_error(raised):  # the CUDA context is gone: nothing here can run again
+            if is_sticky_device_error(raised):  # the CUDA context is gone: nothing here can run again
                 log.error("jobs %s: device failed for good: %s", ",".join(str(j.id) for j, _ in ready), raised)
                 self.give_up(
                     [job for job, _ in ready],
@@ -466,9 +353,9 @@ class Runner:
                     message=f"{type(raised).__name__}: {raised}",
                     exit_code=DEVICE_ERROR_EXIT_CODE,
                 )
-            error = OutOfMemory(str(raised)) if _is_out_of_memory(raised) else raised
+            error = OutOfMemory(str(raised)) if is_out_of_memory(raised) else raised
         if isinstance(error, TimedOut | Cancelled):  # the whole slice was asked to stop
-            outcomes.extend(_Failed(job, error.code, str(error)) for job, _ in ready)
+            outcomes.extend(Failed(job, error.code, str(error)) for job, _ in ready)
             return
         transient = isinstance(error, RetryableError)
         if len(ready) > 1 and (isinstance(error, OutOfMemory) or not transient):
@@ -482,60 +369,4 @@ class Runner:
             job = ready[0][0]
             log.error("job %s: model raised %s", job.id, error, exc_info=error)
             code = error.code if isinstance(error, MlqError) else ModelError.code
-            outcomes.append(_Failed(job, code, f"{type(error).__name__}: {error}"))
-
-
-@dataclass
-class _Done:
-    job: store.Claimed
-    prediction: Prediction
-
-    def outcome(self) -> store.Outcome:
-        return store.Outcome(job_id=self.job.id, attempt=self.job.attempt, output=self.prediction.output)
-
-
-@dataclass
-class _Failed:
-    job: store.Claimed
-    code: str
-    message: str
-
-    def outcome(self) -> store.Outcome:
-        return store.Outcome(
-            job_id=self.job.id, attempt=self.job.attempt, error_code=self.code, error_message=self.message
-        )
-
-
-def _is_sticky_device_error(exc: BaseException) -> bool:
-    text = str(exc)
-    return any(marker in text for marker in STICKY_DEVICE_ERRORS)
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """torch.OutOfMemoryError (CUDA) or MemoryError, told apart without importing torch here."""
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-
-
-def _release_memory() -> None:
-    """Give an unloaded model's memory back (and the GPU cache, when torch uses CUDA)."""
-    import gc
-    import sys
-
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-
-
-def _has_files(claimed: Sequence[store.Claimed]) -> bool:
-    return any(isinstance(v, dict) and "artifact" in v for c in claimed for v in c.input.values())
-
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(
-        f"input.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
-    )
-
-
-def is_transient_db_error(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+            outcomes.append(Failed(job, code, f"{type(error).__name__}: {error}"))

@@ -149,3 +149,15 @@ def test_failed_jobs_are_logged_one_by_one_and_successes_once_a_claim(
     assert len(succeeded) == 1 and succeeded[0].job_ids == [str(ids[0]), str(ids[2])]  # type: ignore[attr-defined]
     assert len(failed) == 1 and failed[0].job_id == str(ids[1])  # type: ignore[attr-defined]
     assert uuid.UUID(failed[0].job_id)  # type: ignore[attr-defined]
+
+
+def test_a_result_from_a_model_that_cannot_read_its_language_says_so(
+    runner: Runner, sessions: sessionmaker[Session]
+) -> None:
+    """The demo's MiniLM reads English: "我要杀了你" gets a vector all the same, and a warning."""
+    chinese, english = submit(sessions, "embedding", [{"text": "我要杀了你"}, {"text": "I will hurt you"}])
+    assert runner.run(kind="embedding", job_ids=[chinese, english]).succeeded == 2
+    said, fine = rows(sessions, [chinese, english])
+    [warning] = said.output["warnings"]
+    assert "reads en" in warning and "Han script" in warning and len(said.output["embedding"]) == 384
+    assert fine.output["warnings"] == []

@@ -1,0 +1,152 @@
+"""A claim's results: written (one statement when it can, retried while PostgreSQL is away, the
+job whose value PostgreSQL refuses found and failed alone), then counted and logged."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import metrics, store
+from jobs.artifacts import StoredArtifact
+from jobs.errors import Cancelled
+from jobs.logs import job_fields
+from workers.outcomes import RESULT_NOT_STORABLE, Done, Failed, is_transient_db_error
+from workers.watch import ids_of
+
+log = logging.getLogger("mlq.runner")
+
+STORE_RETRY_MAX_S = 5.0  # longest pause between tries of a result write while PostgreSQL is away
+
+
+@dataclass
+class RunReport:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    released: int = 0
+    discarded: list[uuid.UUID] = field(default_factory=list)  # outcomes a newer attempt superseded
+
+
+def write_results(
+    sessions: sessionmaker[Session],
+    statements: sessionmaker[Session],
+    outcomes: list[Done | Failed],
+    stored: list[tuple[uuid.UUID, StoredArtifact]],
+    retry: list[tuple[store.Claimed, str]],
+    *,
+    lease_s: float,
+) -> tuple[set[uuid.UUID], list[Done | Failed]]:
+    """Write a claim's results in one transaction. While PostgreSQL is away (a restart) the
+    write is tried again with backoff for up to a lease, so computed results are not thrown
+    away; the attempt fence makes a late write harmless. Returns the ids written and the
+    outcomes as stored (a result PostgreSQL refused becomes a ``result_not_storable`` failure)."""
+    deadline = time.monotonic() + lease_s
+    pause_s = 0.2
+    storing_failures = False
+    # The finish statement alone (it carries its NOTIFY) needs no transaction; files,
+    # jobs given back, webhooks and bulk-run bookkeeping are written with it in one.
+    alone = not stored and not retry and len(outcomes) <= store.NOTIFY_IDS_PER_MESSAGE
+    chosen = statements if alone and not any(o.job.follow_up for o in outcomes) else sessions
+    while True:
+        try:
+            with chosen.begin() as session:
+                written = set(store.finish(session, outcomes=[o.outcome() for o in outcomes]))
+                store.add_artifacts(session, rows=[(job_id, a) for job_id, a in stored if job_id in written])
+                if retry:
+                    store.release(
+                        session,
+                        job_ids=[c.id for c, _ in retry],
+                        attempts=[c.attempt for c, _ in retry],
+                        reason=retry[0][1],
+                    )
+            return written, outcomes
+        except Exception as exc:
+            if isinstance(exc, DBAPIError) and not is_transient_db_error(exc) and not storing_failures:
+                # PostgreSQL refused the results themselves (a value it cannot store). Find the
+                # job whose result it is, one write each, so the others keep theirs; fail that
+                # one saying so, rather than leave it running to be retried into the same wall.
+                if len(outcomes) > 1:
+                    written, kept = set(), []
+                    for index, one in enumerate(outcomes):
+                        mine = [a for a in stored if a[0] == one.job.id]
+                        again = retry if index == 0 else []
+                        done, result = write_results(sessions, statements, [one], mine, again, lease_s=lease_s)
+                        written |= done
+                        kept += result
+                    return written, kept
+                log.error("job %s: result refused by PostgreSQL: %s", outcomes[0].job.id, exc)
+                message = f"the result could not be stored: {str(exc.orig or exc).splitlines()[0][:300]}"
+                outcomes = [Failed(o.job, RESULT_NOT_STORABLE, message) for o in outcomes]
+                stored = []
+                storing_failures = True
+                continue
+            if not is_transient_db_error(exc) or time.monotonic() + pause_s > deadline:
+                raise
+            log.warning(
+                "jobs %s: result write failed (%s); trying again in %.1fs",
+                ",".join(str(o.job.id) for o in outcomes), exc, pause_s,
+            )  # fmt: skip
+            time.sleep(pause_s)
+            pause_s = min(STORE_RETRY_MAX_S, pause_s * 2)
+
+
+def reported(
+    outcomes: list[Done | Failed],
+    *,
+    kind: str,
+    model: str,
+    claimed: Sequence[store.Claimed],
+    written: set[uuid.UUID],
+    elapsed_s: float,
+    report: RunReport,
+    worker: str,
+) -> None:
+    """A claim's metrics and logs: one line for its successes (their ids at DEBUG), one
+    for each failure, one for each result a newer attempt superseded."""
+    finished: Counter[tuple[str, str, str]] = Counter()
+    succeeded = []
+    for o in outcomes:
+        if o.job.id not in written:
+            report.discarded.append(o.job.id)
+            log.warning("job %s attempt %d: result discarded, a newer attempt owns the job", o.job.id, o.job.attempt)
+        elif isinstance(o, Done):
+            succeeded.append(o.job)
+            finished[(o.job.tenant, "succeeded", "")] += 1
+        else:
+            status = "cancelled" if o.code == Cancelled.code else "failed"
+            finished[(o.job.tenant, status, o.code)] += 1
+            log.info(
+                "job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message,
+                extra=job_fields(job_id=o.job.id, kind=kind, tenant=o.job.tenant, attempt=o.job.attempt,
+                                 worker=worker, duration_s=round(elapsed_s, 4), batch_size=len(claimed),
+                                 error_code=o.code),
+            )  # fmt: skip
+    for (tenant, status, code), n in finished.items():
+        metrics.JOBS_FINISHED.labels(kind, tenant, status, code).inc(n)
+    run_time = metrics.RUN_TIME.labels(kind, model)
+    for _ in range(sum(finished.values())):
+        run_time.observe(elapsed_s)
+    report.succeeded += len(succeeded)
+    report.failed += sum(n for (_, status, _), n in finished.items() if status != "succeeded")
+    if succeeded:
+        shared = {
+            name: values.pop()
+            for name, values in (
+                ("tenant", {j.tenant for j in succeeded}),
+                ("attempt", {j.attempt for j in succeeded}),
+            )
+            if len(values) == 1
+        }
+        log.info(
+            "%d %s jobs succeeded in %.3fs (claim of %d)", len(succeeded), kind, elapsed_s, len(claimed),
+            extra=job_fields(kind=kind, duration_s=round(elapsed_s, 4), batch_size=len(claimed),
+                             worker=worker, job_ids=[j.id for j in succeeded], **shared),
+        )  # fmt: skip
+        log.debug("succeeded: %s", ids_of(succeeded))
