@@ -14,9 +14,10 @@ export TRANSFORMERS_OFFLINE ?= 1
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "installing mlq into $(VENV): about 6.4 GB (torch and its CUDA libraries are most of it; they run on a CPU too)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install --progress-bar on -e ".[test]"
 	echo "$(abspath $(VENV))" > $@
 
 run: install  ## the whole stack on this machine, a demo job of every kind, then serve until Ctrl-C

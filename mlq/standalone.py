@@ -28,6 +28,9 @@ from mlq.embedded import free_port, start_postgres, start_redis
 from workers.placement import THREADS_ENV, usable_cores
 
 STATE_FILE = "standalone.json"  # the API URL and key, for `mlq demo` and the user
+LONG_KINDS = frozenset({  # kinds whose jobs take seconds to minutes on a CPU
+    "image-generation", "music-generation", "speech-recognition", "text-generation", "chat", "text2text-generation",
+})  # fmt: skip
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
 
@@ -74,12 +77,16 @@ class Stack:
         for group, kinds in groups.items():
             port = free_port()  # one metrics port per worker: they share this machine
             self.metrics_urls[f"worker-{group}"] = f"http://127.0.0.1:{port}/metrics"
+            # two pool processes where long jobs of several kinds meet: an image of a minute
+            # holds one, a music clip takes the other (with one, it waited behind the image)
+            processes = "2" if len(set(kinds) & LONG_KINDS) > 1 else "1"
             self._spawn(
                 f"worker-{group}",
-                ["worker", "--kinds", ",".join(kinds), "--torch-threads", os.environ.get(THREADS_ENV, threads)],
+                ["worker", "--kinds", ",".join(kinds), "--torch-threads", os.environ.get(THREADS_ENV, threads),
+                 "--concurrency", processes],
                 logs,
                 MLQ_WORKER_METRICS_PORT=str(port),
-            )
+            )  # fmt: skip
         port = free_port()
         self.metrics_urls["reconciler"] = f"http://127.0.0.1:{port}/metrics"
         self._spawn("reconciler", ["reconcile"], logs, MLQ_RECONCILER_METRICS_PORT=str(port))

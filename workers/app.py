@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import random
+import threading
 from typing import Any
 
 from celery import Celery, Task
@@ -40,6 +41,7 @@ RETRY_MAX_S = 30.0
 MODEL_LOAD_TIMEOUT_S = 900.0  # the longest a pool process may take to load its models
 
 _runner: Runner | None = None
+_making_runner = threading.Lock()  # the preload thread and the first task may both ask for it
 
 
 def create_app() -> Celery:
@@ -82,28 +84,41 @@ def served_kinds() -> frozenset[str]:
 
 def runner() -> Runner:
     global _runner
-    if _runner is None:
-        settings = get_settings()
-        models = load_models_file(settings.models)
-        _runner = Runner(
-            sessions=make_sessionmaker(make_engine(settings.require_database_url(), pool_size=2)),
-            models=models,
-            artifacts=LocalArtifactStore(settings.artifacts_path),
-            data_dir=settings.data_dir,
-            worker=f"{settings.worker_name or 'worker'}/{os.getpid()}",
-            lease_s=settings.lease_s,
-            memory_budget_bytes=settings.worker_memory_budget_mb * 2**20,
-        )
+    with _making_runner:
+        if _runner is None:
+            _runner = _new_runner()
     return _runner
+
+
+def _new_runner() -> Runner:
+    settings = get_settings()
+    return Runner(
+        sessions=make_sessionmaker(make_engine(settings.require_database_url(), pool_size=2)),
+        models=load_models_file(settings.models),
+        artifacts=LocalArtifactStore(settings.artifacts_path),
+        data_dir=settings.data_dir,
+        worker=f"{settings.worker_name or 'worker'}/{os.getpid()}",
+        lease_s=settings.lease_s,
+        memory_budget_bytes=settings.worker_memory_budget_mb * 2**20,
+    )
 
 
 @worker_process_init.connect
 def _load_models(**_: Any) -> None:
-    """In each pool process, after the fork: set threads and load this worker's models."""
+    """In each pool process, after the fork: set threads, and load this worker's models on a
+    thread of their own while the process already takes jobs (a media worker's four models
+    took 34 s; its first job waited for all four). A job whose model is still loading waits
+    for that one alone (``Runner.adapter`` loads each kind once, under its own lock)."""
     from workers.placement import configure_torch_threads
 
     configure_torch_threads()
-    for kind in filter(None, os.environ.get(KINDS_ENV, "").split(",")):
+    kinds = list(filter(None, os.environ.get(KINDS_ENV, "").split(",")))
+    threading.Thread(target=_preload, args=(kinds,), name="mlq-preload", daemon=True).start()
+
+
+def _preload(kinds: list[str]) -> None:
+    for kind in kinds:
+        log.info("loading the %s model", kind)
         try:
             runner().adapter(kind)
         except Exception:  # the worker still serves its other kinds; this kind's jobs fail with the reason

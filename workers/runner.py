@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -91,6 +92,7 @@ class Runner:
         self.footprints: dict[str, int] = {}
         self.call_costs: dict[str, float] = {}  # kind -> a model call's cost in padded tokens (workers.calls)
         self.last_used: dict[str, float] = {}
+        self._loading: dict[str, threading.Lock] = {}  # one per kind: a model loads once
         self.beside = Beside(sessions, lease_s=lease_s)  # leases, time limits and cancel requests
         # the claim running now and its outcomes so far: what give_up records when the process must exit
         self._claimed: Sequence[store.Claimed] = ()
@@ -104,25 +106,32 @@ class Runner:
 
     def adapter(self, kind: str) -> Adapter[Any]:
         """The loaded adapter of ``kind``, loading it on first use (and, over the memory
-        budget, unloading the models used longest ago first)."""
+        budget, unloading the models used longest ago first). Each kind loads once, under a
+        lock of its own: the preload thread and a job may ask for it at the same time."""
         self.last_used[kind] = time.monotonic()
-        if kind not in self.adapters:
-            spec = self.spec(kind)
-            started = time.perf_counter()
-            adapter = create_adapter(spec, data_dir=self.data_dir)
-            adapter.load(pick_device(spec.device))
-            load_s = time.perf_counter() - started
-            self.call_costs[kind] = call_cost_tokens(adapter)
-            self.adapters[kind] = adapter
-            self.footprints[kind] = adapter.footprint_bytes()
-            metrics.MODEL_LOAD.labels(kind, spec.model).set(load_s)
-            log.info(
-                "loaded %s model %s on %s in %.2fs (%.0f MiB)",
-                kind, spec.model, adapter.device, load_s, self.footprints[kind] / 2**20,
-            )  # fmt: skip
-            self._keep_to_budget(keep=kind)
-            metrics.record_process_memory()
+        if kind in self.adapters:
+            return self.adapters[kind]
+        with self._loading.setdefault(kind, threading.Lock()):  # setdefault is atomic in CPython
+            if kind not in self.adapters:
+                self._load(kind)
         return self.adapters[kind]
+
+    def _load(self, kind: str) -> None:
+        spec = self.spec(kind)
+        started = time.perf_counter()
+        adapter = create_adapter(spec, data_dir=self.data_dir)
+        adapter.load(pick_device(spec.device))
+        load_s = time.perf_counter() - started
+        self.call_costs[kind] = call_cost_tokens(adapter)
+        self.adapters[kind] = adapter
+        self.footprints[kind] = adapter.footprint_bytes()
+        metrics.MODEL_LOAD.labels(kind, spec.model).set(load_s)
+        log.info(
+            "loaded %s model %s on %s in %.2fs (%.0f MiB)",
+            kind, spec.model, adapter.device, load_s, self.footprints[kind] / 2**20,
+        )  # fmt: skip
+        self._keep_to_budget(keep=kind)
+        metrics.record_process_memory()
 
     def _keep_to_budget(self, *, keep: str) -> None:
         """Unload least-recently-used models until the loaded ones fit the budget (the one

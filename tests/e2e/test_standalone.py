@@ -35,6 +35,8 @@ def test_standalone_demo_on_embedded_servers(tmp_path: Path, data_dir: Path) -> 
     before = result.stdout[: result.stdout.index("mlq is up")].strip().splitlines()
     assert len(before) <= 10, before  # what comes before it: where things are, one line each
     assert "what next" in result.stdout and "source .venv/bin/activate" in result.stdout
+    # long jobs of several kinds meet in the media worker: two processes, so one does not wait on another
+    assert "concurrency: 2" in (tmp_path / "logs" / "worker-media.log").read_text()
     kinds = sorted(load_models_file("demo").kinds)
     lines = [line for line in result.stdout.splitlines() if line.split(" ", 1)[0] in kinds]
     assert {line.split(" ", 1)[0] for line in lines} == set(kinds), result.stdout[-3000:]
