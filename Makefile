@@ -13,10 +13,11 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@echo "installing mlq into $(VENV): about 6.4 GB (torch and its CUDA libraries are most of it; they run on a CPU too)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install --progress-bar on -e clients/python  # the client, a distribution of its own
 	$(BIN)/python -m pip install --progress-bar on -e ".[test]"
 	echo "$(abspath $(VENV))" > $@
 
