@@ -29,9 +29,10 @@ def with_deployment_limits(app: FastAPI, *, settings: Settings, kinds: list[str]
                         parameter["schema"]["maximum"] = maximum[name]
                     if name == "kind" and path == "/v1/batches":
                         parameter["schema"] = {"anyOf": [{"enum": kinds}, {"type": "null"}]}
-                body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
-                if body is not None and "kind" in body.get("properties", {}):  # the JSON form of a bulk run
-                    body["properties"]["kind"] = {"anyOf": [{"enum": kinds}, {"type": "null"}]}
+                for form in operation.get("requestBody", {}).get("content", {}).values():  # a bulk run's forms
+                    body = form.get("schema", {})
+                    if "kind" in body.get("properties", {}):
+                        body["properties"]["kind"] = {"anyOf": [{"enum": kinds}, {"type": "null"}]}
         schema["components"]["schemas"]["SubmitJob"]["properties"]["kind"]["enum"] = kinds
         app.openapi_schema = schema
         return schema

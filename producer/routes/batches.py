@@ -42,11 +42,12 @@ UPLOAD_DOC: dict[str, Any] = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "kind": {"type": "string"},
-                        "priority": {"type": "integer"},
+                        "priority": {"type": "integer", "minimum": 0, "maximum": MAX_BATCH_PRIORITY},
                         "metadata": {"type": "string", "description": "a JSON object"},
                         "webhook_url": {"type": "string"},
                     },
                     "required": ["file"],
+                    "additionalProperties": False,  # read at most 8 fields: others are refused (400)
                 }
             },
         },
