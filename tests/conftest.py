@@ -186,6 +186,26 @@ def create_key(settings: Settings, tenant: str, scopes: str = "submit,read") -> 
     return out.stdout.strip().splitlines()[-1]
 
 
+@contextlib.contextmanager
+def stack_of_its_own(settings: Settings, services: Services, **changes: object) -> Iterator[Settings]:
+    """Settings on a PostgreSQL database and a Redis database no other stack uses. A stack that
+    shares only the Redis database is not alone: the session stack's reconciler republishes a
+    job queued 30 s (a cold worker still loading its models) to its own worker, as it should."""
+    with fresh_database(services.pg_admin_url) as database_url, fresh_redis_db(services.redis_base_url) as redis_url:
+        upgrade(database_url)
+        own = {"database_url": database_url, "redis_url": redis_url, **changes}
+        yield Settings(**{**settings.model_dump(), **own})
+
+
+@contextlib.contextmanager
+def sessions_of(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(settings.require_database_url(), pool_size=1)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
 # --- real processes: `mlq api` and `mlq worker` on the test database and Redis ---
 
 

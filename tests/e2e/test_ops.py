@@ -1,4 +1,4 @@
-"""What operations watch, on a stack of its own (a Redis DB no other worker reads): /metrics on
+"""What operations watch, on a stack of its own (its own PostgreSQL and Redis databases): /metrics on
 the API and on a worker, JSON logs, Flower listing the worker, and the ops page in headless
 Chromium (a batch's progress moving, a generated image shown)."""
 
@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobs.queues import queue_name
 from jobs.settings import Settings
 from mlq.embedded import free_port
-from tests.conftest import ARTIFACTS, Api, Proc, create_key, process_env, start_api, wait_http
-from tests.services import Services, fresh_redis_db
+from tests.conftest import ARTIFACTS, Api, Proc, create_key, process_env, stack_of_its_own, start_api, wait_http
+from tests.services import Services
 
 KINDS = "embedding,moderation,image-generation"
 UNSERVED = "text2text-generation"  # published to, never consumed here: its queue depth is known
@@ -41,8 +41,7 @@ class OpsStack:
 
 @pytest.fixture(scope="module")
 def ops_stack(settings: Settings, services: Services) -> Iterator[OpsStack]:
-    with fresh_redis_db(services.redis_base_url) as redis_url:
-        mine = Settings(**{**settings.model_dump(), "redis_url": redis_url, "log_format": "json"})
+    with stack_of_its_own(settings, services, log_format="json") as mine:
         metrics_port, flower_port = free_port(), free_port()
         worker = Proc(
             "ops-worker",
@@ -62,7 +61,7 @@ def ops_stack(settings: Settings, services: Services) -> Iterator[OpsStack]:
                 worker=worker,
                 worker_metrics=f"http://127.0.0.1:{metrics_port}/metrics",
                 flower_url=f"http://127.0.0.1:{flower_port}",
-                redis_url=redis_url,
+                redis_url=mine.redis_url,
                 admin_key=create_key(mine, f"ops-{uuid.uuid4().hex[:6]}", "submit,read,admin"),
             )
         finally:

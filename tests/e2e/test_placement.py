@@ -11,13 +11,12 @@ import uuid
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.settings import Settings
 from jobs.tables import Job
 from producer.publish import Publisher
-from tests.conftest import Proc, create_key, process_env, start_api
-from tests.services import Services, fresh_redis_db
+from tests.conftest import Proc, create_key, process_env, sessions_of, stack_of_its_own, start_api
+from tests.services import Services
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -25,9 +24,8 @@ def environ(pid: int) -> dict[str, str]:
     return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
 
 
-def test_one_worker_process_per_gpu(settings: Settings, services: Services, sessions: sessionmaker[Session]) -> None:
-    with fresh_redis_db(services.redis_base_url) as redis_url:
-        mine = Settings(**{**settings.model_dump(), "redis_url": redis_url})
+def test_one_worker_process_per_gpu(settings: Settings, services: Services) -> None:
+    with stack_of_its_own(settings, services) as mine, sessions_of(mine) as sessions:
         # --torch-threads is passed on to each GPU process (an option they did not know would stop them)
         command = ["worker", "--kinds", "embedding", "--gpus", "0,1", "--torch-threads", "1"]
         supervisor = Proc("gpus-worker", command, process_env(mine))

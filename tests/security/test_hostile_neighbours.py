@@ -21,9 +21,9 @@ from jobs.queues import queue_name, task_name
 from jobs.settings import Settings
 from jobs.tables import Batch, Job
 from producer.publish import Publisher
-from tests.conftest import Api, Proc, create_key, process_env, start_api
+from tests.conftest import Api, Proc, create_key, process_env, sessions_of, stack_of_its_own, start_api
 from tests.e2e.test_batches import jsonl, wait_batch
-from tests.services import Services, fresh_redis_db
+from tests.services import Services
 
 WAIT_S = 180
 
@@ -140,9 +140,8 @@ def test_a_key_without_the_read_scope_never_sees_a_result(stack: Api) -> None:
 
 @pytest.fixture(scope="module")
 def lone_worker(settings: Settings, services: Services) -> Iterator[tuple[Api, Proc]]:
-    """An API and a worker serving text-classification alone, on a Redis database of their own."""
-    with fresh_redis_db(services.redis_base_url) as redis_url:
-        own = Settings(**{**settings.model_dump(), "redis_url": redis_url})
+    """An API and a worker serving text-classification alone, on a stack of their own."""
+    with stack_of_its_own(settings, services) as own:
         worker = Proc("worker-one-kind", ["worker", "--kinds", "text-classification"], process_env(own))
         api, proc = start_api(own, "api-one-kind")
         try:
@@ -152,9 +151,7 @@ def lone_worker(settings: Settings, services: Services) -> Iterator[tuple[Api, P
             worker.stop()
 
 
-def test_a_message_for_a_kind_the_worker_does_not_serve_loads_nothing(
-    lone_worker: tuple[Api, Proc], sessions: sessionmaker[Session]
-) -> None:
+def test_a_message_for_a_kind_the_worker_does_not_serve_loads_nothing(lone_worker: tuple[Api, Proc]) -> None:
     api, worker = lone_worker
     key = create_key(api.settings, f"routing-{uuid.uuid4().hex[:6]}")
     with api.client(key) as http:
@@ -172,7 +169,7 @@ def test_a_message_for_a_kind_the_worker_does_not_serve_loads_nothing(
     log = worker.log_path.read_text()
     assert "left queued" in log and foreign["id"] in log, worker.tail()
     assert "loaded text-classification model" in log and "loaded image-generation model" not in log
-    with sessions() as session:
+    with sessions_of(api.settings) as sessions, sessions() as session:
         assert session.get(Job, uuid.UUID(foreign["id"])).status == "queued"  # type: ignore[union-attr]
     with api.client(key) as http:  # and the worker goes on with its own kind
         after = http.post("/v1/jobs", json={"kind": "text-classification", "input": {"text": "y"}}, params={"wait": 60})
