@@ -1,5 +1,5 @@
-"""Store functions for batches: a COPY-speed insert of their jobs, counts, cancel, and results
-streamed from PostgreSQL in input order.
+"""Store functions for bulk runs: a COPY-speed insert of their jobs, counts, and results
+streamed from PostgreSQL in input order (cancelling one is in ``jobs.lifecycle``).
 
 A batch's counts and status are read from its jobs, never stored twice.
 """
@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from psycopg import sql
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from jobs.errors import Conflict
 from jobs.status import JobStatus
-from jobs.store import decode_cursor, encode_cursor, enqueue_webhooks, notify_finished
+from jobs.store import decode_cursor, encode_cursor
 from jobs.tables import Batch, Job
 
 COPY_COLUMNS = (
@@ -147,39 +146,6 @@ def list_batches(
         stmt = stmt.where(or_(Batch.created_at < created, and_(Batch.created_at == created, Batch.id < last_id)))
     rows = list(session.execute(stmt.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)).scalars())
     return rows[:limit], (encode_cursor(rows[limit - 1]) if len(rows) > limit else None)
-
-
-def cancel_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch | None:
-    """Queued items are cancelled now; running ones end ``cancelled``; finished ones stay.
-    A run whose every item had finished before any cancel is a Conflict: it stays as it ended."""
-    batch = session.execute(
-        select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id).with_for_update()
-    ).scalar_one_or_none()
-    if batch is None:
-        return None
-    if batch.cancel_requested_at is None:
-        tally = counts(session, batch_ids=[batch.id])[batch.id]
-        if not tally.unfinished:
-            raise Conflict(f"bulk run {batch_id} already finished ({status_of(batch, tally)}); nothing to cancel")
-        batch.cancel_requested_at = session.execute(select(func.now())).scalar_one()
-    cancelled = (
-        session.execute(
-            update(Job)
-            .where(Job.batch_id == batch_id, Job.status == JobStatus.queued.value)
-            .values(status=JobStatus.cancelled.value, finished_at=func.now(), updated_at=func.now())
-            .returning(Job.id)
-        )
-        .scalars()
-        .all()
-    )
-    session.execute(
-        update(Job)
-        .where(Job.batch_id == batch_id, Job.status == JobStatus.running.value)
-        .values(cancel_requested_at=func.now())
-    )
-    notify_finished(session, job_ids=list(cancelled))
-    enqueue_webhooks(session, job_ids=list(cancelled))
-    return batch
 
 
 _RESULTS_SQL = """

@@ -1,86 +1,32 @@
 """Job kinds: each one names its input and output schema.
 
 The schemas are the contract between the API (which validates input before
-anything is stored) and the workers (whose adapters promise the output).
-Limits that a deployment tunes (``max_text_chars``...) come from the models
-file and reach validators through the pydantic validation context, so the
-422 names the field and the limit. A new kind is a new schema pair and one
-``register`` call; the plumbing never changes.
+anything is stored) and the workers (whose adapters promise the output). A new kind is
+a new schema pair and one ``register`` call; the plumbing never changes. Their shared
+pieces (bounded texts, files, limits) are in ``jobs.schemas``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-HARD_MAX_TEXT_CHARS = 100_000  # above any models file: protects the API from huge bodies
-HARD_MAX_ITEM_CHARS = 4_000  # one short text in a list: an interest, a candidate item's text
-HARD_MAX_ITEMS = 10_000  # candidates of one recommendation, above any models file's max_items
-HARD_MAX_BASE64_CHARS = 40_000_000  # inline file, above any request limit (max_request_bytes: 32 MB)
-MAX_STOP_CHARS = 200  # one stop string
-
-ShortText = Annotated[str, Field(min_length=1, max_length=HARD_MAX_ITEM_CHARS)]
-
-# Limits of binary inputs where the models file sets none: the API checks them at submission
-# (from the file's header; no pixel or sample is decoded there), the worker again as it decodes.
-DEFAULT_BINARY_LIMITS = {
-    "max_input_bytes": 20_000_000,  # a large JPEG is a few MB; PNG screenshots stay well below this
-    "max_image_pixels": 40_000_000,  # a 50-megapixel phone photo is ~48M; 40M is ~160 MB as RGB
-    "max_audio_s": 600,  # ten minutes: 21 windows of 30 s, seconds of GPU time
-}
-
-
-def binary_limit(limits: dict[str, Any], name: str) -> int:
-    """A binary input's limit from the models file's ``limits``, else the default above."""
-    return int(limits.get(name, DEFAULT_BINARY_LIMITS[name]))
-
-
-class Schema(BaseModel):
-    # NaN and infinities are written as such, not as null: PostgreSQL refuses them, and the
-    # job fails with result_not_storable instead of storing a result with holes in it
-    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
-
-
-class Output(Schema):
-    """A kind's output: what the model made, and what to know about it."""
-
-    warnings: list[str] = Field(
-        default_factory=list, description="What to know about this result: e.g. the model does not read its language."
-    )
-
-
-class Input(Schema):
-    """A kind's input. Numbers must be finite: NaN and Infinity are refused, naming the field.
-    Every string and list has a bound (a test walks the schemas to hold us to it)."""
-
-    model_config = ConfigDict(allow_inf_nan=False)
-
-
-def limit(info: ValidationInfo, name: str, default: int) -> int:
-    """A limit from the models file (validation context), or the built-in default."""
-    limits = (info.context or {}).get("limits") or {}
-    return int(limits.get(name, default))
-
-
-def check_text(value: str, info: ValidationInfo) -> str:
-    max_chars = limit(info, "max_text_chars", HARD_MAX_TEXT_CHARS)
-    if len(value) > max_chars:
-        raise ValueError(f"text is {len(value)} characters; the limit for this kind is max_text_chars={max_chars}")
-    if not value.strip():
-        raise ValueError("text is empty")
-    return value
-
-
-class TextInput(Input):
-    text: str = Field(max_length=HARD_MAX_TEXT_CHARS, description="The text to process.")
-
-    @field_validator("text")
-    @classmethod
-    def _text_within_limits(cls, value: str, info: ValidationInfo) -> str:
-        return check_text(value, info)
-
+from jobs.schemas import (
+    HARD_MAX_ITEMS,
+    HARD_MAX_TEXT_CHARS,
+    BinaryInput,
+    GenerationOptions,
+    Input,
+    Output,
+    Schema,
+    ShortText,
+    Text,
+    TextInput,
+    Usage,
+    check_max,
+)
 
 # --- text-classification -------------------------------------------------
 
@@ -112,88 +58,12 @@ class EmbeddingOutput(Output):
     dimensions: int
 
 
-# --- shared pieces -------------------------------------------------------
-
-
-def check_max(value: int | float, info: ValidationInfo, name: str, default: int) -> int | float:
-    """Refuse ``value`` above the models file's limit ``name``, naming the limit."""
-    ceiling = limit(info, name, default)
-    if value > ceiling:
-        raise ValueError(f"{value} is over the limit for this kind: {name}={ceiling}")
-    return value
-
-
-class BinaryInput(Input):
-    """Binary input (audio, an image): inline as base64, the name of an uploaded artifact, or
-    a public http(s) URL that the API downloads at submission (SSRF-checked, size-bounded).
-
-    The API moves inline or downloaded bytes to the artifact store before the job is stored, so
-    PostgreSQL only ever holds ``{"artifact": name}``; the runner puts the bytes in
-    ``data`` before the adapter sees the item.
-    """
-
-    base64: str | None = Field(
-        default=None, max_length=HARD_MAX_BASE64_CHARS, description="The file's bytes, base64-encoded."
-    )
-    artifact: str | None = Field(default=None, max_length=255, description="Name of a file uploaded with the job.")
-    url: str | None = Field(
-        default=None,
-        max_length=2048,
-        description="A public http(s) URL, downloaded once at submission; private and loopback addresses are refused.",
-    )
-    _data: bytes | None = PrivateAttr(default=None)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> BinaryInput:
-        if sum(v is not None for v in (self.base64, self.artifact, self.url)) != 1:
-            raise ValueError("give exactly one of base64, artifact or url")
-        return self
-
-    @property
-    def data(self) -> bytes:
-        if self._data is None:
-            raise RuntimeError("binary input was not resolved from the artifact store")
-        return self._data
-
-    def resolve(self, data: bytes) -> None:
-        self._data = data
-
-
-class GenerationOptions(Input):
-    """Decoding options shared by the text generation kinds."""
-
-    max_new_tokens: int = Field(default=64, ge=1, description="Tokens to generate at most.")
-    temperature: float = Field(default=1.0, ge=0, le=5, description="0 means greedy decoding.")
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=1, le=1000)
-    repetition_penalty: float = Field(default=1.0, gt=0, le=10)
-    stop: list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
-        default_factory=list, max_length=8, description="Stop at any of these strings."
-    )
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Same seed, same text (on one device).")
-
-    @field_validator("max_new_tokens")
-    @classmethod
-    def _within_token_limit(cls, value: int, info: ValidationInfo) -> int:
-        return int(check_max(value, info, "max_new_tokens", 4096))
-
-
-class Usage(Output):
-    prompt_tokens: int
-    completion_tokens: int
-
-
 # --- moderation ----------------------------------------------------------
 
 
 class ModerationInput(Input):
-    text: str | None = Field(default=None, max_length=HARD_MAX_TEXT_CHARS)
+    text: Text | None = None
     image: BinaryInput | None = None
-
-    @field_validator("text")
-    @classmethod
-    def _text_within_limits(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else check_text(value, info)
 
     @model_validator(mode="after")
     def _one_subject(self) -> ModerationInput:
@@ -213,12 +83,7 @@ class ModerationOutput(Output):
 
 
 class TextGenerationInput(GenerationOptions):
-    prompt: str = Field(max_length=HARD_MAX_TEXT_CHARS)
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_within_limits(cls, value: str, info: ValidationInfo) -> str:
-        return check_text(value, info)
+    prompt: Text
 
 
 class TextGenerationOutput(Usage):
@@ -227,13 +92,8 @@ class TextGenerationOutput(Usage):
 
 
 class Text2TextInput(GenerationOptions):
-    text: str = Field(max_length=HARD_MAX_TEXT_CHARS)
+    text: Text
     num_beams: int = Field(default=1, ge=1, le=8)
-
-    @field_validator("text")
-    @classmethod
-    def _text_within_limits(cls, value: str, info: ValidationInfo) -> str:
-        return check_text(value, info)
 
 
 class Text2TextOutput(Usage):
@@ -289,7 +149,7 @@ class ImageClassificationOutput(TextClassificationOutput):
 
 
 class ImageGenerationInput(Input):
-    prompt: str = Field(max_length=HARD_MAX_TEXT_CHARS)
+    prompt: Text
     negative_prompt: str | None = Field(default=None, max_length=HARD_MAX_TEXT_CHARS)
     num_inference_steps: int = Field(default=20, ge=1)
     guidance_scale: float = Field(default=7.5, ge=0, le=50)
@@ -297,11 +157,6 @@ class ImageGenerationInput(Input):
     height: int = Field(default=512, ge=16, multiple_of=8)
     num_images: int = Field(default=1, ge=1)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_within_limits(cls, value: str, info: ValidationInfo) -> str:
-        return check_text(value, info)
 
     @field_validator("num_inference_steps")
     @classmethod
@@ -335,15 +190,10 @@ class ImageGenerationOutput(Output):
 
 
 class MusicGenerationInput(Input):
-    prompt: str = Field(max_length=HARD_MAX_TEXT_CHARS)
+    prompt: Text
     duration_s: float = Field(default=5.0, gt=0)
     guidance_scale: float = Field(default=3.0, ge=0, le=20)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_within_limits(cls, value: str, info: ValidationInfo) -> str:
-        return check_text(value, info)
 
     @field_validator("duration_s")
     @classmethod

@@ -6,6 +6,10 @@ input stays in PostgreSQL, so a redelivered or replayed message can do no harm.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
 QUEUE_PREFIX = "mlq"
 
 
@@ -29,3 +33,18 @@ MAX_PRIORITY = 9
 def broker_priority(priority: int) -> int:
     """Our priority (9 most urgent, as users expect) to kombu's Redis priority (0 most urgent)."""
     return MAX_PRIORITY - max(MIN_PRIORITY, min(MAX_PRIORITY, priority))
+
+
+def send_wakeup(
+    app: Any, *, kind: str, job_ids: Sequence[uuid.UUID | str], priority: int, producer: Any = None
+) -> None:
+    """Publish one wake-up message naming ``job_ids`` on ``kind``'s queue (``app``: a Celery
+    app; ``producer``: a kombu producer to reuse over many messages). The one place a
+    message is built, for the API and the reconciler alike."""
+    app.send_task(
+        task_name(kind),
+        args=[[str(i) for i in job_ids]],
+        queue=queue_name(kind),
+        priority=broker_priority(priority),
+        producer=producer,
+    )

@@ -1,4 +1,5 @@
-"""Store functions of the webhook outbox: claim due deliveries, record each attempt."""
+"""Store functions of the webhook outbox: rows written for finished jobs and bulk runs (in
+the transaction that finishes them), due deliveries claimed, each attempt recorded."""
 
 from __future__ import annotations
 
@@ -9,7 +10,51 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from jobs.pgvalues import uuid_array
+
 CLAIM_LEASE_S = 60  # a claimed delivery is not picked up again for this long (the dispatcher may die mid-send)
+
+
+_JOB_WEBHOOKS_SQL = text(
+    """
+    INSERT INTO webhook_deliveries (id, tenant_id, job_id, url, status, attempts)
+    SELECT gen_random_uuid(), tenant_id, id, webhook_url, 'pending', 0
+    FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) AND webhook_url IS NOT NULL
+    ON CONFLICT DO NOTHING
+    """
+)
+_BATCH_LOCK_SQL = text(
+    """
+    SELECT id FROM batches
+    WHERE id IN (SELECT DISTINCT batch_id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])))
+      AND webhook_url IS NOT NULL
+    ORDER BY id FOR UPDATE
+    """
+)
+_BATCH_WEBHOOKS_SQL = text(
+    """
+    INSERT INTO webhook_deliveries (id, tenant_id, batch_id, url, status, attempts)
+    SELECT gen_random_uuid(), b.tenant_id, b.id, b.webhook_url, 'pending', 0
+    FROM batches b
+    WHERE b.id = ANY(CAST(:batch_ids AS uuid[]))
+      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id AND j.status IN ('queued', 'running'))
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+def write_outbox(session: Session, *, job_ids: Sequence[uuid.UUID], hooks: bool = True, batches: bool = True) -> None:
+    """Outbox rows for finished jobs that asked for a webhook, and for their bulk runs once the
+    last item is done. The run's row is locked first, so two workers finishing a run's last
+    items at once cannot both miss (or both send) its webhook."""
+    if not job_ids:
+        return
+    ids = list(job_ids)
+    if hooks:  # ``hooks``/``batches`` False: the caller knows none asked / none is in a bulk run
+        session.execute(_JOB_WEBHOOKS_SQL, {"ids": uuid_array(ids)})
+    batch_ids = session.execute(_BATCH_LOCK_SQL, {"ids": uuid_array(ids)}).scalars().all() if batches else []
+    if batch_ids:
+        session.execute(_BATCH_WEBHOOKS_SQL, {"batch_ids": list(batch_ids)})
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from jobs import migrate, store
+from jobs import keys, migrate
 from jobs.db import make_engine, make_sessionmaker
 from jobs.modelsfile import load_models_file
 from jobs.settings import Settings
@@ -105,9 +105,9 @@ class Stack:
             with make_sessionmaker(engine).begin() as session:
                 if state.exists():
                     key = str(json.loads(state.read_text()).get("api_key", ""))
-                    if key and store.authenticate(session, key=key) is not None:
+                    if key and keys.authenticate(session, key=key) is not None:
                         return key
-                key, _ = store.create_api_key(session, tenant="default", scopes=store.SCOPES)
+                key, _ = keys.create_api_key(session, tenant="default", scopes=keys.SCOPES)
                 return key
         finally:
             engine.dispose()

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from jobs.errors import Cancelled, TimedOut
-from jobs.kinds import Schema
 from jobs.modelsfile import ModelSpec
+from jobs.schemas import Schema
 
 In = TypeVar("In", bound=Schema)
 

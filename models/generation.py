@@ -26,7 +26,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from jobs.errors import InvalidInput
-from jobs.kinds import GenerationOptions
+from jobs.schemas import GenerationOptions
 from models.base import StopSignal
 
 STOP_WINDOW_SLACK_TOKENS = 4  # tokens beyond a stop string's byte length decoded to look for it

@@ -7,7 +7,8 @@ from typing import Any
 
 from PIL import Image
 
-from jobs.kinds import ImageClassificationInput, ImageClassificationOutput, LabelScore, binary_limit
+from jobs.kinds import ImageClassificationInput, ImageClassificationOutput, LabelScore
+from jobs.schemas import binary_limit
 from models.base import Adapter, Prediction
 from models.images import decode_image
 from models.loading import pretrained_kwargs, torch_dtype

@@ -17,8 +17,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from jobs.errors import InvalidInput, ModelNotConfigured
-from jobs.kinds import SpeechRecognitionInput, SpeechRecognitionOutput, binary_limit
+from jobs.kinds import SpeechRecognitionInput, SpeechRecognitionOutput
 from jobs.modelsfile import ModelSpec
+from jobs.schemas import binary_limit
 from models.audio import decode_audio
 from models.base import Adapter, Prediction
 from models.loading import pretrained_kwargs, torch_dtype

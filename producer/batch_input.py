@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,8 +17,9 @@ from pydantic_core import from_json
 
 from jobs.batches import BatchItem
 from jobs.ids import IdBuffer, new_id
-from jobs.kinds import KINDS, Schema
+from jobs.kinds import KINDS
 from jobs.modelsfile import ModelsConfig
+from jobs.schemas import binaries
 from producer.inputs import unstorable
 
 
@@ -90,7 +90,7 @@ class Parser:
             for e in exc.errors(include_url=False)[:3]:
                 self.error(number, custom_id, ["input", *e["loc"]], e["msg"])
             return None
-        if any(getattr(parsed, name) is not None for name in file_fields(type(parsed))):
+        if binaries(parsed):
             return self.error(number, custom_id, ["input"], "files are not accepted in batches; submit single jobs")
         item = BatchItem(
             new_id(), number, custom_id, kind, spec.model, self.models.profile,
@@ -133,12 +133,6 @@ class Parser:
         if not self.ids:
             raise BatchRefused("the batch has no lines")
         return self.ids
-
-
-@cache
-def file_fields(model: type[Schema]) -> tuple[str, ...]:
-    """Fields of a kind's input that may hold a file (BinaryInput)."""
-    return tuple(name for name, f in model.model_fields.items() if "BinaryInput" in str(f.annotation))
 
 
 def parse_jsonl(lines: Iterable[bytes], parser: Parser) -> dict[str, IdBuffer]:

@@ -85,11 +85,11 @@ def keys_create(
     scopes: Annotated[str, typer.Option(help="Comma-separated: submit,read,admin.")] = "submit,read",
 ) -> None:
     """Create an API key and print it. It is shown only this once."""
-    from jobs import store
+    from jobs import keys as api_keys
 
     try:
         with operator_session() as session:
-            key, _ = store.create_api_key(session, tenant=tenant, scopes=[s for s in scopes.split(",") if s])
+            key, _ = api_keys.create_api_key(session, tenant=tenant, scopes=[s for s in scopes.split(",") if s])
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scopes") from None
     typer.echo(key)
@@ -98,10 +98,10 @@ def keys_create(
 @keys.command("revoke")
 def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix (its second part).")]) -> None:
     """Revoke an API key; requests with it get 401 within seconds."""
-    from jobs import store
+    from jobs import keys as api_keys
 
     with operator_session() as session:
-        revoked = store.revoke_api_key(session, prefix=prefix)
+        revoked = api_keys.revoke_api_key(session, prefix=prefix)
     if not revoked:
         typer.echo(f"no active key with prefix {prefix}", err=True)
         raise typer.Exit(1)
@@ -228,10 +228,10 @@ def keys_limits(
 ) -> None:
     """Set a tenant's own submission limits (MLQ_JOBS_PER_MINUTE and MLQ_MAX_ACTIVE_JOBS_PER_KIND
     are the defaults); over a limit the API answers 429 with Retry-After."""
-    from jobs import store
+    from jobs import keys as api_keys
 
     with operator_session() as session:
-        found = store.set_tenant_limits(
+        found = api_keys.set_tenant_limits(
             session, tenant=tenant, jobs_per_minute=jobs_per_minute, max_active_jobs_per_kind=max_active_jobs_per_kind
         )
     if not found:
@@ -243,10 +243,10 @@ def keys_limits(
 @keys.command("webhook-secret")
 def keys_webhook_secret(tenant: Annotated[str, typer.Option(help="The tenant whose secret to print.")]) -> None:
     """Print the secret that signs this tenant's webhooks (HMAC-SHA256, header Mlq-Signature)."""
-    from jobs import store
+    from jobs import keys as api_keys
 
     with operator_session() as session:
-        secret = store.webhook_secret(session, tenant=tenant)
+        secret = api_keys.webhook_secret(session, tenant=tenant)
     if secret is None:
         typer.echo(f"no tenant {tenant!r}", err=True)
         raise typer.Exit(1)

@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import store
+from jobs import keys
 from jobs.artifacts import ArtifactStore
 from jobs.modelsfile import ModelsConfig
 from jobs.settings import Settings
@@ -40,7 +40,7 @@ class State:
     intake: Intake  # group commit of single jobs
     artifacts: ArtifactStore
     downloads: Downloads  # inputs given by URL, fetched at submission
-    keys: dict[str, tuple[float, store.Principal]]
+    keys: dict[str, tuple[float, keys.Principal]]
 
 
 # Dependencies are ``async def`` where they do not block: FastAPI runs a plain ``def``
@@ -72,7 +72,7 @@ def unauthorized(detail: str) -> HTTPException:
 PRINCIPAL = "mlq_principal"  # where the gate leaves the principal it checked, in the request's scope state
 
 
-async def principal_of(state: State, authorization: str | None) -> store.Principal:
+async def principal_of(state: State, authorization: str | None) -> keys.Principal:
     """The principal of an ``Authorization: Bearer <key>`` header: from a cache of recent keys,
     else looked up on a worker thread; 401 for a missing, unknown or revoked key."""
     scheme, _, key = (authorization or "").partition(" ")
@@ -84,9 +84,9 @@ async def principal_of(state: State, authorization: str | None) -> store.Princip
     if cached is not None and now - cached[0] < KEY_CACHE_S:
         return cached[1]
 
-    def look_up() -> store.Principal | None:
+    def look_up() -> keys.Principal | None:
         with state.sessions() as session:
-            return store.authenticate(session, key=key)
+            return keys.authenticate(session, key=key)
 
     principal = await run_in_threadpool(look_up)
     if principal is None:
@@ -100,16 +100,16 @@ async def get_principal(
     request: Request,
     state: StateDep,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],  # documents the scheme in OpenAPI
-) -> store.Principal:
+) -> keys.Principal:
     """The caller's principal: checked by the gate already for requests with a body."""
-    checked: store.Principal | None = request.scope.get("state", {}).get(PRINCIPAL)
+    checked: keys.Principal | None = request.scope.get("state", {}).get(PRINCIPAL)
     if checked is not None:
         return checked
     return await principal_of(state, request.headers.get("authorization"))
 
 
-def require(scope: str) -> Callable[..., Awaitable[store.Principal]]:
-    async def check(principal: Annotated[store.Principal, Depends(get_principal)]) -> store.Principal:
+def require(scope: str) -> Callable[..., Awaitable[keys.Principal]]:
+    async def check(principal: Annotated[keys.Principal, Depends(get_principal)]) -> keys.Principal:
         if scope not in principal.scopes:
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"this API key lacks the {scope!r} scope")
         return principal
@@ -117,6 +117,6 @@ def require(scope: str) -> Callable[..., Awaitable[store.Principal]]:
     return check
 
 
-SubmitterDep = Annotated[store.Principal, Depends(require("submit"))]
-ReaderDep = Annotated[store.Principal, Depends(require("read"))]
-AdminDep = Annotated[store.Principal, Depends(require("admin"))]
+SubmitterDep = Annotated[keys.Principal, Depends(require("submit"))]
+ReaderDep = Annotated[keys.Principal, Depends(require("read"))]
+AdminDep = Annotated[keys.Principal, Depends(require("admin"))]

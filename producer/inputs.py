@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
-from jobs.kinds import BinaryInput, Schema, binary_limit
+from jobs.schemas import Schema, binaries, binary_limit
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,6 @@ def _bad_text(text: str) -> str | None:
     return None
 
 
-def binary_inputs(parsed: Schema) -> list[tuple[str, BinaryInput]]:
-    """The input's binary fields that hold something, with their names."""
-    found = ((name, getattr(parsed, name)) for name in type(parsed).model_fields)
-    return [(name, value) for name, value in found if isinstance(value, BinaryInput)]
-
-
 def stage_binaries(
     parsed: Schema,
     *,
@@ -90,7 +84,7 @@ def stage_binaries(
     max_bytes = binary_limit(limits, "max_input_bytes")
     stored = parsed.model_dump(mode="json")
     files: list[PendingFile] = []
-    for field, value in binary_inputs(parsed):
+    for field, value in binaries(parsed):
         name = f"input-{field}"
         if value.base64 is not None:
             data = decode_base64(value.base64, loc=(field, "base64"), max_bytes=max_bytes)

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from jobs import metrics, store
+from jobs import keys, metrics, store
 from jobs.artifacts import ArtifactStore, StoredArtifact
 from jobs.db import single_statements
 from jobs.settings import Settings
@@ -45,7 +45,7 @@ class Submission:
     """A validated job on its way in: the row to insert and the files already stored for it."""
 
     job: store.NewJob
-    principal: store.Principal
+    principal: keys.Principal
     files: list[StoredArtifact] = field(default_factory=list)
 
 

@@ -12,9 +12,9 @@ from typing import Generic, TypeVar
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import ops
 from jobs.kinds import KINDS
 from jobs.queues import MAX_PRIORITY, queue_name
+from producer import ops_queries as ops
 from producer.publish import Publisher
 
 PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's Redis priority steps (0 most urgent)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from celery import Celery
 
 from jobs.broker import celery_config
-from jobs.queues import broker_priority, queue_name, task_name
+from jobs.queues import send_wakeup
 from jobs.settings import Settings
 
 log = logging.getLogger("mlq.publish")
@@ -24,12 +24,7 @@ class Publisher:
         """Send one message naming ``job_ids``. False when the broker is unreachable:
         the jobs stay ``queued`` in PostgreSQL and the reconciler publishes them later."""
         try:
-            self.app.send_task(
-                task_name(kind),
-                args=[[str(i) for i in job_ids]],
-                queue=queue_name(kind),
-                priority=broker_priority(priority),
-            )
+            send_wakeup(self.app, kind=kind, job_ids=job_ids, priority=priority)
         except Exception as exc:  # the row is committed: a lost wake-up must not fail the request
             log.warning(
                 "jobs %s: publish failed (%s); they stay queued for the reconciler", ",".join(map(str, job_ids)), exc
@@ -44,13 +39,7 @@ class Publisher:
         try:
             with self.app.producer_or_acquire() as producer:
                 for chunk in chunks:
-                    self.app.send_task(
-                        task_name(kind),
-                        args=[[str(i) for i in chunk]],
-                        queue=queue_name(kind),
-                        priority=broker_priority(priority),
-                        producer=producer,
-                    )
+                    send_wakeup(self.app, kind=kind, job_ids=chunk, priority=priority, producer=producer)
                     sent += 1
         except Exception as exc:
             log.warning("publish of %s chunks failed after %d (%s); the rest stay queued", kind, sent, exc)

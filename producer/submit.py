@@ -18,17 +18,18 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from jobs import batches, metrics, store
+from jobs import batches, keys, metrics, store
 from jobs.errors import Conflict, InvalidInput
 from jobs.ids import IdBuffer
-from jobs.kinds import KINDS, Schema, binary_limit
+from jobs.kinds import KINDS
 from jobs.modelsfile import ModelSpec
+from jobs.schemas import Schema, binaries, binary_limit
+from producer.addresses import acheck_url
 from producer.batch_input import Parser
 from producer.deps import State
 from producer.errors import invalid, located
-from producer.inputs import binary_inputs, input_error, stage_binaries, unstorable
+from producer.inputs import input_error, stage_binaries, unstorable
 from producer.intake import Submission
-from producer.netfetch import acheck_url
 from producer.schemas import BatchOptions, BatchView, SubmitJob
 
 
@@ -65,7 +66,7 @@ async def prepared(
     state: State,
     body: SubmitJob,
     *,
-    principal: store.Principal,
+    principal: keys.Principal,
     idempotency_key: str | None = None,
     uploads: dict[str, tuple[bytes, str]] | None = None,
 ) -> Submission:
@@ -87,7 +88,7 @@ async def prepared(
         idempotency_key=idempotency_key,
         webhook_url=body.webhook_url,
     )
-    if not (uploads or binary_inputs(parsed)):
+    if not (uploads or binaries(parsed)):
         return Submission(job=new, principal=principal)
 
     def stage() -> Submission:
@@ -106,7 +107,7 @@ async def downloaded(
     """The input's fields given by URL, downloaded: field -> (bytes, content type)."""
     max_bytes = binary_limit(limits, "max_input_bytes")
     fetched: dict[str, tuple[bytes, str]] = {}
-    for field, value in binary_inputs(parsed):
+    for field, value in binaries(parsed):
         if value.url is not None:
             try:
                 fetched[field] = await state.downloads.get(value.url, tenant_id=tenant_id, max_bytes=max_bytes)
@@ -128,7 +129,7 @@ def accept_batch(
     parse: Callable[[Parser], dict[str, IdBuffer]],
     parser: Parser,
     *,
-    principal: store.Principal,
+    principal: keys.Principal,
     options: BatchOptions,
     idempotency_key: str | None = None,
 ) -> tuple[BatchView, bool]:

@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import batches, metrics, store, webhooks
+from jobs.backoff import backoff_s
 from jobs.errors import MlqError
 from jobs.settings import Settings
 from jobs.tables import Tenant
@@ -156,8 +156,7 @@ class Dispatcher:
         delivered = code is not None and 200 <= code < 300
         retry_in_s = None
         if not delivered and not final:
-            retry_in_s = min(3600.0, self.settings.webhook_retry_base_s * 2 ** (delivery.attempt - 1))
-            retry_in_s *= random.uniform(0.5, 1.5)
+            retry_in_s = backoff_s(delivery.attempt - 1, base_s=self.settings.webhook_retry_base_s, max_s=3600.0)
         with self.sessions.begin() as session:
             webhooks.record(
                 session,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import random
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task
@@ -24,18 +25,18 @@ from celery.signals import (
 
 from jobs import logs, metrics
 from jobs.artifacts import LocalArtifactStore
+from jobs.backoff import backoff_s
 from jobs.broker import celery_config
 from jobs.db import make_engine, make_sessionmaker
 from jobs.kinds import KINDS
 from jobs.modelsfile import load_models_file
 from jobs.queues import queue_name, task_name
-from jobs.settings import get_settings
+from jobs.settings import Settings, get_settings
 from workers.outcomes import is_transient_db_error
 from workers.runner import Runner
 
 log = logging.getLogger("mlq.worker")
 
-KINDS_ENV = "MLQ_WORKER_KINDS"  # set by `mlq worker`: the kinds this worker preloads
 RETRY_BASE_S = 0.5  # first retry after a database blip; doubles each time, with jitter
 RETRY_MAX_S = 30.0
 MODEL_LOAD_TIMEOUT_S = 900.0  # the longest a pool process may take to load its models
@@ -44,9 +45,30 @@ _runner: Runner | None = None
 _making_runner = threading.Lock()  # the preload thread and the first task may both ask for it
 
 
+@dataclass
+class _Started:
+    """What ``mlq worker`` started this worker with, set before the pool forks (its processes
+    inherit it). Unset (a test importing the app): the settings of the environment, every kind."""
+
+    settings: Settings | None = None
+    kinds: frozenset[str] = frozenset()
+
+
+_started = _Started()
+
+
+def configure(settings: Settings, *, kinds: Sequence[str]) -> None:
+    """Give this worker its settings and the kinds it serves (and preloads)."""
+    _started.settings, _started.kinds = settings, frozenset(kinds)
+
+
+def settings() -> Settings:
+    return _started.settings or get_settings()
+
+
 def create_app() -> Celery:
     app = Celery("mlq")
-    app.conf.update(celery_config(get_settings()))
+    app.conf.update(celery_config(settings()))
     app.conf.task_routes = {task_name(kind): {"queue": queue_name(kind)} for kind in KINDS}
     # A pool process loads its models before it reports up; Celery's default 4 s wait would
     # kill it in a loop while a large model loads.
@@ -70,7 +92,7 @@ def _register(app: Celery, kind: str) -> None:
         except Exception as exc:
             if not is_transient_db_error(exc):
                 raise
-            delay_s = min(RETRY_MAX_S, RETRY_BASE_S * 2**self.request.retries) * random.uniform(0.5, 1.5)
+            delay_s = backoff_s(self.request.retries, base_s=RETRY_BASE_S, max_s=RETRY_MAX_S)
             log.warning("jobs %s: database unavailable (%s); retrying in %.1fs", job_ids, exc, delay_s)
             raise self.retry(countdown=delay_s) from exc
         return {"claimed": report.claimed, "succeeded": report.succeeded, "failed": report.failed}
@@ -78,8 +100,7 @@ def _register(app: Celery, kind: str) -> None:
 
 def served_kinds() -> frozenset[str]:
     """The kinds this worker was started for (``mlq worker --kinds``); every kind when not set."""
-    named = frozenset(filter(None, os.environ.get(KINDS_ENV, "").split(",")))
-    return named or frozenset(KINDS)
+    return _started.kinds or frozenset(KINDS)
 
 
 def runner() -> Runner:
@@ -91,15 +112,15 @@ def runner() -> Runner:
 
 
 def _new_runner() -> Runner:
-    settings = get_settings()
+    given = settings()
     return Runner(
-        sessions=make_sessionmaker(make_engine(settings.require_database_url(), pool_size=2)),
-        models=load_models_file(settings.models),
-        artifacts=LocalArtifactStore(settings.artifacts_path),
-        data_dir=settings.data_dir,
-        worker=f"{settings.worker_name or 'worker'}/{os.getpid()}",
-        lease_s=settings.lease_s,
-        memory_budget_bytes=settings.worker_memory_budget_mb * 2**20,
+        sessions=make_sessionmaker(make_engine(given.require_database_url(), pool_size=2)),
+        models=load_models_file(given.models),
+        artifacts=LocalArtifactStore(given.artifacts_path),
+        data_dir=given.data_dir,
+        worker=f"{given.worker_name or 'worker'}/{os.getpid()}",
+        lease_s=given.lease_s,
+        memory_budget_bytes=given.worker_memory_budget_mb * 2**20,
     )
 
 
@@ -112,7 +133,7 @@ def _load_models(**_: Any) -> None:
     from workers.placement import configure_torch_threads
 
     configure_torch_threads()
-    kinds = list(filter(None, os.environ.get(KINDS_ENV, "").split(",")))
+    kinds = sorted(_started.kinds)
     threading.Thread(target=_preload, args=(kinds,), name="mlq-preload", daemon=True).start()
 
 
@@ -134,7 +155,7 @@ def _preload(kinds: list[str]) -> None:
 @after_setup_task_logger.connect
 def _log_format(logger: logging.Logger, **_: Any) -> None:
     """Celery sets up its own handlers; give them mlq's format (JSON lines with MLQ_LOG_FORMAT=json)."""
-    if get_settings().log_format == "json":
+    if settings().log_format == "json":
         for handler in logger.handlers:
             handler.setFormatter(logs.JsonFormatter())
 

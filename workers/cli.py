@@ -76,23 +76,21 @@ def worker(
         placement.hide_gpus()
     placement.pin_gpu(gpu)  # before anything imports torch
     node = name or f"mlq-{'cpu' if gpu is None else f'gpu{gpu}'}-{os.getpid()}@{socket.gethostname()}"
-    os.environ["MLQ_WORKER_NAME"] = node
-    os.environ["MLQ_WORKER_KINDS"] = ",".join(served)
     if torch_threads is not None:
         os.environ[placement.THREADS_ENV] = str(torch_threads)
     os.environ.setdefault(placement.THREADS_ENV, str(placement.default_torch_threads(concurrency=concurrency)))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer must not fork threads
-    get_settings.cache_clear()
-    settings = get_settings()
+    settings = get_settings().model_copy(update={"worker_name": node})
     use_multiprocess_dir(settings.data_dir.resolve() / "metrics" / f"worker-{os.getpid()}")
 
-    from workers.app import app
+    from workers import app as worker_app
 
+    worker_app.configure(settings, kinds=served)
     serve_metrics(settings.worker_metrics_port)
 
-    app.worker_main(
+    worker_app.app.worker_main(
         [
             "worker",
             "--queues",

@@ -10,9 +10,10 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from jobs import store
-from jobs.kinds import Output
+from jobs import lifecycle
+from jobs.kinds import KindSpec
 from jobs.languages import unread
+from jobs.schemas import Output, binary_fields
 from models.base import Prediction
 
 RESULT_NOT_STORABLE = "result_not_storable"  # error code when PostgreSQL refuses a result's values
@@ -29,21 +30,21 @@ NOT_TEXT = frozenset({"id", "artifact", "url", "base64", "role", "language", "ta
 
 @dataclass
 class Done:
-    job: store.Claimed
+    job: lifecycle.Claimed
     prediction: Prediction
 
-    def outcome(self) -> store.Outcome:
-        return store.Outcome(job_id=self.job.id, attempt=self.job.attempt, output=self.prediction.output)
+    def outcome(self) -> lifecycle.Outcome:
+        return lifecycle.Outcome(job_id=self.job.id, attempt=self.job.attempt, output=self.prediction.output)
 
 
 @dataclass
 class Failed:
-    job: store.Claimed
+    job: lifecycle.Claimed
     code: str
     message: str
 
-    def outcome(self) -> store.Outcome:
-        return store.Outcome(
+    def outcome(self) -> lifecycle.Outcome:
+        return lifecycle.Outcome(
             job_id=self.job.id, attempt=self.job.attempt, error_code=self.code, error_message=self.message
         )
 
@@ -70,8 +71,10 @@ def warn_unread(outcomes: list[Done | Failed], *, languages: list[str], model: s
             o.prediction.output.warnings.append(warning)
 
 
-def has_files(claimed: Sequence[store.Claimed]) -> bool:
-    return any(isinstance(v, dict) and "artifact" in v for c in claimed for v in c.input.values())
+def has_files(claimed: Sequence[lifecycle.Claimed], *, kind: KindSpec) -> bool:
+    """Whether any of these stored inputs names a file (its location is then read)."""
+    names = binary_fields(kind.input_model)
+    return bool(names) and any(c.input.get(name) for c in claimed for name in names)
 
 
 def validation_message(exc: ValidationError) -> str:

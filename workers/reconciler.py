@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ from celery import Celery
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import metrics, reconcile
+from jobs import lifecycle, metrics, reconcile
 from jobs.modelsfile import ModelsConfig
-from jobs.queues import broker_priority, queue_name, task_name
+from jobs.queues import queue_name, send_wakeup
 
 log = logging.getLogger("mlq.reconciler")
 
@@ -51,7 +52,7 @@ class Reconciler:
     def run_once(self) -> Round:
         done = Round()
         with self.sessions.begin() as session:
-            taken = reconcile.expired_leases(session, limit=ROUND_LIMIT)
+            taken = lifecycle.expired_leases(session, limit=ROUND_LIMIT)
             due = reconcile.due_retries(session, limit=ROUND_LIMIT)
         done.dead = len(taken.dead)
         try:
@@ -80,19 +81,17 @@ class Reconciler:
         with self.app.connection_for_read() as conn:
             return int(conn.default_channel._size(queue_name(kind)))
 
-    def publish(self, jobs: Sequence[reconcile.Waiting]) -> int:
+    def publish(self, jobs: Sequence[lifecycle.Waiting]) -> int:
         """Fresh jobs in chunks; a job that lost an attempt alone (it may be what killed a worker)."""
-        groups: dict[tuple[str, int, bool], list[str]] = defaultdict(list)
+        groups: dict[tuple[str, int, bool], list[uuid.UUID]] = defaultdict(list)
         for job in jobs:
-            groups[(job.kind, job.priority, job.retried)].append(str(job.id))
+            groups[(job.kind, job.priority, job.retried)].append(job.id)
         with self.app.producer_or_acquire() as producer:
             for (kind, priority, retried), ids in groups.items():
                 chunk = 1 if retried else CHUNK
                 for start in range(0, len(ids), chunk):
-                    self.app.send_task(
-                        task_name(kind), args=[ids[start : start + chunk]], queue=queue_name(kind),
-                        priority=broker_priority(priority), producer=producer,
-                    )  # fmt: skip
+                    send_wakeup(self.app, kind=kind, job_ids=ids[start : start + chunk], priority=priority,
+                                producer=producer)  # fmt: skip
         return len(jobs)
 
     def run_forever(self, *, every_s: float) -> None:

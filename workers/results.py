@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import metrics, store
+from jobs import lifecycle, metrics, store
 from jobs.artifacts import StoredArtifact
+from jobs.backoff import backoff_s
 from jobs.errors import Cancelled
 from jobs.logs import job_fields
 from workers.outcomes import RESULT_NOT_STORABLE, Done, Failed, is_transient_db_error
@@ -22,7 +23,8 @@ from workers.watch import ids_of
 
 log = logging.getLogger("mlq.runner")
 
-STORE_RETRY_MAX_S = 5.0  # longest pause between tries of a result write while PostgreSQL is away
+STORE_RETRY_BASE_S = 0.2  # first pause before a result write is tried again while PostgreSQL is away
+STORE_RETRY_MAX_S = 5.0  # the longest
 
 
 @dataclass
@@ -39,7 +41,7 @@ def write_results(
     statements: sessionmaker[Session],
     outcomes: list[Done | Failed],
     stored: list[tuple[uuid.UUID, StoredArtifact]],
-    retry: list[tuple[store.Claimed, str]],
+    retry: list[tuple[lifecycle.Claimed, str]],
     *,
     lease_s: float,
 ) -> tuple[set[uuid.UUID], list[Done | Failed]]:
@@ -48,19 +50,19 @@ def write_results(
     away; the attempt fence makes a late write harmless. Returns the ids written and the
     outcomes as stored (a result PostgreSQL refused becomes a ``result_not_storable`` failure)."""
     deadline = time.monotonic() + lease_s
-    pause_s = 0.2
+    tries = 0
     storing_failures = False
     # The finish statement alone (it carries its NOTIFY) needs no transaction; files,
     # jobs given back, webhooks and bulk-run bookkeeping are written with it in one.
-    alone = not stored and not retry and len(outcomes) <= store.NOTIFY_IDS_PER_MESSAGE
+    alone = not stored and not retry and len(outcomes) <= lifecycle.NOTIFY_IDS_PER_MESSAGE
     chosen = statements if alone and not any(o.job.follow_up for o in outcomes) else sessions
     while True:
         try:
             with chosen.begin() as session:
-                written = set(store.finish(session, outcomes=[o.outcome() for o in outcomes]))
+                written = set(lifecycle.finish(session, outcomes=[o.outcome() for o in outcomes]))
                 store.add_artifacts(session, rows=[(job_id, a) for job_id, a in stored if job_id in written])
                 if retry:
-                    store.release(
+                    lifecycle.give_back(
                         session,
                         job_ids=[c.id for c, _ in retry],
                         attempts=[c.attempt for c, _ in retry],
@@ -87,6 +89,7 @@ def write_results(
                 stored = []
                 storing_failures = True
                 continue
+            pause_s = backoff_s(tries, base_s=STORE_RETRY_BASE_S, max_s=STORE_RETRY_MAX_S, jitter=False)
             if not is_transient_db_error(exc) or time.monotonic() + pause_s > deadline:
                 raise
             log.warning(
@@ -94,7 +97,7 @@ def write_results(
                 ",".join(str(o.job.id) for o in outcomes), exc, pause_s,
             )  # fmt: skip
             time.sleep(pause_s)
-            pause_s = min(STORE_RETRY_MAX_S, pause_s * 2)
+            tries += 1
 
 
 def reported(
@@ -102,7 +105,7 @@ def reported(
     *,
     kind: str,
     model: str,
-    claimed: Sequence[store.Claimed],
+    claimed: Sequence[lifecycle.Claimed],
     written: set[uuid.UUID],
     elapsed_s: float,
     report: RunReport,

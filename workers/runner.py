@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import metrics, store
+from jobs import lifecycle, metrics, store
 from jobs.artifacts import ArtifactStore, StoredArtifact
 from jobs.db import single_statements
 from jobs.errors import (
@@ -38,8 +38,9 @@ from jobs.errors import (
     RetryableError,
     TimedOut,
 )
-from jobs.kinds import BinaryInput, Schema, get_kind
+from jobs.kinds import get_kind
 from jobs.modelsfile import ModelsConfig, ModelSpec
+from jobs.schemas import Schema, binaries
 from models.base import Adapter
 from models.loading import pick_device
 from models.registry import create_adapter
@@ -95,7 +96,7 @@ class Runner:
         self._loading: dict[str, threading.Lock] = {}  # one per kind: a model loads once
         self.beside = Beside(sessions, lease_s=lease_s)  # leases, time limits and cancel requests
         # the claim running now and its outcomes so far: what give_up records when the process must exit
-        self._claimed: Sequence[store.Claimed] = ()
+        self._claimed: Sequence[lifecycle.Claimed] = ()
         self._outcomes: list[Done | Failed] = []
 
     def spec(self, kind: str) -> ModelSpec:
@@ -169,11 +170,15 @@ class Runner:
     def _run_claim(self, adapter: Adapter[Any], ids: list[uuid.UUID], size: int, report: RunReport) -> None:
         kind = adapter.kind
         with self.statements.begin() as session:  # one statement (and a read of file locations)
-            claimed = store.claim(
+            claimed = lifecycle.claim(
                 session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s,
                 fill_to=size if self.fill else 0,
             )  # fmt: skip
-            files = store.artifact_uris(session, job_ids=[c.id for c in claimed]) if has_files(claimed) else {}
+            files = (
+                store.artifact_uris(session, job_ids=[c.id for c in claimed])
+                if has_files(claimed, kind=get_kind(kind))
+                else {}
+            )
         report.claimed += len(claimed)
         if not claimed:
             return
@@ -208,41 +213,37 @@ class Runner:
         self,
         outcomes: list[Done | Failed],
         stored: list[tuple[uuid.UUID, StoredArtifact]],
-        retry: list[tuple[store.Claimed, str]],
+        retry: list[tuple[lifecycle.Claimed, str]],
     ) -> tuple[set[uuid.UUID], list[Done | Failed]]:
         """A claim's results written (workers/results.py)."""
         return write_results(self.sessions, self.statements, outcomes, stored, retry, lease_s=self.lease_s)
 
-    def give_up(self, culprits: Sequence[store.Claimed], *, code: str, message: str, exit_code: int) -> None:
+    def give_up(self, culprits: Sequence[lifecycle.Claimed], *, code: str, message: str, exit_code: int) -> None:
         """Record the jobs this process can no longer run, then exit so Celery replaces it.
         A lone culprit fails with ``code``; several go back to the queue, and, having lost an
         attempt, run alone next time, so only the one at fault fails. The rest of the claim is
         recorded too: results already computed (without files) are written, the others go back."""
         mine = {c.id for c in culprits}
-        done = (
-            [o for o in self._outcomes if isinstance(o, Done | Failed) and not getattr(o.prediction, "blobs", None)]
-            if False
-            else [o for o in self._outcomes if not (isinstance(o, Done) and o.prediction.blobs)]
-        )
+        done = [o for o in self._outcomes if not (isinstance(o, Done) and o.prediction.blobs)]
         recorded = mine | {o.job.id for o in done}
         others = [c for c in self._claimed if c.id not in recorded]
         try:
             with self.sessions.begin() as session:
-                store.finish(session, outcomes=[o.outcome() for o in done if o.job.id not in mine])
+                lifecycle.finish(session, outcomes=[o.outcome() for o in done if o.job.id not in mine])
                 if len(culprits) == 1:
                     only = culprits[0]
-                    store.finish(session, outcomes=[
-                        store.Outcome(job_id=only.id, attempt=only.attempt, error_code=code, error_message=message)
+                    lifecycle.finish(session, outcomes=[
+                        lifecycle.Outcome(job_id=only.id, attempt=only.attempt, error_code=code, error_message=message)
                     ])  # fmt: skip
                 else:
-                    store.release(
+                    lifecycle.give_back(
                         session,
                         job_ids=[c.id for c in culprits],
                         attempts=[c.attempt for c in culprits],
                         reason=f"{code} in a batch ({message}); each job runs alone next",
                     )
                 if others:
-                    store.release(
+                    lifecycle.give_back(
                         session,
                         job_ids=[c.id for c in others],
                         attempts=[c.attempt for c in others],
@@ -254,11 +255,11 @@ class Runner:
     def fail_unrunnable(self, *, kind: str, job_ids: list[uuid.UUID], error: PermanentError) -> RunReport:
         log.error("jobs %s: cannot load the %s model: %s", ",".join(map(str, job_ids)), kind, error)
         with self.statements.begin() as session:  # one statement (and a read of file locations)
-            claimed = store.claim(session, job_ids=job_ids, kind=kind, worker=self.worker, lease_s=self.lease_s)
-            store.finish(
+            claimed = lifecycle.claim(session, job_ids=job_ids, kind=kind, worker=self.worker, lease_s=self.lease_s)
+            lifecycle.finish(
                 session,
                 outcomes=[
-                    store.Outcome(job_id=c.id, attempt=c.attempt, error_code=error.code, error_message=str(error))
+                    lifecycle.Outcome(job_id=c.id, attempt=c.attempt, error_code=error.code, error_message=str(error))
                     for c in claimed
                 ],
             )
@@ -267,21 +268,21 @@ class Runner:
     def process(
         self,
         adapter: Adapter[Any],
-        claimed: Sequence[store.Claimed],
+        claimed: Sequence[lifecycle.Claimed],
         *,
         files: dict[tuple[uuid.UUID, str], str] | None = None,
-    ) -> tuple[list[Done | Failed], list[tuple[store.Claimed, str]]]:
+    ) -> tuple[list[Done | Failed], list[tuple[lifecycle.Claimed, str]]]:
         """Prepare the jobs, predict on the good ones in calls. Returns outcomes and jobs to retry."""
         outcomes: list[Done | Failed] = []
         ready = self._prepared(adapter, claimed, files=files or {}, outcomes=outcomes)
         self._outcomes = outcomes  # what a process that must exit records first (give_up)
-        retry: list[tuple[store.Claimed, str]] = []
+        retry: list[tuple[lifecycle.Claimed, str]] = []
         call_cost = self.call_costs.get(adapter.kind, UNKNOWN_CALL_COST_TOKENS)
         for group in budgeted(adapter, ready, call_cost_tokens=call_cost):
             call = Call(jobs=[job for job, _ in group], interruptible=adapter.interruptible)
             adapter.stop = call.stop
 
-            def hard_limit(jobs: Sequence[store.Claimed] = call.jobs) -> None:
+            def hard_limit(jobs: Sequence[lifecycle.Claimed] = call.jobs) -> None:
                 over = f"ran longer than the time limit of {adapter.spec.time_limit_s:.0f}s for this kind"
                 self.give_up(jobs, code="timed_out", message=over, exit_code=TIME_LIMIT_EXIT_CODE)
 
@@ -294,15 +295,15 @@ class Runner:
     def _prepared(
         self,
         adapter: Adapter[Any],
-        claimed: Sequence[store.Claimed],
+        claimed: Sequence[lifecycle.Claimed],
         *,
         files: dict[tuple[uuid.UUID, str], str],
         outcomes: list[Done | Failed],
-    ) -> list[tuple[store.Claimed, Any]]:
+    ) -> list[tuple[lifecycle.Claimed, Any]]:
         """Each job's input checked alone, then prepared together (``prepare_many``); when that
         raises, one by one, so a bad input fails its own job alone."""
         kind = get_kind(adapter.kind)
-        valid: list[tuple[store.Claimed, Schema]] = []
+        valid: list[tuple[lifecycle.Claimed, Schema]] = []
         for job in claimed:
             try:
                 item = kind.validate_input(job.input, limits=adapter.spec.limits)
@@ -328,20 +329,18 @@ class Runner:
 
     def _resolve_files(self, item: Schema, *, job_id: uuid.UUID, files: dict[tuple[uuid.UUID, str], str]) -> None:
         """Put the stored bytes of each binary input field into the item."""
-        for name in type(item).model_fields:
-            value = getattr(item, name)
-            if isinstance(value, BinaryInput):
-                uri = files.get((job_id, value.artifact or ""))
-                if uri is None:
-                    raise InvalidInput(f"input.{name}: the uploaded file {value.artifact!r} is missing")
-                value.resolve(self.artifacts.open(uri))
+        for name, value in binaries(item):
+            uri = files.get((job_id, value.artifact or ""))
+            if uri is None:
+                raise InvalidInput(f"input.{name}: the uploaded file {value.artifact!r} is missing")
+            value.resolve(self.artifacts.open(uri))
 
     def _predict(
         self,
         adapter: Adapter[Any],
-        ready: list[tuple[store.Claimed, Any]],
+        ready: list[tuple[lifecycle.Claimed, Any]],
         outcomes: list[Done | Failed],
-        retry: list[tuple[store.Claimed, str]],
+        retry: list[tuple[lifecycle.Claimed, str]],
     ) -> None:
         """Predict; on out-of-memory try the halves, on a model error each item alone,
         so only what cannot run fails; other transient errors send the jobs back."""

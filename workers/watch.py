@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import reconcile, store
+from jobs import lifecycle
 from jobs.errors import Cancelled, TimedOut
 from jobs.modelsfile import ModelSpec
 from models.base import StopSignal
@@ -39,7 +39,7 @@ CANCEL_POLL_S = 1.0  # how often a running generation looks for a cancel request
 class Call:
     """One model call of a claim: its jobs and the signal that stops it between steps."""
 
-    jobs: Sequence[store.Claimed]
+    jobs: Sequence[lifecycle.Claimed]
     interruptible: bool
     stop: StopSignal = field(default_factory=StopSignal)
 
@@ -54,7 +54,7 @@ class _Watched:
     next_cancel_poll: float = 0.0
 
 
-def ids_of(jobs: Sequence[store.Claimed]) -> str:
+def ids_of(jobs: Sequence[lifecycle.Claimed]) -> str:
     return ",".join(str(j.id) for j in jobs)
 
 
@@ -65,13 +65,13 @@ class Beside:
         self.sessions = sessions
         self.lease_s = lease_s
         self._changed = threading.Condition()
-        self._claimed: Sequence[store.Claimed] = ()
+        self._claimed: Sequence[lifecycle.Claimed] = ()
         self._renew_at = float("inf")
         self._watched: _Watched | None = None
         self._thread: threading.Thread | None = None
 
     @contextmanager
-    def claim(self, claimed: Sequence[store.Claimed]) -> Iterator[None]:
+    def claim(self, claimed: Sequence[lifecycle.Claimed]) -> Iterator[None]:
         """Keep ``claimed``'s leases while the block runs."""
         self._start()
         with self._changed:
@@ -143,7 +143,7 @@ class Beside:
             log.error("jobs %s: over the time limit of %.0fs", ids_of(call.jobs), spec.time_limit_s)
             watched.on_hard_limit()  # records the jobs and exits the process
 
-    def _touch_store(self, claimed: Sequence[store.Claimed], watched: _Watched | None, *, renew: bool) -> None:
+    def _touch_store(self, claimed: Sequence[lifecycle.Claimed], watched: _Watched | None, *, renew: bool) -> None:
         """Renew the leases (``renew``), and look for the cancel requests of ``watched``'s jobs."""
         if watched is not None:
             watched.next_cancel_poll = time.monotonic() + CANCEL_POLL_S
@@ -151,11 +151,11 @@ class Beside:
             with self.sessions.begin() as session:
                 if watched is not None and not watched.call.stop.is_set():
                     mine = [j.id for j in watched.call.jobs]
-                    if len(store.cancel_requested(session, job_ids=mine)) == len(mine):
+                    if len(lifecycle.cancel_requested(session, job_ids=mine)) == len(mine):
                         log.info("jobs %s: cancelled while running; stopping", ids_of(watched.call.jobs))
                         watched.call.stop.request(Cancelled("cancelled while it ran; stopped between steps"))
                 if renew and claimed:
                     ids, attempts = [c.id for c in claimed], [c.attempt for c in claimed]
-                    reconcile.extend_leases(session, job_ids=ids, attempts=attempts, lease_s=self.lease_s)
+                    lifecycle.extend_leases(session, job_ids=ids, attempts=attempts, lease_s=self.lease_s)
         except Exception as exc:  # the next round tries again; the lease has slack
             log.warning("jobs %s: lease renewal failed: %s", ids_of(claimed), exc)

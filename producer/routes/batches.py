@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from jobs import batches
+from jobs import batches, lifecycle
 from jobs.ids import IdBuffer
 from jobs.queues import BATCH_PRIORITY, MAX_BATCH_PRIORITY
 from jobs.status import JobStatus
@@ -253,6 +253,6 @@ def cancel_batch(batch_id: uuid.UUID, state: StateDep, principal: SubmitterDep) 
     """Queued items are cancelled at once; running ones end cancelled; finished results stay.
     A run that had finished before the cancel is a 409: it stays as it ended."""
     with state.sessions.begin() as session:
-        if batches.cancel_batch(session, tenant_id=principal.tenant_id, batch_id=batch_id) is None:
+        if lifecycle.cancel_batch(session, tenant_id=principal.tenant_id, batch_id=batch_id) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
     return view(state, principal.tenant_id, batch_id)

@@ -13,10 +13,10 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from jobs import store
+from jobs import lifecycle, store
+from jobs.keys import Principal
 from jobs.queues import DEFAULT_PRIORITY
 from jobs.status import TERMINAL, JobStatus
-from jobs.store import Principal
 from producer.deps import ReaderDep, SessionDep, State, StateDep, SubmitterDep
 from producer.errors import invalid, located, responses
 from producer.schemas import JobPage, JobView, SubmitJob
@@ -180,7 +180,7 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, principal: SubmitterDep) 
     """Cancel a queued job at once; a running one ends ``cancelled`` when its attempt stops.
     Cancelling a job that already succeeded or failed is a 409."""
     with session.begin():
-        job = store.cancel_job(session, tenant_id=principal.tenant_id, job_id=job_id)
+        job = lifecycle.cancel_job(session, tenant_id=principal.tenant_id, job_id=job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
     if job.status in (JobStatus.succeeded.value, JobStatus.failed.value):

@@ -17,7 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from jobs import batches, metrics, ops
+from jobs import batches, metrics
+from producer import ops_queries as ops
 from producer.deps import AdminDep, State, StateDep
 from producer.errors import responses
 from producer.live import Live

@@ -5,15 +5,15 @@ import uuid
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import batches, store
+from jobs import batches, keys
 from jobs.batches import BatchItem
 from jobs.ids import new_id
 
 
 def test_results_stream_in_input_order_one_fetch_at_a_time(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
-        tenant = store.ensure_tenant(session, name=f"t-{uuid.uuid4().hex[:8]}")
-        other = store.ensure_tenant(session, name=f"t-{uuid.uuid4().hex[:8]}")
+        tenant = keys.ensure_tenant(session, name=f"t-{uuid.uuid4().hex[:8]}")
+        other = keys.ensure_tenant(session, name=f"t-{uuid.uuid4().hex[:8]}")
         batch = batches.insert_batch(session, tenant_id=tenant, priority=2, metadata={})
         with batches.copy_jobs(session, batch=batch) as write:
             for line in range(1, 26):

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import store
+from jobs import keys, store
 from jobs.artifacts import LocalArtifactStore, StoredArtifact
 from jobs.queues import queue_name
 from jobs.settings import Settings
@@ -50,15 +50,15 @@ def intake(lonely: Settings, sessions: sessionmaker[Session], tmp_path: Path) ->
         limiter.close()
 
 
-def principal(sessions: sessionmaker[Session], **limits: int) -> store.Principal:
+def principal(sessions: sessionmaker[Session], **limits: int) -> keys.Principal:
     with sessions.begin() as session:
-        tenant_id = store.ensure_tenant(session, name=f"t-{uuid.uuid4().hex[:8]}")
-    return store.Principal(
+        tenant_id = keys.ensure_tenant(session, name=f"t-{uuid.uuid4().hex[:8]}")
+    return keys.Principal(
         tenant_id=tenant_id, tenant_name="t", key_id=uuid.uuid4(), scopes=frozenset({"submit"}), **limits
     )
 
 
-def submission(who: store.Principal, text: str, **job: object) -> Submission:
+def submission(who: keys.Principal, text: str, **job: object) -> Submission:
     fields: dict[str, object] = dict(
         kind="embedding", model="m", profile="demo", input={"text": text}, priority=5, metadata={}, max_attempts=3
     )

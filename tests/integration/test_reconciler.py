@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import reconcile, store
+from jobs import keys, lifecycle, reconcile, store
 from jobs.broker import celery_config
 from jobs.db import make_engine
 from jobs.modelsfile import load_models_file
@@ -23,7 +23,7 @@ from workers.reconciler import Reconciler
 
 def queued_job(sessions: sessionmaker[Session], *, max_attempts: int = 3) -> uuid.UUID:
     with sessions.begin() as session:
-        tenant = store.ensure_tenant(session, name="reconciler-tests")
+        tenant = keys.ensure_tenant(session, name="reconciler-tests")
         job, _ = store.insert_job(session, tenant_id=tenant, job=store.NewJob(
             kind="text2text-generation", model="m", profile="demo", input={"text": "x"}, priority=5, metadata={},
             max_attempts=max_attempts))  # fmt: skip
@@ -32,7 +32,7 @@ def queued_job(sessions: sessionmaker[Session], *, max_attempts: int = 3) -> uui
 
 def claim_and_expire(sessions: sessionmaker[Session], job_id: uuid.UUID) -> None:
     with sessions.begin() as session:
-        [claimed] = store.claim(
+        [claimed] = lifecycle.claim(
             session, job_ids=[job_id], kind="text2text-generation", worker="dead-worker", lease_s=30
         )
         session.execute(
@@ -58,7 +58,7 @@ def test_expired_lease_goes_back_to_queued_then_to_the_dead_letter(sessions: ses
     for attempt in (1, 2):
         claim_and_expire(sessions, job_id)
         with sessions.begin() as session:
-            taken = reconcile.expired_leases(session, limit=100)
+            taken = lifecycle.expired_leases(session, limit=100)
         assert job_id in ([w.id for w in taken.requeued] if attempt == 1 else taken.dead)
     final = row(sessions, job_id)
     assert final["status"] == "failed" and final["error_code"] == "max_attempts_exceeded"
@@ -72,9 +72,9 @@ def test_heartbeat_keeps_a_live_lease(sessions: sessionmaker[Session]) -> None:
     job_id = queued_job(sessions)
     claim_and_expire(sessions, job_id)
     with sessions.begin() as session:
-        assert reconcile.extend_leases(session, job_ids=[job_id], attempts=[1], lease_s=30) == 1
-        assert reconcile.extend_leases(session, job_ids=[job_id], attempts=[7], lease_s=30) == 0  # fenced
-        taken = reconcile.expired_leases(session, limit=100)
+        assert lifecycle.extend_leases(session, job_ids=[job_id], attempts=[1], lease_s=30) == 1
+        assert lifecycle.extend_leases(session, job_ids=[job_id], attempts=[7], lease_s=30) == 0  # fenced
+        taken = lifecycle.expired_leases(session, limit=100)
     assert job_id not in [w.id for w in taken.requeued] and row(sessions, job_id)["status"] == "running"
 
 
@@ -107,9 +107,9 @@ def test_a_released_job_waits_an_exponential_backoff_then_is_due(sessions: sessi
     waits_s = []
     for attempt in (1, 2, 3):
         with sessions.begin() as session:
-            [claimed] = store.claim(session, job_ids=[job_id], kind="text2text-generation", worker="w", lease_s=30)
+            [claimed] = lifecycle.claim(session, job_ids=[job_id], kind="text2text-generation", worker="w", lease_s=30)
             assert claimed.attempt == attempt
-            store.release(session, job_ids=[job_id], attempts=[attempt], reason="out_of_memory: try again")
+            lifecycle.give_back(session, job_ids=[job_id], attempts=[attempt], reason="out_of_memory: try again")
             waits_s.append(
                 session.execute(
                     text("SELECT EXTRACT(EPOCH FROM retry_at - now()) FROM jobs WHERE id = :id"), {"id": job_id}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import store
+from jobs import keys, lifecycle, store
 from jobs.artifacts import LocalArtifactStore
 from jobs.errors import InvalidInput, OutOfMemory
 from jobs.kinds import EmbeddingInput, EmbeddingOutput
@@ -35,7 +35,7 @@ def runner(sessions: sessionmaker[Session], data_dir: Path) -> Runner:
 
 def submit(sessions: sessionmaker[Session], kind: str, inputs: list[dict[str, Any]]) -> list[uuid.UUID]:
     with sessions.begin() as session:
-        tenant = store.ensure_tenant(session, name="runner-tests")
+        tenant = keys.ensure_tenant(session, name="runner-tests")
         return [
             store.insert_job(
                 session,
@@ -50,7 +50,7 @@ def submit(sessions: sessionmaker[Session], kind: str, inputs: list[dict[str, An
 
 def rows(sessions: sessionmaker[Session], ids: list[uuid.UUID]) -> list[Any]:
     with sessions() as session:
-        tenant = store.ensure_tenant(session, name="runner-tests")
+        tenant = keys.ensure_tenant(session, name="runner-tests")
         return [store.get_job(session, tenant_id=tenant, job_id=i) for i in ids]
 
 
@@ -224,8 +224,8 @@ def test_cancel_reaches_a_running_generation_between_steps(runner: Runner, sessi
         assert time.monotonic() < deadline and worker.is_alive(), "the generation never started"
         time.sleep(0.01)
     with sessions.begin() as session:
-        tenant = store.ensure_tenant(session, name="runner-tests")
-        asked = store.cancel_job(session, tenant_id=tenant, job_id=job_id)
+        tenant = keys.ensure_tenant(session, name="runner-tests")
+        asked = lifecycle.cancel_job(session, tenant_id=tenant, job_id=job_id)
     assert asked is not None and asked.status == "running" and asked.cancel_requested_at is not None
     worker.join(timeout=30)
     assert not worker.is_alive()
@@ -343,8 +343,9 @@ def test_outputs_postgresql_cannot_store_fail_their_jobs_instead_of_looping(
 def test_nul_characters_are_dropped_from_stored_text(sessions: sessionmaker[Session]) -> None:
     [job_id] = submit(sessions, "text-generation", [{"prompt": "x"}])
     with sessions.begin() as session:
-        [claimed] = store.claim(session, job_ids=[job_id], kind="text-generation", worker="w", lease_s=30)
+        [claimed] = lifecycle.claim(session, job_ids=[job_id], kind="text-generation", worker="w", lease_s=30)
         output = {"text": "a\x00b", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 2}
-        written = store.finish(session, outcomes=[store.Outcome(job_id=job_id, attempt=claimed.attempt, output=output)])
+        outcome = lifecycle.Outcome(job_id=job_id, attempt=claimed.attempt, output=output)
+        written = lifecycle.finish(session, outcomes=[outcome])
     [row] = rows(sessions, [job_id])
     assert written == [job_id] and row.status == "succeeded" and row.output["text"] == "ab"

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import store
+from jobs import keys, lifecycle, store
 from jobs.status import JobStatus
 from jobs.tables import Job
 
@@ -22,22 +22,22 @@ def new_job(**overrides: object) -> store.NewJob:
 @pytest.fixture
 def tenant(sessions: sessionmaker[Session]) -> uuid.UUID:
     with sessions.begin() as session:
-        return store.ensure_tenant(session, name=f"t-{uuid.uuid4().hex[:8]}")
+        return keys.ensure_tenant(session, name=f"t-{uuid.uuid4().hex[:8]}")
 
 
 def test_keys_authenticate_until_revoked(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
-        key, _ = store.create_api_key(session, tenant="acme", scopes=["read"])
+        key, _ = keys.create_api_key(session, tenant="acme", scopes=["read"])
     with sessions() as session:
-        principal = store.authenticate(session, key=key)
+        principal = keys.authenticate(session, key=key)
         assert principal is not None and principal.tenant_name == "acme"
         assert principal.scopes == {"read"}
-        assert store.authenticate(session, key=key[:-1] + ("A" if key[-1] != "A" else "B")) is None
-        assert store.authenticate(session, key="not-a-key") is None
+        assert keys.authenticate(session, key=key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+        assert keys.authenticate(session, key="not-a-key") is None
     with sessions.begin() as session:
-        assert store.revoke_api_key(session, prefix=key.split("_")[1])
+        assert keys.revoke_api_key(session, prefix=key.split("_")[1])
     with sessions() as session:
-        assert store.authenticate(session, key=key) is None
+        assert keys.authenticate(session, key=key) is None
 
 
 def test_idempotency_key_returns_the_first_job(sessions: sessionmaker[Session], tenant: uuid.UUID) -> None:
@@ -54,14 +54,14 @@ def test_claim_is_fenced_and_the_stale_attempt_cannot_write(sessions: sessionmak
     with sessions.begin() as session:
         job, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
     with sessions.begin() as session:
-        claimed = store.claim(session, job_ids=[job.id], kind="embedding", worker="w1", lease_s=30)
-        again = store.claim(session, job_ids=[job.id], kind="embedding", worker="w2", lease_s=30)
-        wrong_kind = store.claim(session, job_ids=[job.id], kind="chat", worker="w3", lease_s=30)
+        claimed = lifecycle.claim(session, job_ids=[job.id], kind="embedding", worker="w1", lease_s=30)
+        again = lifecycle.claim(session, job_ids=[job.id], kind="embedding", worker="w2", lease_s=30)
+        wrong_kind = lifecycle.claim(session, job_ids=[job.id], kind="chat", worker="w3", lease_s=30)
     assert [c.attempt for c in claimed] == [1] and again == [] and wrong_kind == []
     with sessions.begin() as session:
-        stale = store.finish(session, outcomes=[store.Outcome(job_id=job.id, attempt=2, output={"x": 1})])
-        written = store.finish(session, outcomes=[store.Outcome(job_id=job.id, attempt=1, output={"x": 2})])
-        twice = store.finish(session, outcomes=[store.Outcome(job_id=job.id, attempt=1, output={"x": 3})])
+        stale = lifecycle.finish(session, outcomes=[lifecycle.Outcome(job_id=job.id, attempt=2, output={"x": 1})])
+        written = lifecycle.finish(session, outcomes=[lifecycle.Outcome(job_id=job.id, attempt=1, output={"x": 2})])
+        twice = lifecycle.finish(session, outcomes=[lifecycle.Outcome(job_id=job.id, attempt=1, output={"x": 3})])
     assert (stale, written, twice) == ([], [job.id], [])
     with sessions() as session:
         row = store.get_job(session, tenant_id=tenant, job_id=job.id)
@@ -74,8 +74,8 @@ def test_failure_and_release(sessions: sessionmaker[Session], tenant: uuid.UUID)
         a, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
         b, _ = store.insert_job(session, tenant_id=tenant, job=new_job(max_attempts=1))
     with sessions.begin() as session:
-        store.claim(session, job_ids=[a.id, b.id], kind="embedding", worker="w", lease_s=30)
-        store.release(session, job_ids=[a.id, b.id], attempts=[1, 1], reason="out_of_memory: try again")
+        lifecycle.claim(session, job_ids=[a.id, b.id], kind="embedding", worker="w", lease_s=30)
+        lifecycle.give_back(session, job_ids=[a.id, b.id], attempts=[1, 1], reason="out_of_memory: try again")
     with sessions() as session:
         ra = store.get_job(session, tenant_id=tenant, job_id=a.id)
         rb = store.get_job(session, tenant_id=tenant, job_id=b.id)
@@ -85,11 +85,11 @@ def test_failure_and_release(sessions: sessionmaker[Session], tenant: uuid.UUID)
 
 def test_tenants_see_only_their_jobs(sessions: sessionmaker[Session], tenant: uuid.UUID) -> None:
     with sessions.begin() as session:
-        other = store.ensure_tenant(session, name=f"other-{uuid.uuid4().hex[:6]}")
+        other = keys.ensure_tenant(session, name=f"other-{uuid.uuid4().hex[:6]}")
         job, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
     with sessions.begin() as session:
         assert store.get_job(session, tenant_id=other, job_id=job.id) is None
-        assert store.cancel_job(session, tenant_id=other, job_id=job.id) is None
+        assert lifecycle.cancel_job(session, tenant_id=other, job_id=job.id) is None
         assert store.list_jobs(session, tenant_id=other)[0] == []
         still = store.get_job(session, tenant_id=tenant, job_id=job.id)
         assert still is not None and still.status == "queued"
@@ -101,15 +101,15 @@ def test_cancel_queued_is_immediate_and_running_ends_cancelled(
     with sessions.begin() as session:
         queued, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
         running, _ = store.insert_job(session, tenant_id=tenant, job=new_job())
-        store.claim(session, job_ids=[running.id], kind="embedding", worker="w", lease_s=30)
+        lifecycle.claim(session, job_ids=[running.id], kind="embedding", worker="w", lease_s=30)
     with sessions.begin() as session:
-        cancelled = store.cancel_job(session, tenant_id=tenant, job_id=queued.id)
-        asked = store.cancel_job(session, tenant_id=tenant, job_id=running.id)
+        cancelled = lifecycle.cancel_job(session, tenant_id=tenant, job_id=queued.id)
+        asked = lifecycle.cancel_job(session, tenant_id=tenant, job_id=running.id)
         assert cancelled is not None and cancelled.status == "cancelled"
         assert asked is not None and asked.status == "running" and asked.cancel_requested_at is not None
     with sessions.begin() as session:
-        assert store.claim(session, job_ids=[queued.id], kind="embedding", worker="w", lease_s=30) == []
-        store.finish(session, outcomes=[store.Outcome(job_id=running.id, attempt=1, output={"x": 1})])
+        assert lifecycle.claim(session, job_ids=[queued.id], kind="embedding", worker="w", lease_s=30) == []
+        lifecycle.finish(session, outcomes=[lifecycle.Outcome(job_id=running.id, attempt=1, output={"x": 1})])
     with sessions() as session:
         row = store.get_job(session, tenant_id=tenant, job_id=running.id)
     assert row is not None and row.status == "cancelled" and row.output is None
@@ -138,14 +138,14 @@ def test_batched_finish_writes_each_row_once(sessions: sessionmaker[Session], te
     with sessions.begin() as session:
         ids = [store.insert_job(session, tenant_id=tenant, job=new_job())[0].id for _ in range(50)]
     with sessions.begin() as session:
-        claimed = store.claim(session, job_ids=ids, kind="embedding", worker="w", lease_s=30)
+        claimed = lifecycle.claim(session, job_ids=ids, kind="embedding", worker="w", lease_s=30)
     with sessions.begin() as session:
-        written = store.finish(
+        written = lifecycle.finish(
             session,
             outcomes=[
-                store.Outcome(job_id=c.id, attempt=c.attempt, output={"n": i})
+                lifecycle.Outcome(job_id=c.id, attempt=c.attempt, output={"n": i})
                 if i % 2
-                else store.Outcome(job_id=c.id, attempt=c.attempt, error_code="invalid_input", error_message="bad")
+                else lifecycle.Outcome(job_id=c.id, attempt=c.attempt, error_code="invalid_input", error_message="bad")
                 for i, c in enumerate(claimed)
             ],
         )
@@ -169,9 +169,9 @@ def test_finish_wakes_long_polls_with_one_notification(
     with psycopg.connect(libpq_url(database_url), autocommit=True) as listener:
         listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
         with sessions.begin() as session:
-            claimed = store.claim(session, job_ids=[j.id for j in jobs], kind="embedding", worker="w", lease_s=30)
-            written = store.finish(
-                session, outcomes=[store.Outcome(job_id=c.id, attempt=c.attempt, output={"x": 1}) for c in claimed]
+            claimed = lifecycle.claim(session, job_ids=[j.id for j in jobs], kind="embedding", worker="w", lease_s=30)
+            written = lifecycle.finish(
+                session, outcomes=[lifecycle.Outcome(job_id=c.id, attempt=c.attempt, output={"x": 1}) for c in claimed]
             )
         [note] = list(listener.notifies(timeout=5, stop_after=1))
     assert note.channel == NOTIFY_CHANNEL and set(note.payload.split(",")) == {str(j.id) for j in jobs}
@@ -221,7 +221,7 @@ def test_a_claim_reads_rows_for_its_batch_not_for_the_queue(
             session.connection(execution_options={"isolation_level": "AUTOCOMMIT"}).exec_driver_sql("ANALYZE jobs")
     with sessions.begin() as session:
         ids = [r.id for r, _ in store.insert_jobs(session, jobs=[(tenant, new_job(kind=kind)) for _ in range(queued)])]
-        store.claim(session, job_ids=ids[:64], kind=kind, worker="w", lease_s=30)  # some running too
+        lifecycle.claim(session, job_ids=ids[:64], kind=kind, worker="w", lease_s=30)  # some running too
     params = {"ids": ids[-8:], "kind": kind, "worker": "w2", "lease_s": 30, "fill_to": 32}
     with sessions() as session:  # rolled back: EXPLAIN ANALYZE runs the UPDATE
         [[plan]] = session.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + store._CLAIM_SQL.text), params).one()
@@ -249,9 +249,9 @@ def test_a_message_whose_jobs_were_taken_still_claims_a_full_batch(
     with sessions.begin() as session:
         ids = [r.id for r, _ in store.insert_jobs(session, jobs=[(tenant, new_job(kind=kind)) for _ in range(60)])]
     with sessions.begin() as session:
-        taken = store.claim(session, job_ids=ids[:16], kind=kind, worker="w1", lease_s=30)
-        claimed = store.claim(session, job_ids=ids[:20], kind=kind, worker="w2", lease_s=30, fill_to=32)
-        rest = store.claim(session, job_ids=[], kind=kind, worker="w3", lease_s=30, fill_to=32)
+        taken = lifecycle.claim(session, job_ids=ids[:16], kind=kind, worker="w1", lease_s=30)
+        claimed = lifecycle.claim(session, job_ids=ids[:20], kind=kind, worker="w2", lease_s=30, fill_to=32)
+        rest = lifecycle.claim(session, job_ids=[], kind=kind, worker="w3", lease_s=30, fill_to=32)
     assert len(taken) == 16
     assert len(claimed) == 32 and {c.id for c in claimed} >= set(ids[16:20])
     assert len(rest) == 12 and not {c.id for c in rest} & {c.id for c in claimed + taken}

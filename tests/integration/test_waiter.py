@@ -9,7 +9,7 @@ import uuid
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import store
+from jobs import keys, lifecycle, store
 from jobs.tables import Job
 from producer.waiter import Waiter
 
@@ -18,7 +18,7 @@ def test_a_finished_job_wakes_its_waiter_with_the_stored_row(
     database_url: str, sessions: sessionmaker[Session]
 ) -> None:
     with sessions.begin() as session:
-        tenant = store.ensure_tenant(session, name=f"w-{uuid.uuid4().hex[:8]}")
+        tenant = keys.ensure_tenant(session, name=f"w-{uuid.uuid4().hex[:8]}")
         jobs = [
             store.insert_job(session, tenant_id=tenant, job=store.NewJob(
                 kind="embedding", model="m", profile="demo", input={"text": f"t{i}"}, priority=5,
@@ -26,7 +26,7 @@ def test_a_finished_job_wakes_its_waiter_with_the_stored_row(
             ))[0]
             for i in range(2)
         ]  # fmt: skip
-        claimed = store.claim(session, job_ids=[j.id for j in jobs], kind="embedding", worker="w", lease_s=60)
+        claimed = lifecycle.claim(session, job_ids=[j.id for j in jobs], kind="embedding", worker="w", lease_s=60)
 
     async def scenario() -> list[store.JobRow | None]:
         waiter = Waiter(database_url)
@@ -37,10 +37,11 @@ def test_a_finished_job_wakes_its_waiter_with_the_stored_row(
 
                 def finish() -> None:  # both in one write: one NOTIFY, one read
                     with sessions.begin() as session:
-                        store.finish(session, outcomes=[
-                            store.Outcome(job_id=claimed[0].id, attempt=claimed[0].attempt, output={"dimensions": 1}),
-                            store.Outcome(job_id=claimed[1].id, attempt=claimed[1].attempt, error_code="model_error",
-                                          error_message="boom"),
+                        ok, bad = claimed
+                        lifecycle.finish(session, outcomes=[
+                            lifecycle.Outcome(job_id=ok.id, attempt=ok.attempt, output={"dimensions": 1}),
+                            lifecycle.Outcome(job_id=bad.id, attempt=bad.attempt, error_code="model_error",
+                                              error_message="boom"),
                         ])  # fmt: skip
 
                 await asyncio.to_thread(finish)

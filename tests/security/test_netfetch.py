@@ -25,7 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from jobs.errors import InvalidInput, PermanentError, RetryableError
-from producer.netfetch import FetchFailed, ResponseRefused, UnsafeUrl, check_url, fetch
+from producer.addresses import FetchFailed, UnsafeUrl, check_url
+from producer.netfetch import ResponseRefused, fetch
 
 LOOPBACK = "127.0.0.1"
 RELEASE_S = 5.0  # longest a stalling handler holds on; tests release it at teardown

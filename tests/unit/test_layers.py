@@ -1,4 +1,4 @@
-"""The folder rules of ARCHITECTURE.md, checked on the source and in a fresh interpreter."""
+"""The folder rules of the README (Where things live), checked on the source and in a fresh interpreter."""
 
 import ast
 import subprocess

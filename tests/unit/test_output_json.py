@@ -1,10 +1,10 @@
-"""jobs.store.output_json: what a worker hands PostgreSQL for a result."""
+"""jobs.pgvalues.output_json: what a worker hands PostgreSQL for a result."""
 
 import json
 import math
 
 from jobs.kinds import EmbeddingOutput, TextGenerationOutput
-from jobs.store import output_json
+from jobs.pgvalues import output_json
 
 
 def test_a_schema_encodes_to_the_same_json_as_its_dump() -> None:

@@ -13,14 +13,9 @@ import pytest
 import soundfile as sf
 
 from jobs.errors import Cancelled, InvalidInput
-from jobs.kinds import (
-    BinaryInput,
-    MusicGenerationInput,
-    MusicGenerationOutput,
-    SpeechRecognitionInput,
-    SpeechRecognitionOutput,
-)
+from jobs.kinds import MusicGenerationInput, MusicGenerationOutput, SpeechRecognitionInput, SpeechRecognitionOutput
 from jobs.modelsfile import ModelSpec
+from jobs.schemas import BinaryInput
 from models.audio import decode_audio, encode_wav
 from models.base import StopSignal
 from models.music_generation import MusicGenerationAdapter

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from jobs.errors import InvalidInput, ModelNotConfigured
-from jobs.kinds import ChatOutput, Schema, Text2TextOutput, TextGenerationOutput, get_kind
+from jobs.kinds import ChatOutput, Text2TextOutput, TextGenerationOutput, get_kind
 from jobs.modelsfile import ModelSpec
+from jobs.schemas import Schema
 from models.base import Adapter
 from models.chat import ChatAdapter
 from models.generation import finish

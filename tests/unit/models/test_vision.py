@@ -11,14 +11,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from jobs.errors import InvalidInput, TimedOut
-from jobs.kinds import (
-    BinaryInput,
-    ImageClassificationInput,
-    ImageClassificationOutput,
-    ImageGenerationInput,
-    ImageGenerationOutput,
-)
+from jobs.kinds import ImageClassificationInput, ImageClassificationOutput, ImageGenerationInput, ImageGenerationOutput
 from jobs.modelsfile import ModelSpec
+from jobs.schemas import BinaryInput
 from models.base import StopSignal
 from models.image_classification import ImageClassificationAdapter
 from models.image_generation import ImageGenerationAdapter
