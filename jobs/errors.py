@@ -1,7 +1,13 @@
 """Errors of mlq. A retryable error sends the job back to the queue; a
-permanent one fails it at once with a message its user can act on."""
+permanent one fails it at once with a message its user can act on.
+
+Service code raises these; the API's one exception handler (``producer/errors.py``) makes
+the HTTP answer: InvalidField 422, Conflict 409, OverLimit 429 with Retry-After."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class MlqError(Exception):
@@ -23,6 +29,17 @@ class Conflict(MlqError):
     code = "conflict"
 
 
+class OverLimit(MlqError):
+    """Over a limit of the tenant or the deployment for now (jobs a minute, active jobs,
+    downloads): retry after ``retry_after_s``."""
+
+    code = "over_limit"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s))
+
+
 class PermanentError(MlqError):
     """Retrying cannot help: the job fails now."""
 
@@ -33,6 +50,24 @@ class InvalidInput(PermanentError):
     """The job's input cannot be processed (undecodable, over a limit, wrong shape)."""
 
     code = "invalid_input"
+
+
+class InvalidField(InvalidInput):
+    """A request's field breaks a rule, named where it is: ``loc`` such as
+    ``("body", "input", "text")`` or ``("query", "limit")``. Nothing was stored.
+    ``errors``: every field refused at once (pydantic's error dicts), when there are several."""
+
+    def __init__(self, loc: Sequence[Any], message: str, *, errors: Sequence[dict[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.loc = tuple(loc)
+        self.errors = list(errors) or [{"loc": self.loc, "msg": message, "type": "value_error"}]
+
+    @classmethod
+    def of(cls, errors: Sequence[Mapping[str, Any]], *prefix: Any) -> InvalidField:
+        """Pydantic's errors (``ValidationError.errors()``) for a part of the request at ``prefix``."""
+        placed = [{**e, "loc": (*prefix, *e.get("loc", ()))} for e in errors]
+        first = placed[0] if placed else {"loc": prefix, "msg": "invalid"}
+        return cls(first["loc"], str(first["msg"]), errors=placed)
 
 
 class ModelError(PermanentError):

@@ -1,15 +1,16 @@
-"""The adapter interface: ``load(device)`` once per process, then ``predict`` on batches.
+"""The adapter interface: ``load(device)`` once per process, then ``predict`` on model calls.
 
 Life cycle, as the runner drives it::
 
     adapter = AdapterClass(spec)         # cheap; validates options eagerly
-    adapter.load(device="cpu")           # once per worker process
+    adapter.load(device="cpu")           # once per worker process: sets self.device, then load_weights
     item = adapter.prepare(input)        # per job; raise InvalidInput for a bad one
-    predictions = adapter.predict([item, ...])  # one Prediction per item, same order
+    predictions = adapter.predict([item, ...], stop=signal)  # one Prediction per item, same order
 
-An ``interruptible`` adapter (generation: text, images, music) looks at ``self.stop``
-between steps and ends early when the runner asks (a soft time limit or a cancel): it
-calls ``self.stop.check()`` after the model returns, which raises TimedOut or Cancelled.
+An ``interruptible`` adapter (generation: text, images, music) looks at the ``stop`` signal
+it is given between steps and ends early when the runner asks (a soft time limit or a
+cancel): it calls ``stop.check()`` after the model returns, which raises TimedOut or
+Cancelled. Others ignore it. The runner sets nothing on an adapter.
 
 ``prepare`` isolates per-item failures (an undecodable image fails its own job);
 ``predict`` sees only items that prepared cleanly.
@@ -70,7 +71,7 @@ class Adapter(ABC, Generic[In]):
     """One kind's model code. Subclasses set ``kind`` and implement load and predict."""
 
     kind: ClassVar[str]
-    interruptible: ClassVar[bool] = False  # predict looks at self.stop between steps
+    interruptible: ClassVar[bool] = False  # predict looks at its stop signal between steps
     # what size() counts, so the runner can hold a model call to the models file's
     # max_batch_tokens or max_batch_pixels; None: batches are bounded by count only
     budget_unit: ClassVar[Literal["tokens", "pixels"] | None] = None
@@ -84,11 +85,15 @@ class Adapter(ABC, Generic[In]):
         self.source = source or spec.model  # resolved local path or hub id
         self.resolve = resolve or (lambda ref: ref)  # locates a second model an adapter names in its options
         self.device = "cpu"
-        self.stop = StopSignal()  # replaced by the runner for each batch
+
+    def load(self, device: str) -> None:
+        """Load the weights onto ``device`` ("cpu", "cuda"); called once per process."""
+        self.device = device
+        self.load_weights(device)
 
     @abstractmethod
-    def load(self, device: str) -> None:
-        """Load weights onto ``device`` ("cpu", "cuda"); called once per process."""
+    def load_weights(self, device: str) -> None:
+        """Each adapter's own loading, onto ``device`` (``self.device`` is set already)."""
 
     def prepare(self, item: In) -> Any:
         """Per-item decoding and checks; raise jobs.errors.InvalidInput for a bad item."""
@@ -124,5 +129,5 @@ class Adapter(ABC, Generic[In]):
         return 1
 
     @abstractmethod
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         """Run the model on prepared items; return one Prediction per item, in order."""

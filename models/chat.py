@@ -11,7 +11,7 @@ from typing import Any
 from jobs.errors import InvalidInput, ModelNotConfigured
 from jobs.kinds import ChatInput, ChatMessage, ChatOutput
 from jobs.modelsfile import ModelSpec
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from models.generation import Request, check_fits, generate, use_padding
 from models.loading import pretrained_kwargs, torch_dtype
 
@@ -27,7 +27,7 @@ class ChatAdapter(Adapter[ChatInput]):
             raise ModelNotConfigured(f"[kinds.chat] options.system_prompt must be a string, not {system_prompt!r}")
         self.system_prompt: str | None = system_prompt or None
 
-    def load(self, device: str) -> None:
+    def load_weights(self, device: str) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs = pretrained_kwargs(self.spec, self.source)
@@ -43,7 +43,6 @@ class ChatAdapter(Adapter[ChatInput]):
         )
         self.model = model.to(device)
         self.model.eval()
-        self.device = device
 
     def conversation(self, messages: list[ChatMessage]) -> list[dict[str, str]]:
         """The messages as the template wants them, the configured system prompt first if none is given."""
@@ -66,7 +65,7 @@ class ChatAdapter(Adapter[ChatInput]):
         check_fits(self.model, prompt_tokens=len(input_ids), max_new_tokens=item.max_new_tokens)
         return Request(input_ids=input_ids, options=item)
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         requests: list[Request] = batch
         return [
             Prediction(
@@ -77,5 +76,5 @@ class ChatAdapter(Adapter[ChatInput]):
                     completion_tokens=done.completion_tokens,
                 )
             )
-            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=self.stop)
+            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=stop)
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.kinds import EmbeddingInput, EmbeddingOutput
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from models.loading import pretrained_kwargs, torch_dtype
 from models.tokens import Tokenized, padded, tokenized, tokenized_many
 
@@ -16,7 +16,7 @@ class EmbeddingAdapter(Adapter[EmbeddingInput]):
     kind = "embedding"
     budget_unit = "tokens"
 
-    def load(self, device: str) -> None:
+    def load_weights(self, device: str) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         kwargs = pretrained_kwargs(self.spec, self.source)
@@ -25,7 +25,6 @@ class EmbeddingAdapter(Adapter[EmbeddingInput]):
             device
         )
         self.model.eval()
-        self.device = device
 
     def embed(self, texts: list[str], *, normalize: bool = True) -> Any:
         """Mean-pooled embeddings (a float32 tensor on the CPU), one row per text."""
@@ -59,7 +58,7 @@ class EmbeddingAdapter(Adapter[EmbeddingInput]):
         """Tokens the text takes in a batch (after truncation)."""
         return len(prepared.ids)
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         prepared: list[Tokenized] = batch
         vectors = self._pooled(padded(self.tokenizer, prepared, device=self.device), normalize=False)
         predictions = []

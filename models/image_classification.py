@@ -9,7 +9,7 @@ from PIL import Image
 
 from jobs.kinds import ImageClassificationInput, ImageClassificationOutput, LabelScore
 from jobs.schemas import binary_limit
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from models.images import decode_image
 from models.loading import pretrained_kwargs, torch_dtype
 
@@ -24,7 +24,7 @@ class ImageClassificationAdapter(Adapter[ImageClassificationInput]):
     kind = "image-classification"
     budget_unit = "pixels"  # decoded images are held whole until the processor resizes them
 
-    def load(self, device: str) -> None:
+    def load_weights(self, device: str) -> None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         kwargs = pretrained_kwargs(self.spec, self.source)
@@ -33,7 +33,6 @@ class ImageClassificationAdapter(Adapter[ImageClassificationInput]):
             self.source, dtype=torch_dtype(self.spec.dtype, device), **kwargs
         ).to(device)
         self.model.eval()
-        self.device = device
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
 
@@ -60,7 +59,7 @@ class ImageClassificationAdapter(Adapter[ImageClassificationInput]):
         scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
         return [dict(zip(self.labels, row.tolist(), strict=True)) for row in scores.cpu()]
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         items: list[PreparedImage] = batch
         scored = self.classify([item.image for item in items])
         return [self._prediction(scores, item.top_k) for scores, item in zip(scored, items, strict=True)]

@@ -6,7 +6,7 @@ import secrets
 from typing import Any
 
 from jobs.kinds import GeneratedImage, ImageGenerationInput, ImageGenerationOutput
-from models.base import Adapter, Blob, Prediction
+from models.base import Adapter, Blob, Prediction, StopSignal
 from models.images import encode_png
 from models.loading import pretrained_kwargs, torch_dtype
 
@@ -17,7 +17,7 @@ class ImageGenerationAdapter(Adapter[ImageGenerationInput]):
     kind = "image-generation"
     interruptible = True
 
-    def load(self, device: str) -> None:
+    def load_weights(self, device: str) -> None:
         from diffusers import AutoPipelineForText2Image
 
         # diffusers 0.42 renamed torch_dtype to dtype (torch_dtype is deprecated until 1.0)
@@ -25,21 +25,21 @@ class ImageGenerationAdapter(Adapter[ImageGenerationInput]):
             self.source, dtype=torch_dtype(self.spec.dtype, device), **pretrained_kwargs(self.spec, self.source)
         ).to(device)
         self.pipeline.set_progress_bar_config(disable=True)
-        self.device = device
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         items: list[ImageGenerationInput] = batch
-        return [self.generate(item) for item in items]  # sizes and steps differ per item: one call each
+        signal = stop or StopSignal()
+        return [self.generate(item, stop=signal) for item in items]  # sizes and steps differ per item: one call each
 
-    def _between_steps(self, pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        """diffusers calls this after each denoising step; its interrupt flag skips the rest."""
-        if self.stop.is_set():
-            pipeline._interrupt = True
-        return tensors
-
-    def generate(self, item: ImageGenerationInput) -> Prediction:
+    def generate(self, item: ImageGenerationInput, *, stop: StopSignal) -> Prediction:
         """Run the pipeline for one item; the same seed gives the same PNGs on the same device."""
         import torch
+
+        def between_steps(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            """diffusers calls this after each denoising step; its interrupt flag skips the rest."""
+            if stop.is_set():
+                pipeline._interrupt = True
+            return tensors
 
         seed = secrets.randbelow(2**32) if item.seed is None else item.seed
         generator = torch.Generator(self.device).manual_seed(seed)
@@ -54,9 +54,9 @@ class ImageGenerationAdapter(Adapter[ImageGenerationInput]):
                 num_images_per_prompt=item.num_images,
                 generator=generator,
                 output_type="pil",
-                callback_on_step_end=self._between_steps,
+                callback_on_step_end=between_steps,
             )
-        self.stop.check()
+        stop.check()
         blobs = [Blob(f"image-{i}.png", PNG, encode_png(image)) for i, image in enumerate(result.images)]
         refs = [
             GeneratedImage(artifact=blob.name, content_type=PNG, width=image.width, height=image.height)

@@ -14,7 +14,7 @@ from typing import Any
 from jobs.errors import ModelNotConfigured
 from jobs.kinds import ImageClassificationInput, ModerationInput, ModerationOutput
 from jobs.modelsfile import ModelSpec
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from models.embedding import EmbeddingAdapter
 
 DEFAULT_THRESHOLD = 0.4  # all-MiniLM-L6-v2: unrelated English text scores below 0.3 here
@@ -34,7 +34,7 @@ DEFAULT_CATEGORIES: dict[str, list[str]] = {
 class ModerationAdapter(Adapter[ModerationInput]):
     kind = "moderation"
 
-    def load(self, device: str) -> None:
+    def load_weights(self, device: str) -> None:
         options = self.spec.options
         self.categories: dict[str, list[str]] = {
             name: [d] if isinstance(d, str) else list(d)
@@ -51,7 +51,6 @@ class ModerationAdapter(Adapter[ModerationInput]):
         self.description_vectors = self.encoder.embed(descriptions)
         self.owner = [name for name, ds in self.categories.items() for _ in ds]
         self.images = self._load_image_model(device)
-        self.device = device
 
     def _load_image_model(self, device: str) -> Any:
         ref = self.spec.options.get("image_model")
@@ -80,7 +79,7 @@ class ModerationAdapter(Adapter[ModerationInput]):
             raise InvalidInput("image moderation is not configured here: the models file has no image_model")
         return self.images.prepare(ImageClassificationInput(image=item.image, top_k=1000))
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         texts = [(i, item.text or "") for i, item in enumerate(batch) if isinstance(item, ModerationInput)]
         results: list[dict[str, float]] = [{} for _ in batch]
         if texts:

@@ -15,7 +15,7 @@ import numpy as np
 from jobs.errors import InvalidInput
 from jobs.kinds import GeneratedAudio, MusicGenerationInput, MusicGenerationOutput
 from models.audio import encode_wav
-from models.base import Adapter, Blob, Prediction
+from models.base import Adapter, Blob, Prediction, StopSignal
 from models.loading import pretrained_kwargs, torch_dtype
 
 ARTIFACT = "audio.wav"
@@ -26,7 +26,7 @@ class MusicGenerationAdapter(Adapter[MusicGenerationInput]):
     kind = "music-generation"
     interruptible = True
 
-    def load(self, device: str) -> None:
+    def load_weights(self, device: str) -> None:
         from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
         kwargs = pretrained_kwargs(self.spec, self.source)
@@ -35,7 +35,6 @@ class MusicGenerationAdapter(Adapter[MusicGenerationInput]):
             self.source, dtype=torch_dtype(self.spec.dtype, device), **kwargs
         )
         self.model = model.to(device).eval()
-        self.device = device
         codec = self.model.config.audio_encoder
         self.sampling_rate_hz = int(codec.sampling_rate)
         self.frame_rate_hz = float(codec.frame_rate)
@@ -56,10 +55,11 @@ class MusicGenerationAdapter(Adapter[MusicGenerationInput]):
             )
         return item
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
-        return [self.generate(item) for item in batch]
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
+        signal = stop or StopSignal()
+        return [self.generate(item, stop=signal) for item in batch]
 
-    def generate(self, item: MusicGenerationInput) -> Prediction:
+    def generate(self, item: MusicGenerationInput, *, stop: StopSignal) -> Prediction:
         import torch
         from transformers import StoppingCriteriaList
 
@@ -75,12 +75,12 @@ class MusicGenerationAdapter(Adapter[MusicGenerationInput]):
                     do_sample=True,
                     guidance_scale=item.guidance_scale,
                     max_new_tokens=self.steps(item.duration_s),
-                    stopping_criteria=StoppingCriteriaList([StopOnSignal(self.stop)]),
+                    stopping_criteria=StoppingCriteriaList([StopOnSignal(stop)]),
                 )
             except RuntimeError:
-                self.stop.check()  # MusicGen cannot undo its codebook delay on a clip cut short: say why it was
+                stop.check()  # MusicGen cannot undo its codebook delay on a clip cut short: say why it was
                 raise
-        self.stop.check()
+        stop.check()
         samples = fit(audio[0].float().cpu().numpy().T, frames=max(1, round(item.duration_s * self.sampling_rate_hz)))
         wav = encode_wav(samples, sampling_rate_hz=self.sampling_rate_hz)
         output = MusicGenerationOutput(

@@ -14,7 +14,7 @@ from typing import Any
 
 from jobs.kinds import RecommendationInput, RecommendationOutput, ScoredItem
 from jobs.modelsfile import ModelSpec
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from models.embedding import EmbeddingAdapter
 
 DEFAULT_CACHE_ITEMS = 100_000  # 384 floats each: about 150 MB at most
@@ -52,7 +52,7 @@ class ItemCache:
 class RecommendationAdapter(Adapter[RecommendationInput]):
     kind = "recommendation"
 
-    def load(self, device: str) -> None:
+    def load_weights(self, device: str) -> None:
         encoder_spec = ModelSpec(
             kind="embedding",
             model=self.spec.model,
@@ -62,7 +62,6 @@ class RecommendationAdapter(Adapter[RecommendationInput]):
         )
         self.encoder = EmbeddingAdapter(encoder_spec, source=self.source)
         self.encoder.load(device)
-        self.device = device
         self.cache = ItemCache(max_items=int(self.spec.options.get("item_cache_items", DEFAULT_CACHE_ITEMS)))
         self.chunk = self.spec.max_batch_size
 
@@ -78,7 +77,7 @@ class RecommendationAdapter(Adapter[RecommendationInput]):
                 found[key] = vector
         return [found[k] for k in keys]
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         import torch
 
         items: list[RecommendationInput] = batch

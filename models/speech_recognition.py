@@ -21,7 +21,7 @@ from jobs.kinds import SpeechRecognitionInput, SpeechRecognitionOutput
 from jobs.modelsfile import ModelSpec
 from jobs.schemas import binary_limit
 from models.audio import decode_audio
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from models.loading import pretrained_kwargs, torch_dtype
 
 MAX_INPUT_BYTES = 25_000_000  # 26 min of 128 kbit/s MP3, 2.4 min of CD-quality WAV
@@ -233,7 +233,7 @@ class SpeechRecognitionAdapter(Adapter[SpeechRecognitionInput]):
         self.max_audio_s = float(binary_limit(spec.limits, "max_audio_s"))
         self.max_input_bytes = int(spec.limits.get("max_input_bytes", MAX_INPUT_BYTES))
 
-    def load(self, device: str) -> None:
+    def load_weights(self, device: str) -> None:
         from transformers import AutoConfig, AutoModelForCTC, AutoModelForSpeechSeq2Seq, AutoProcessor
 
         kwargs = pretrained_kwargs(self.spec, self.source)
@@ -246,7 +246,6 @@ class SpeechRecognitionAdapter(Adapter[SpeechRecognitionInput]):
             self.source, config=config, dtype=torch_dtype(self.spec.dtype, device), **kwargs
         ).to(device)
         model.eval()
-        self.device = device
         self.recognizer = RECOGNIZERS[name](processor, model, device=device, max_windows=self.max_windows)
         limit = self.recognizer.max_window_s
         self.window_s = min(self.chunk_s, limit) if limit else self.chunk_s
@@ -261,7 +260,7 @@ class SpeechRecognitionAdapter(Adapter[SpeechRecognitionInput]):
         )
         return Clip(samples=samples, language=language, task=item.task)
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         clips: list[Clip] = batch
         rate = self.recognizer.sampling_rate_hz
         overlap = int(min(self.overlap_s, self.window_s / 4) * rate)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.kinds import Text2TextInput, Text2TextOutput
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from models.generation import Request, check_fits, generate, use_padding
 from models.loading import pretrained_kwargs, torch_dtype
 
@@ -17,7 +17,7 @@ class Text2TextAdapter(Adapter[Text2TextInput]):
     kind = "text2text-generation"
     interruptible = True
 
-    def load(self, device: str) -> None:
+    def load_weights(self, device: str) -> None:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         kwargs = pretrained_kwargs(self.spec, self.source)
@@ -28,14 +28,13 @@ class Text2TextAdapter(Adapter[Text2TextInput]):
         )
         self.model = model.to(device)
         self.model.eval()
-        self.device = device
 
     def prepare(self, item: Text2TextInput) -> Request:
         input_ids = self.tokenizer(item.text, split_special_tokens=True)["input_ids"]
         check_fits(self.model, prompt_tokens=len(input_ids), max_new_tokens=item.max_new_tokens)
         return Request(input_ids=input_ids, options=item, num_beams=item.num_beams)
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         requests: list[Request] = batch
         return [
             Prediction(
@@ -43,5 +42,5 @@ class Text2TextAdapter(Adapter[Text2TextInput]):
                     text=done.text, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens
                 )
             )
-            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=self.stop)
+            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=stop)
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.kinds import LabelScore, TextClassificationInput, TextClassificationOutput
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from models.loading import pretrained_kwargs, torch_dtype
 from models.tokens import Tokenized, padded, tokenized, tokenized_many
 
@@ -16,7 +16,7 @@ class TextClassificationAdapter(Adapter[TextClassificationInput]):
     kind = "text-classification"
     budget_unit = "tokens"
 
-    def load(self, device: str) -> None:
+    def load_weights(self, device: str) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         kwargs = pretrained_kwargs(self.spec, self.source)
@@ -25,7 +25,6 @@ class TextClassificationAdapter(Adapter[TextClassificationInput]):
             self.source, dtype=torch_dtype(self.spec.dtype, device), **kwargs
         ).to(device)
         self.model.eval()
-        self.device = device
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
 
@@ -39,7 +38,7 @@ class TextClassificationAdapter(Adapter[TextClassificationInput]):
         """Tokens the text takes in a batch (after truncation)."""
         return len(prepared.ids)
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         import torch
 
         prepared: list[Tokenized] = batch

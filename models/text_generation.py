@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.kinds import TextGenerationInput, TextGenerationOutput
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from models.generation import Request, check_fits, generate, use_padding
 from models.loading import pretrained_kwargs, torch_dtype
 
@@ -14,7 +14,7 @@ class TextGenerationAdapter(Adapter[TextGenerationInput]):
     kind = "text-generation"
     interruptible = True
 
-    def load(self, device: str) -> None:
+    def load_weights(self, device: str) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs = pretrained_kwargs(self.spec, self.source)
@@ -25,7 +25,6 @@ class TextGenerationAdapter(Adapter[TextGenerationInput]):
         )
         self.model = model.to(device)
         self.model.eval()
-        self.device = device
 
     def prepare(self, item: TextGenerationInput) -> Request:
         # Special-token text in a prompt stays text: a job cannot forge <|endoftext|>.
@@ -33,7 +32,7 @@ class TextGenerationAdapter(Adapter[TextGenerationInput]):
         check_fits(self.model, prompt_tokens=len(input_ids), max_new_tokens=item.max_new_tokens)
         return Request(input_ids=input_ids, options=item, continues_prompt=True)
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         requests: list[Request] = batch
         return [
             Prediction(
@@ -44,5 +43,5 @@ class TextGenerationAdapter(Adapter[TextGenerationInput]):
                     completion_tokens=done.completion_tokens,
                 )
             )
-            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=self.stop)
+            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=stop)
         ]

@@ -11,10 +11,9 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
-from jobs.errors import InvalidInput, MlqError
+from jobs.errors import InvalidInput, MlqError, OverLimit
 from jobs.settings import Settings
 from producer.netfetch import afetch
-from producer.ratelimit import too_many
 
 RETRY_AFTER_S = 2  # what a refused download is told to wait
 
@@ -25,16 +24,16 @@ class Downloads:
         self.running = Counter[uuid.UUID]()  # downloads in flight per tenant
 
     async def get(self, url: str, *, tenant_id: uuid.UUID, max_bytes: int) -> tuple[bytes, str]:
-        """The file at ``url`` and its content type; InvalidInput says why not, 429 when over a bound."""
+        """The file at ``url`` and its content type; InvalidInput says why not, OverLimit when over a bound."""
         settings = self.settings
         if self.running[tenant_id] >= settings.input_fetches_per_tenant:
-            raise too_many(
+            raise OverLimit(
                 f"this tenant has {self.running[tenant_id]} inputs by URL downloading; the limit is "
                 f"input_fetches_per_tenant={settings.input_fetches_per_tenant}: retry, or upload the files",
                 retry_after_s=RETRY_AFTER_S,
             )
         if self.running.total() >= settings.input_fetches_max:
-            raise too_many(
+            raise OverLimit(
                 f"the API is downloading input_fetches_max={settings.input_fetches_max} inputs by URL; "
                 "retry, or upload the files",
                 retry_after_s=RETRY_AFTER_S,

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, InternalError,
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from jobs.errors import Conflict
+from jobs.errors import Conflict, InvalidField, OverLimit
 
 log = logging.getLogger("mlq.api")
 
@@ -166,9 +166,18 @@ def install(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
         return SafeJSONResponse(error_body(exc.detail), status_code=exc.status_code, headers=headers)
 
+    @app.exception_handler(InvalidField)
+    async def invalid_field(request: Request, exc: InvalidField) -> JSONResponse:
+        return SafeJSONResponse({"detail": safe_errors(exc.errors)}, status_code=UNPROCESSABLE)
+
     @app.exception_handler(Conflict)
     async def conflict(request: Request, exc: Conflict) -> JSONResponse:
         return SafeJSONResponse(error_body(str(exc)), status_code=status.HTTP_409_CONFLICT)
+
+    @app.exception_handler(OverLimit)
+    async def over_limit(request: Request, exc: OverLimit) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return SafeJSONResponse(error_body(str(exc)), status_code=status.HTTP_429_TOO_MANY_REQUESTS, headers=headers)
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(psycopg.Error)

@@ -18,8 +18,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi.exceptions import RequestValidationError
-
+from jobs.errors import InvalidField
 from jobs.schemas import Schema, binaries, binary_limit
 
 
@@ -30,8 +29,8 @@ class PendingFile:
     content_type: str
 
 
-def input_error(loc: tuple[Any, ...], msg: str) -> RequestValidationError:
-    return RequestValidationError([{"loc": ("body", "input", *loc), "msg": msg, "type": "value_error"}])
+def input_error(loc: tuple[Any, ...], msg: str) -> InvalidField:
+    return InvalidField(("body", "input", *loc), msg)
 
 
 def unstorable(value: Any) -> tuple[tuple[Any, ...], str] | None:

@@ -20,7 +20,6 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from fastapi import HTTPException, status
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -28,10 +27,10 @@ from starlette.concurrency import run_in_threadpool
 from jobs import keys, metrics, store
 from jobs.artifacts import ArtifactStore, StoredArtifact
 from jobs.db import single_statements
+from jobs.errors import Conflict, InvalidField, OverLimit
 from jobs.settings import Settings
-from producer.errors import invalid
 from producer.publish import Publisher
-from producer.ratelimit import ACTIVE_RETRY_AFTER_S, RateLimiter, too_many
+from producer.ratelimit import ACTIVE_RETRY_AFTER_S, RateLimiter
 
 log = logging.getLogger("mlq.intake")
 
@@ -142,7 +141,9 @@ class Intake:
                 answers[i] = _checked(group[i], row)
             except DataError as exc:
                 log.info("job refused by PostgreSQL: %s", exc.orig)
-                answers[i] = invalid(("body",), f"the job cannot be stored: {str(exc.orig or exc).splitlines()[0]}")
+                answers[i] = InvalidField(
+                    ("body",), f"the job cannot be stored: {str(exc.orig or exc).splitlines()[0]}"
+                )
         return [a for a in answers if a is not None]
 
     def _refusals(self, group: list[Submission]) -> list[Exception | None]:
@@ -180,7 +181,7 @@ class Intake:
         return [
             None
             if active + n < limit
-            else too_many(
+            else OverLimit(
                 f"this tenant has {active + n} {kind} jobs queued or running; the limit is "
                 f"max_active_jobs_per_kind={limit}: wait for some to finish, or send a bulk run",
                 retry_after_s=ACTIVE_RETRY_AFTER_S,
@@ -195,7 +196,7 @@ class Intake:
         tenant_id = same_tenant[0].principal.tenant_id
         fit, retry_after_s = self.limiter.admit(tenant_id=tenant_id, jobs=len(same_tenant), per_minute=per_minute)
         detail = f"over this tenant's limit of jobs_per_minute={per_minute}; retry in {retry_after_s} s"
-        return [None if n < fit else too_many(detail, retry_after_s=retry_after_s) for n in range(len(same_tenant))]
+        return [None if n < fit else OverLimit(detail, retry_after_s=retry_after_s) for n in range(len(same_tenant))]
 
     def _accepted(self, group: list[Submission], answers: list[Answer]) -> None:
         """Count the jobs created (metrics, quotas) and set them aside for a wake-up message."""
@@ -232,8 +233,5 @@ def _checked(submission: Submission, answer: tuple[store.JobRow, bool]) -> Answe
     row, created = answer
     new = submission.job
     if not created and (row.kind != new.kind or row.input != new.input):
-        return HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"Idempotency-Key {new.idempotency_key!r} was already used for a different job ({row.id})",
-        )
+        return Conflict(f"Idempotency-Key {new.idempotency_key!r} was already used for a different job ({row.id})")
     return answer

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
-from fastapi import HTTPException, status
 
 log = logging.getLogger("mlq.ratelimit")
 
@@ -31,10 +30,6 @@ ACTIVE_RECOUNT_S = 1.0  # active jobs are counted in PostgreSQL at most this oft
 class Limits:
     jobs_per_minute: int  # 0: no limit
     max_active_jobs_per_kind: int  # queued + running single jobs of one kind; 0: no limit
-
-
-def too_many(detail: str, *, retry_after_s: int) -> HTTPException:
-    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
 class RateLimiter:

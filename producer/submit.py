@@ -14,12 +14,11 @@ from dataclasses import replace
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from jobs import batches, keys, metrics, store
-from jobs.errors import Conflict, InvalidInput
+from jobs.errors import Conflict, InvalidField, InvalidInput
 from jobs.ids import IdBuffer
 from jobs.kinds import KINDS
 from jobs.modelsfile import ModelSpec
@@ -27,14 +26,13 @@ from jobs.schemas import Schema, binaries, binary_limit
 from producer.addresses import acheck_url
 from producer.batch_input import Parser
 from producer.deps import State
-from producer.errors import invalid, located
 from producer.inputs import input_error, stage_binaries, unstorable
 from producer.intake import Submission
 from producer.schemas import BatchOptions, BatchView, SubmitJob
 
 
-def body_error(loc: tuple[Any, ...], msg: str) -> RequestValidationError:
-    return invalid(("body", *loc), msg)
+def body_error(loc: tuple[Any, ...], msg: str) -> InvalidField:
+    return InvalidField(("body", *loc), msg)
 
 
 async def check_webhook(url: str, *, state: State, loc: tuple[Any, ...]) -> None:
@@ -58,7 +56,7 @@ def validated(state: State, body: SubmitJob) -> tuple[ModelSpec, Schema]:
     try:
         parsed = KINDS[body.kind].validate_input(spec.with_defaults(body.input), limits=spec.limits)
     except ValidationError as exc:
-        raise located(exc, "body", "input") from None
+        raise InvalidField.of(exc.errors(include_url=False), "body", "input") from None
     return spec, parsed
 
 

@@ -52,11 +52,11 @@ def call_cost_tokens(adapter: Adapter[Any]) -> float:
     return min(UNKNOWN_CALL_COST_TOKENS, fixed_s / per_token_s)
 
 
-def _fastest(adapter: Adapter[Any], batch: list[Any]) -> float:
+def _fastest(adapter: Adapter[Any], items: list[Any]) -> float:
     times = []
     for _ in range(CALIBRATION_TRIES):
         started = time.perf_counter()
-        adapter.predict(batch)
+        adapter.predict(items)
         times.append(time.perf_counter() - started)
     return min(times)
 

@@ -1,20 +1,23 @@
 """The runner: claim → prepare → predict → store, as plain functions of plain objects.
 
 Celery tasks hand it job ids and return; tests call it without Celery.
-Per job: a bad input fails that job alone (``invalid_input``); a model error on
-a batch is retried item by item so only the culprit fails; a transient error
+Per job: a bad input fails that job alone (``invalid_input``); a model error in
+a model call is retried item by item so only the culprit fails; a transient error
 gives the jobs back to the queue.
 
-Beside it: ``watch`` (the thread that keeps leases and time limits), ``calls`` (a claim
-cut into model calls), ``outcomes`` (how attempts end, errors told apart), ``results``
-(a claim's results written, counted and logged).
+Words: a *claim* is the jobs one worker takes at once (a bulk run's message, or single
+jobs filled up to ``max_batch_size``); a *model call* is one ``predict`` on some of them
+(``max_batch_size`` items at most); a *bulk run* is what a user submits as one file.
+
+Beside it: ``loaded`` (the process's models), ``watch`` (the thread that keeps leases and
+time limits), ``calls`` (a claim cut into model calls), ``outcomes`` (how attempts end,
+errors told apart), ``results`` (a claim's results written, counted and logged).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,26 +35,23 @@ from jobs.errors import (
     InvalidInput,
     MlqError,
     ModelError,
-    ModelNotConfigured,
     OutOfMemory,
     PermanentError,
     RetryableError,
     TimedOut,
 )
 from jobs.kinds import get_kind
-from jobs.modelsfile import ModelsConfig, ModelSpec
+from jobs.modelsfile import ModelsConfig
 from jobs.schemas import Schema, binaries
-from models.base import Adapter
-from models.loading import pick_device
-from models.registry import create_adapter
-from workers.calls import UNKNOWN_CALL_COST_TOKENS, budgeted, call_cost_tokens
+from models.base import Adapter, StopSignal
+from workers.calls import UNKNOWN_CALL_COST_TOKENS, budgeted
+from workers.loaded import LoadedModels
 from workers.outcomes import (
     Done,
     Failed,
     has_files,
     is_out_of_memory,
     is_sticky_device_error,
-    release_memory,
     validation_message,
     warn_unread,
 )
@@ -66,7 +66,10 @@ DEVICE_ERROR_EXIT_CODE = 76  # ... or lost its GPU context (illegal memory acces
 
 
 class Runner:
-    """Holds one worker process's loaded adapters and runs batches of job ids."""
+    """Runs one worker process's jobs: claim → prepare → predict → store, a claim at a time.
+    Around it: the loaded models (``loaded``), leases, time limits and cancel requests
+    (``beside``), the result write with its retries and the claim's metrics and logs
+    (workers/results.py)."""
 
     def __init__(
         self,
@@ -80,72 +83,21 @@ class Runner:
         fill: bool = True,
         memory_budget_bytes: int = 0,
     ) -> None:
-        self.fill = fill  # fill each slice with other queued jobs of the kind (micro-batching)
+        self.fill = fill  # fill each claim with other queued jobs of the kind (micro-batching)
         self.sessions = sessions
         self.statements = single_statements(sessions)  # for the claim and a lone result write
-        self.models = models
+        self.loaded = LoadedModels(models=models, data_dir=data_dir, memory_budget_bytes=memory_budget_bytes)
         self.artifacts = artifacts
-        self.data_dir = data_dir
         self.worker = worker
         self.lease_s = lease_s
-        self.adapters: dict[str, Adapter[Any]] = {}
-        self.memory_budget_bytes = memory_budget_bytes  # 0: keep every model loaded
-        self.footprints: dict[str, int] = {}
-        self.call_costs: dict[str, float] = {}  # kind -> a model call's cost in padded tokens (workers.calls)
-        self.last_used: dict[str, float] = {}
-        self._loading: dict[str, threading.Lock] = {}  # one per kind: a model loads once
         self.beside = Beside(sessions, lease_s=lease_s)  # leases, time limits and cancel requests
         # the claim running now and its outcomes so far: what give_up records when the process must exit
         self._claimed: Sequence[lifecycle.Claimed] = ()
         self._outcomes: list[Done | Failed] = []
 
-    def spec(self, kind: str) -> ModelSpec:
-        spec = self.models.spec(kind)
-        if spec is None:
-            raise ModelNotConfigured(f"the models file {self.models.source} has no model for {kind!r}")
-        return spec
-
     def adapter(self, kind: str) -> Adapter[Any]:
-        """The loaded adapter of ``kind``, loading it on first use (and, over the memory
-        budget, unloading the models used longest ago first). Each kind loads once, under a
-        lock of its own: the preload thread and a job may ask for it at the same time."""
-        self.last_used[kind] = time.monotonic()
-        if kind in self.adapters:
-            return self.adapters[kind]
-        with self._loading.setdefault(kind, threading.Lock()):  # setdefault is atomic in CPython
-            if kind not in self.adapters:
-                self._load(kind)
-        return self.adapters[kind]
-
-    def _load(self, kind: str) -> None:
-        spec = self.spec(kind)
-        started = time.perf_counter()
-        adapter = create_adapter(spec, data_dir=self.data_dir)
-        adapter.load(pick_device(spec.device))
-        load_s = time.perf_counter() - started
-        self.call_costs[kind] = call_cost_tokens(adapter)
-        self.adapters[kind] = adapter
-        self.footprints[kind] = adapter.footprint_bytes()
-        metrics.MODEL_LOAD.labels(kind, spec.model).set(load_s)
-        log.info(
-            "loaded %s model %s on %s in %.2fs (%.0f MiB)",
-            kind, spec.model, adapter.device, load_s, self.footprints[kind] / 2**20,
-        )  # fmt: skip
-        self._keep_to_budget(keep=kind)
-        metrics.record_process_memory()
-
-    def _keep_to_budget(self, *, keep: str) -> None:
-        """Unload least-recently-used models until the loaded ones fit the budget (the one
-        just needed always stays, even alone over it)."""
-        if not self.memory_budget_bytes:
-            return
-        while sum(self.footprints.values()) > self.memory_budget_bytes and len(self.adapters) > 1:
-            oldest = min((k for k in self.adapters if k != keep), key=lambda k: self.last_used.get(k, 0.0))
-            unloaded = self.adapters.pop(oldest)
-            freed = self.footprints.pop(oldest)
-            del unloaded
-            release_memory()
-            log.info("unloaded %s model (%.0f MiB) to stay within the memory budget", oldest, freed / 2**20)
+        """The loaded adapter of ``kind`` (workers/loaded.py)."""
+        return self.loaded.get(kind)
 
     def run(self, *, kind: str, job_ids: Sequence[uuid.UUID | str]) -> RunReport:
         """Run these jobs (those still queued) in claims: each is claimed, predicted in model
@@ -240,7 +192,7 @@ class Runner:
                         session,
                         job_ids=[c.id for c in culprits],
                         attempts=[c.attempt for c in culprits],
-                        reason=f"{code} in a batch ({message}); each job runs alone next",
+                        reason=f"{code} in a model call of several jobs ({message}); each runs alone next",
                     )
                 if others:
                     lifecycle.give_back(
@@ -277,17 +229,16 @@ class Runner:
         ready = self._prepared(adapter, claimed, files=files or {}, outcomes=outcomes)
         self._outcomes = outcomes  # what a process that must exit records first (give_up)
         retry: list[tuple[lifecycle.Claimed, str]] = []
-        call_cost = self.call_costs.get(adapter.kind, UNKNOWN_CALL_COST_TOKENS)
+        call_cost = self.loaded.call_costs.get(adapter.kind, UNKNOWN_CALL_COST_TOKENS)
         for group in budgeted(adapter, ready, call_cost_tokens=call_cost):
             call = Call(jobs=[job for job, _ in group], interruptible=adapter.interruptible)
-            adapter.stop = call.stop
 
             def hard_limit(jobs: Sequence[lifecycle.Claimed] = call.jobs) -> None:
                 over = f"ran longer than the time limit of {adapter.spec.time_limit_s:.0f}s for this kind"
                 self.give_up(jobs, code="timed_out", message=over, exit_code=TIME_LIMIT_EXIT_CODE)
 
             with self.beside.call(call, spec=adapter.spec, on_hard_limit=hard_limit):
-                self._predict(adapter, group, outcomes, retry)
+                self._predict(adapter, group, outcomes, retry, stop=call.stop)
         if adapter.spec.languages:
             warn_unread(outcomes, languages=adapter.spec.languages, model=adapter.spec.model)
         return outcomes, retry
@@ -341,13 +292,15 @@ class Runner:
         ready: list[tuple[lifecycle.Claimed, Any]],
         outcomes: list[Done | Failed],
         retry: list[tuple[lifecycle.Claimed, str]],
+        *,
+        stop: StopSignal,
     ) -> None:
         """Predict; on out-of-memory try the halves, on a model error each item alone,
         so only what cannot run fails; other transient errors send the jobs back."""
         if not ready:
             return
         try:
-            predictions = adapter.predict([item for _, item in ready])
+            predictions = adapter.predict([item for _, item in ready], stop=stop)
             if len(predictions) != len(ready):
                 raise ModelError(f"adapter returned {len(predictions)} results for {len(ready)} inputs")
             outcomes.extend(Done(job, p) for (job, _), p in zip(ready, predictions, strict=True))
@@ -370,7 +323,7 @@ class Runner:
             half = len(ready) // 2
             parts = [ready[:half], ready[half:]] if isinstance(error, OutOfMemory) else [[p] for p in ready]
             for part in parts:
-                self._predict(adapter, part, outcomes, retry)
+                self._predict(adapter, part, outcomes, retry, stop=stop)
         elif transient:
             retry.extend((job, f"{error.code}: {error}") for job, _ in ready)  # type: ignore[attr-defined]
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from models.base import Prediction
+from models.base import Prediction, StopSignal
 from models.embedding import EmbeddingAdapter
 from models.tokens import Tokenized
 
@@ -20,10 +20,10 @@ POISON = "poison"
 
 
 class PoisonEmbedding(EmbeddingAdapter):
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         if POISON in texts(batch):
             os._exit(1)  # like a segfault: no exception, no cleanup
-        return super().predict(batch)
+        return super().predict(batch, stop=stop)
 
 
 HANG = "hang"
@@ -32,12 +32,12 @@ HANG = "hang"
 class HangingEmbedding(EmbeddingAdapter):
     """Never returns on the text "hang", like a generation stuck in native code."""
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         if HANG in texts(batch):
             import time
 
             time.sleep(3600)
-        return super().predict(batch)
+        return super().predict(batch, stop=stop)
 
 
 GPU_CRASH = "gpu-crash"
@@ -46,7 +46,7 @@ GPU_CRASH = "gpu-crash"
 class BrokenDeviceEmbedding(EmbeddingAdapter):
     """Raises what CUDA raises after an illegal memory access, on the text "gpu-crash"."""
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         if GPU_CRASH in texts(batch):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return super().predict(batch)
+        return super().predict(batch, stop=stop)

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import store
+from jobs import lifecycle
 from jobs.kinds import TextGenerationOutput
 from jobs.modelsfile import load_models_file
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from tests.integration.test_runner import model_calls, rows, runner, submit, with_spec
 from workers.runner import Runner
 
@@ -28,13 +28,13 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """How many claim and finish statements the runner sends (the real ones run)."""
     counted = {"claim": 0, "finish": 0}
     for name in counted:
-        real = getattr(store, name)
+        real = getattr(lifecycle, name)
 
         def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
             counted[_name] += 1
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(store, name, counting)
+        monkeypatch.setattr(lifecycle, name, counting)
     yield counted
 
 
@@ -73,20 +73,21 @@ class Paced(Adapter[Any]):
     kind = "text-generation"
     interruptible = True
 
-    def load(self, device: str) -> None:
-        self.device = device
+    def load_weights(self, device: str) -> None:
+        pass
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         for _ in range(40):
             time.sleep(0.01)
-            self.stop.check()
+            if stop is not None:
+                stop.check()
         output = TextGenerationOutput(text="ok", finish_reason="stop", prompt_tokens=1, completion_tokens=1)
         return [Prediction(output) for _ in batch]
 
 
 def test_time_limits_hold_each_model_call_not_the_whole_claim(runner: Runner, sessions: sessionmaker[Session]) -> None:
     """Four calls of 0.4 s under a soft limit of 1 s: the claim takes 1.6 s, and none stops."""
-    paced = runner.adapters["text-generation"] = Paced(load_models_file("demo").kinds["text-generation"])
+    paced = runner.loaded.adapters["text-generation"] = Paced(load_models_file("demo").kinds["text-generation"])
     paced.load("cpu")
     with_spec(runner, "text-generation", max_batch_size=2, soft_time_limit_s=1.0, time_limit_s=30)
     ids = submit(sessions, "text-generation", [{"prompt": f"p{i}"} for i in range(8)])
@@ -96,7 +97,7 @@ def test_time_limits_hold_each_model_call_not_the_whole_claim(runner: Runner, se
         took_s = time.monotonic() - started
     finally:
         with_spec(runner, "text-generation", max_batch_size=32, soft_time_limit_s=None, time_limit_s=120)
-        del runner.adapters["text-generation"]
+        del runner.loaded.adapters["text-generation"]
     assert took_s > 1.0  # longer than the soft limit in all
     assert (report.succeeded, report.failed) == (8, 0)
     assert {r.status for r in rows(sessions, ids)} == {"succeeded"}
@@ -105,7 +106,7 @@ def test_time_limits_hold_each_model_call_not_the_whole_claim(runner: Runner, se
 def test_leases_are_renewed_while_a_claim_runs(runner: Runner, sessions: sessionmaker[Session]) -> None:
     """A lease of 0.9 s is renewed every 0.3 s by the thread beside the calls: a claim of 1.6 s
     keeps its jobs (the reconciler would take back an expired lease)."""
-    paced = runner.adapters["text-generation"] = Paced(load_models_file("demo").kinds["text-generation"])
+    paced = runner.loaded.adapters["text-generation"] = Paced(load_models_file("demo").kinds["text-generation"])
     paced.load("cpu")
     runner.lease_s = runner.beside.lease_s = 0.9
     with_spec(runner, "text-generation", max_batch_size=2)
@@ -124,9 +125,9 @@ def test_leases_are_renewed_while_a_claim_runs(runner: Runner, sessions: session
 
     real = paced.predict
 
-    def predict_and_look(batch: list[Any]) -> list[Prediction]:
+    def predict_and_look(batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         lease_left()
-        return real(batch)
+        return real(batch, stop=stop)
 
     paced.predict = predict_and_look  # type: ignore[method-assign]
     try:
@@ -134,7 +135,7 @@ def test_leases_are_renewed_while_a_claim_runs(runner: Runner, sessions: session
     finally:
         runner.lease_s = runner.beside.lease_s = 60
         with_spec(runner, "text-generation", max_batch_size=32)
-        del runner.adapters["text-generation"]
+        del runner.loaded.adapters["text-generation"]
     assert len(seen) == 4 and min(seen) > 0, seen  # never expired, though the claim outlived a lease
 
 

@@ -16,7 +16,7 @@ from jobs.artifacts import LocalArtifactStore
 from jobs.errors import InvalidInput, OutOfMemory
 from jobs.kinds import EmbeddingInput, EmbeddingOutput
 from jobs.modelsfile import load_models_file
-from models.base import Adapter, Blob, Prediction
+from models.base import Adapter, Blob, Prediction, StopSignal
 from workers.runner import Runner
 
 
@@ -73,15 +73,15 @@ class Flaky(Adapter[Any]):
 
     kind = "embedding"
 
-    def load(self, device: str) -> None:
-        self.device = device
+    def load_weights(self, device: str) -> None:
+        pass
 
     def prepare(self, item: Any) -> Any:
         if item.text == "undecodable":
             raise InvalidInput("input.text could not be decoded")
         return item
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         if any(item.text == "boom" for item in batch):
             raise RuntimeError("the model exploded")
         if any(item.text == "oom" for item in batch):
@@ -93,7 +93,7 @@ class Flaky(Adapter[Any]):
 
 
 def test_bad_jobs_fail_alone_and_transient_errors_requeue(runner: Runner, sessions: sessionmaker[Session]) -> None:
-    runner.adapters["embedding"] = Flaky(load_models_file("demo").kinds["embedding"])
+    runner.loaded.adapters["embedding"] = Flaky(load_models_file("demo").kinds["embedding"])
     ids = submit(
         sessions, "embedding", [{"text": "fine"}, {"text": "boom"}, {"text": "undecodable"}, {"text": "also fine"}]
     )
@@ -147,7 +147,7 @@ def test_one_message_fills_its_batch_with_other_queued_jobs_of_the_kind(
     runner.fill = True
     ids = submit(sessions, "text-classification", [{"text": f"news {i}"} for i in range(5)])
     report = runner.run(kind="text-classification", job_ids=ids[:1])  # one job's message
-    assert 5 <= report.claimed <= runner.spec("text-classification").max_batch_size
+    assert 5 <= report.claimed <= runner.loaded.spec("text-classification").max_batch_size
     assert {r.status for r in rows(sessions, ids)} == {"succeeded"}
     runner.run(kind="text-classification", job_ids=ids[1:2])  # that job's own message arrives later
     assert all(r.attempt == 1 for r in rows(sessions, ids))
@@ -156,14 +156,14 @@ def test_one_message_fills_its_batch_with_other_queued_jobs_of_the_kind(
 class Greedy(Flaky):
     """Runs out of memory on more than two items at once."""
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         if len(batch) > 2:
             raise OutOfMemory("CUDA out of memory: tried to allocate 2.00 GiB")
-        return super().predict(batch)
+        return super().predict(batch, stop=stop)
 
 
 def test_out_of_memory_splits_the_batch_before_failing_anyone(runner: Runner, sessions: sessionmaker[Session]) -> None:
-    runner.adapters["embedding"] = Greedy(load_models_file("demo").kinds["embedding"])
+    runner.loaded.adapters["embedding"] = Greedy(load_models_file("demo").kinds["embedding"])
     ids = submit(sessions, "embedding", [{"text": f"t{i}"} for i in range(7)])
     report = runner.run(kind="embedding", job_ids=ids)
     assert (report.succeeded, report.failed, report.released) == (7, 0, 0)
@@ -172,11 +172,11 @@ def test_out_of_memory_splits_the_batch_before_failing_anyone(runner: Runner, se
 
 def with_spec(runner: Runner, kind: str, **changes: Any) -> Runner:
     """The same runner serving ``kind`` with changed models-file settings."""
-    models = runner.models
+    models = runner.loaded.models
     spec = models.kinds[kind].model_copy(update=changes)
-    runner.models = models.model_copy(update={"kinds": {**models.kinds, kind: spec}})
-    if kind in runner.adapters:
-        runner.adapters[kind].spec = spec
+    runner.loaded.models = models.model_copy(update={"kinds": {**models.kinds, kind: spec}})
+    if kind in runner.loaded.adapters:
+        runner.loaded.adapters[kind].spec = spec
     return runner
 
 
@@ -200,21 +200,21 @@ class SlowGeneration(Adapter[Any]):
     kind = "text-generation"
     interruptible = True
 
-    def load(self, device: str) -> None:
-        self.device = device
+    def load_weights(self, device: str) -> None:
         self.steps = 0
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
+        assert stop is not None, "the runner gives an interruptible adapter its stop signal"
         for self.steps in range(6000):
-            if self.stop.is_set():
+            if stop.is_set():
                 break
             time.sleep(0.01)
-        self.stop.check()
+        stop.check()
         raise AssertionError("the generation was never stopped")
 
 
 def test_cancel_reaches_a_running_generation_between_steps(runner: Runner, sessions: sessionmaker[Session]) -> None:
-    slow = runner.adapters["text-generation"] = SlowGeneration(load_models_file("demo").kinds["text-generation"])
+    slow = runner.loaded.adapters["text-generation"] = SlowGeneration(load_models_file("demo").kinds["text-generation"])
     slow.load("cpu")
     [job_id] = submit(sessions, "text-generation", [{"prompt": "a very long story"}])
     worker = threading.Thread(target=runner.run, kwargs={"kind": "text-generation", "job_ids": [job_id]})
@@ -240,9 +240,9 @@ def model_calls(adapter: Adapter[Any]) -> Iterator[list[list[int]]]:
     calls: list[list[int]] = []
     predict = adapter.predict
 
-    def recording(batch: list[Any]) -> list[Prediction]:
+    def recording(batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         calls.append([adapter.size(item) for item in batch])
-        return predict(batch)
+        return predict(batch, stop=stop)
 
     adapter.predict = recording  # type: ignore[method-assign]
     try:
@@ -277,7 +277,7 @@ def test_texts_are_ordered_by_length_into_calls_that_pad_less(runner: Runner, se
     adapter = runner.adapter("embedding")
     # what a call costs is measured when the model loads, and a busy machine moves it: this test
     # is about the cutting, so it gives the cost (MiniLM on one CPU thread: about 25-64 tokens)
-    runner.call_costs["embedding"] = 64.0
+    runner.loaded.call_costs["embedding"] = 64.0
     short, long = "a short text", " ".join(["a much longer sentence about the weather and trains"] * 3)
     texts = [f"{short} {i}" if i % 2 else f"{long} {i}" for i in range(32)]
     ids = submit(sessions, "embedding", [{"text": t} for t in texts])
@@ -299,12 +299,15 @@ def test_a_memory_budget_unloads_the_least_recently_used_model(sessions: session
         data_dir=data_dir, worker="lean-worker", lease_s=60, fill=False, memory_budget_bytes=60 * 2**20,
     )  # fmt: skip
     classifier = lean.adapter("text-classification")  # tiny: well under the budget
-    assert 0 < lean.footprints["text-classification"] < 60 * 2**20
+    assert 0 < lean.loaded.footprints["text-classification"] < 60 * 2**20
     lean.adapter("embedding")  # MiniLM, about 87 MiB: over the budget alone, so the classifier goes
-    assert set(lean.adapters) == {"embedding"} and lean.footprints["embedding"] > 60 * 2**20
+    assert set(lean.loaded.adapters) == {"embedding"} and lean.loaded.footprints["embedding"] > 60 * 2**20
     [job] = submit(sessions, "text-classification", [{"text": "这是一条新闻标题"}])
     assert lean.run(kind="text-classification", job_ids=[job]).succeeded == 1  # loaded again when needed
-    assert set(lean.adapters) == {"text-classification"} and lean.adapters["text-classification"] is not classifier
+    assert (
+        set(lean.loaded.adapters) == {"text-classification"}
+        and lean.loaded.adapters["text-classification"] is not classifier
+    )
 
 
 class Unstorable(Adapter[Any]):
@@ -312,10 +315,10 @@ class Unstorable(Adapter[Any]):
 
     kind = "embedding"
 
-    def load(self, device: str) -> None:
-        self.device = device
+    def load_weights(self, device: str) -> None:
+        pass
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         return [
             Prediction(EmbeddingOutput(embedding=[float("nan") if item.text == "nan" else 1.0], dimensions=1))
             for item in batch
@@ -325,7 +328,7 @@ class Unstorable(Adapter[Any]):
 def test_outputs_postgresql_cannot_store_fail_their_jobs_instead_of_looping(
     runner: Runner, sessions: sessionmaker[Session]
 ) -> None:
-    runner.adapters["embedding"] = Unstorable(load_models_file("demo").kinds["embedding"])
+    runner.loaded.adapters["embedding"] = Unstorable(load_models_file("demo").kinds["embedding"])
     [bad] = submit(sessions, "embedding", [{"text": "nan"}])
     report = runner.run(kind="embedding", job_ids=[bad])
     [row] = rows(sessions, [bad])

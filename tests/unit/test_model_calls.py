@@ -7,7 +7,7 @@ from typing import Any
 
 from jobs.kinds import EmbeddingInput
 from jobs.modelsfile import load_models_file
-from models.base import Adapter, Prediction
+from models.base import Adapter, Prediction, StopSignal
 from models.tokens import Tokenized
 from workers.calls import UNKNOWN_CALL_COST_TOKENS, budgeted, call_cost_tokens, cheapest_calls
 
@@ -67,8 +67,8 @@ class Timed(Adapter[Any]):
     budget_unit = "tokens"
     fixed_s, per_token_s = 0.010, 0.0002
 
-    def load(self, device: str) -> None:
-        self.device = device
+    def load_weights(self, device: str) -> None:
+        pass
 
     def prepare(self, item: Any) -> Tokenized:
         return Tokenized(item, list(range(len(item.text.split()) + 2)))
@@ -76,7 +76,7 @@ class Timed(Adapter[Any]):
     def size(self, prepared: Tokenized) -> int:
         return len(prepared.ids)
 
-    def predict(self, batch: list[Any]) -> list[Prediction]:
+    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
         time.sleep(self.fixed_s + self.per_token_s * len(batch) * max(self.size(p) for p in batch))
         return []
 

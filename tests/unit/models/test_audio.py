@@ -251,8 +251,11 @@ def musicgen(data_dir: Path) -> MusicGenerationAdapter:
     return adapter
 
 
-def compose(adapter: MusicGenerationAdapter, **fields: Any) -> tuple[MusicGenerationOutput, bytes]:
-    [prediction] = adapter.predict([adapter.prepare(MusicGenerationInput(prompt="我想听一首欢快的流行歌曲", **fields))])
+def compose(
+    adapter: MusicGenerationAdapter, *, stop: StopSignal | None = None, **fields: Any
+) -> tuple[MusicGenerationOutput, bytes]:
+    item = adapter.prepare(MusicGenerationInput(prompt="我想听一首欢快的流行歌曲", **fields))
+    [prediction] = adapter.predict([item], stop=stop)
     output = MusicGenerationOutput.model_validate(prediction.output.model_dump())
     [blob] = prediction.blobs
     assert (blob.name, blob.content_type) == ("audio.wav", "audio/wav")
@@ -289,15 +292,13 @@ def test_a_stop_request_ends_music_after_the_first_step(musicgen: MusicGeneratio
     steps: list[int] = []
     hook = musicgen.model.decoder.register_forward_hook(lambda *_: steps.append(1))
     try:
-        musicgen.stop = StopSignal()
-        musicgen.stop.request(Cancelled("cancelled while it ran"))
+        stop = StopSignal()
+        stop.request(Cancelled("cancelled while it ran"))
         with pytest.raises(Cancelled):
-            compose(musicgen, duration_s=1.0, seed=3)
+            compose(musicgen, duration_s=1.0, seed=3, stop=stop)
         stopped = len(steps)
         steps.clear()
-        musicgen.stop = StopSignal()
         compose(musicgen, duration_s=1.0, seed=3)  # the same clip runs to the end when nobody asks
     finally:
         hook.remove()
-        musicgen.stop = StopSignal()
     assert stopped <= 2 < musicgen.steps(1.0) <= len(steps)

@@ -241,15 +241,13 @@ def test_a_stop_request_skips_the_remaining_denoising_steps(generator: ImageGene
     hook = generator.pipeline.unet.register_forward_hook(lambda *_: calls.append(1))
     item = ImageGenerationInput(prompt="a dog", num_inference_steps=8, width=32, height=32, seed=1)
     try:
-        generator.stop = StopSignal()
-        generator.stop.request(TimedOut("stopped at the soft time limit"))
+        stop = StopSignal()
+        stop.request(TimedOut("stopped at the soft time limit"))
         with pytest.raises(TimedOut):
-            generator.predict([item])
+            generator.predict([item], stop=stop)
         stopped = len(calls)
         calls.clear()
-        generator.stop = StopSignal()
-        generator.predict([item])
+        generator.predict([item], stop=StopSignal())
     finally:
         hook.remove()
-        generator.stop = StopSignal()
     assert (stopped, len(calls)) == (1, 8)  # one step ran, then the interrupt flag skipped the rest
