@@ -9,7 +9,7 @@ pieces (bounded texts, files, limits) are in ``jobs.schemas``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -25,6 +25,7 @@ from jobs.schemas import (
     Text,
     TextInput,
     Usage,
+    at_most,
     check_max,
 )
 
@@ -56,6 +57,7 @@ class EmbeddingInput(TextInput):
 class EmbeddingOutput(Output):
     embedding: list[float]
     dimensions: int
+    tokens: int | None = Field(default=None, description="Tokens the model read (after truncation).")
 
 
 # --- moderation ----------------------------------------------------------
@@ -151,22 +153,12 @@ class ImageClassificationOutput(TextClassificationOutput):
 class ImageGenerationInput(Input):
     prompt: Text
     negative_prompt: str | None = Field(default=None, max_length=HARD_MAX_TEXT_CHARS)
-    num_inference_steps: int = Field(default=20, ge=1)
+    num_inference_steps: Annotated[int, at_most("max_steps", 150)] = Field(default=20, ge=1)
     guidance_scale: float = Field(default=7.5, ge=0, le=50)
     width: int = Field(default=512, ge=16, multiple_of=8)
     height: int = Field(default=512, ge=16, multiple_of=8)
-    num_images: int = Field(default=1, ge=1)
+    num_images: Annotated[int, at_most("max_images", 8)] = Field(default=1, ge=1)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-
-    @field_validator("num_inference_steps")
-    @classmethod
-    def _steps(cls, value: int, info: ValidationInfo) -> int:
-        return int(check_max(value, info, "max_steps", 150))
-
-    @field_validator("num_images")
-    @classmethod
-    def _images(cls, value: int, info: ValidationInfo) -> int:
-        return int(check_max(value, info, "max_images", 8))
 
     @model_validator(mode="after")
     def _pixels(self, info: ValidationInfo) -> ImageGenerationInput:
@@ -191,14 +183,9 @@ class ImageGenerationOutput(Output):
 
 class MusicGenerationInput(Input):
     prompt: Text
-    duration_s: float = Field(default=5.0, gt=0)
+    duration_s: Annotated[float, at_most("max_duration_s", 30)] = Field(default=5.0, gt=0)
     guidance_scale: float = Field(default=3.0, ge=0, le=20)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-
-    @field_validator("duration_s")
-    @classmethod
-    def _duration(cls, value: float, info: ValidationInfo) -> float:
-        return float(check_max(value, info, "max_duration_s", 30))
 
 
 class GeneratedAudio(ArtifactRef):

@@ -17,7 +17,6 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationInfo,
-    field_validator,
     model_validator,
 )
 
@@ -95,6 +94,15 @@ def check_max(value: int | float, info: ValidationInfo, name: str, default: int)
     return value
 
 
+def at_most(name: str, default: int) -> AfterValidator:
+    """A field's validator: at most the models file's limit ``name`` (else ``default``)."""
+
+    def checked(value: Any, info: ValidationInfo) -> Any:
+        return type(value)(check_max(value, info, name, default))
+
+    return AfterValidator(checked)
+
+
 class BinaryInput(Input):
     """Binary input (audio, an image): inline as base64, the name of an uploaded artifact, or
     a public http(s) URL that the API downloads at submission (SSRF-checked, size-bounded).
@@ -152,7 +160,9 @@ def binaries(item: Schema) -> list[tuple[str, BinaryInput]]:
 class GenerationOptions(Input):
     """Decoding options shared by the text generation kinds."""
 
-    max_new_tokens: int = Field(default=64, ge=1, description="Tokens to generate at most.")
+    max_new_tokens: Annotated[int, at_most("max_new_tokens", 4096)] = Field(
+        default=64, ge=1, description="Tokens to generate at most."
+    )
     temperature: float = Field(default=1.0, ge=0, le=5, description="0 means greedy decoding.")
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=1, le=1000)
@@ -161,11 +171,6 @@ class GenerationOptions(Input):
         default_factory=list, max_length=8, description="Stop at any of these strings."
     )
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Same seed, same text (on one device).")
-
-    @field_validator("max_new_tokens")
-    @classmethod
-    def _within_token_limit(cls, value: int, info: ValidationInfo) -> int:
-        return int(check_max(value, info, "max_new_tokens", 4096))
 
 
 class Usage(Output):

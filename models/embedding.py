@@ -62,9 +62,10 @@ class EmbeddingAdapter(Adapter[EmbeddingInput]):
         prepared: list[Tokenized] = batch
         vectors = self._pooled(padded(self.tokenizer, prepared, device=self.device), normalize=False)
         predictions = []
-        for vector, item in zip(vectors, (p.item for p in prepared), strict=True):
-            if item.normalize:
+        for vector, one in zip(vectors, prepared, strict=True):
+            if one.item.normalize:
                 vector = vector / vector.norm().clamp(min=1e-12)
             values = vector.tolist()
-            predictions.append(Prediction(EmbeddingOutput(embedding=values, dimensions=len(values))))
+            output = EmbeddingOutput(embedding=values, dimensions=len(values), tokens=len(one.ids))
+            predictions.append(Prediction(output))
         return predictions

@@ -9,6 +9,11 @@ bodies, and the bodies' shapes as the OpenAPI document shows them.
   retrying cannot help. Only a lost or refused connection is a 503 with ``Retry-After``.
 - Every other refusal is ``{"detail": "<what is wrong and what to do>"}``.
 
+On the routes OpenAI's SDK calls (``/v1/embeddings``, ...) every refusal takes OpenAI's
+shape instead, ``{"error": {"message", "type", "param", "code"}}``, and a refused field is a
+400 naming it in ``param`` (``input``, ``input[2]``): ``respond`` picks the shape by path,
+for the handlers here and for the gate alike.
+
 Error bodies are written with every non-ASCII character escaped, so no value a client sent
 can make the answer itself fail.
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -107,6 +112,49 @@ def error_body(detail: Any) -> dict[str, Any]:
     return {"detail": cut(detail, MSG_CHARS) if isinstance(detail, str) else detail}
 
 
+# --- OpenAI's shape, on the routes its SDK calls ---------------------------------------------
+
+OPENAI_PATHS = ("/v1/embeddings", "/v1/chat/", "/v1/completions", "/v1/moderations", "/v1/audio/", "/v1/images/")
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
+def speaks_openai(path: str) -> bool:
+    return path.startswith(OPENAI_PATHS)
+
+
+def openai_param(loc: Sequence[Any]) -> str | None:
+    """A location as OpenAI names a parameter: its name and the index of the item at fault,
+    ``("body", "input", 2, "text")`` -> ``input[2]`` (pydantic's union tags are left out)."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path") else loc)
+    if not parts:
+        return None
+    index = next((p for p in parts[1:] if isinstance(p, int) and not isinstance(p, bool)), None)
+    return str(parts[0]) if index is None else f"{parts[0]}[{index}]"
+
+
+def openai_body(status_code: int, content: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A native refusal (``{"detail": ...}``) as OpenAI's SDK reads one; a 422 becomes a 400."""
+    detail = content.get("detail")
+    param = None
+    if isinstance(detail, list):  # refused fields: the first names the parameter
+        status_code = status.HTTP_400_BAD_REQUEST if status_code == UNPROCESSABLE else status_code
+        param = openai_param(detail[0].get("loc", ())) if detail else None
+        message = "; ".join(f"{openai_param(e.get('loc', ())) or 'body'}: {e.get('msg', '')}" for e in detail[:3])
+    else:
+        message = str(detail)
+    kind = OPENAI_TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
+    return status_code, {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+def respond(
+    path: str, content: dict[str, Any], *, status_code: int, headers: Mapping[str, str] | None = None
+) -> SafeJSONResponse:
+    """A refusal in the shape the path speaks: mlq's, or OpenAI's on the routes its SDK calls."""
+    if speaks_openai(path):
+        status_code, content = openai_body(status_code, content)
+    return SafeJSONResponse(content, status_code=status_code, headers=headers)
+
+
 # --- the bodies, for the OpenAPI document -------------------------------------------------
 
 
@@ -129,6 +177,19 @@ class Refusal(BaseModel):
     detail: str
 
 
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, permission_error, ...")
+    param: str | None = Field(description="The parameter at fault: input, input[2], model, ...")
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    """A refusal on the routes OpenAI's SDK calls, in OpenAI's shape; nothing was stored."""
+
+    error: OpenAIErrorDetail
+
+
 # The refusals each sort of operation may answer, for ``responses=``: every /v1 operation may
 # answer 401 (key), 403 (scope), 422 (a parameter) and 503 (PostgreSQL away).
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -143,10 +204,23 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         415: "The body's content type is not one this operation reads.",
         422: "What was sent breaks a rule; nothing was stored.",
         429: "Over a limit of this tenant; retry after Retry-After seconds.",
+        500: "The job ran and failed for a reason other than its input; the message says which job and why.",
         503: "PostgreSQL is unavailable; nothing was accepted; retry after Retry-After seconds.",
+        504: "The jobs were accepted and have not finished within max_wait_s; GET /v1/jobs/{id} has them later.",
     }
     every = sorted({401, 403, 422, 503, *codes})
     return {code: {"model": Invalid if code == 422 else Refusal, "description": described[code]} for code in every}
+
+
+def openai_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses`` of an OpenAI-compatible operation: every refusal in OpenAI's shape, a
+    refused field a 400."""
+    described = responses(*codes)
+    described[400] = {"description": "What was sent breaks a rule (``param`` names it); nothing was stored."}
+    del described[422]
+    return {
+        code: {**answer, "model": OpenAIError} for code, answer in sorted(described.items(), key=lambda c: str(c[0]))
+    }
 
 
 # --- handlers ------------------------------------------------------------------------------
@@ -157,27 +231,29 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return SafeJSONResponse({"detail": safe_errors(exc.errors())}, status_code=UNPROCESSABLE)
+        return respond(request.url.path, {"detail": safe_errors(exc.errors())}, status_code=UNPROCESSABLE)
 
     @app.exception_handler(StarletteHTTPException)
     async def refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers or {})
         if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:  # every method of the path, not one route's
             headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
-        return SafeJSONResponse(error_body(exc.detail), status_code=exc.status_code, headers=headers)
+        return respond(request.url.path, error_body(exc.detail), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(InvalidField)
     async def invalid_field(request: Request, exc: InvalidField) -> JSONResponse:
-        return SafeJSONResponse({"detail": safe_errors(exc.errors)}, status_code=UNPROCESSABLE)
+        return respond(request.url.path, {"detail": safe_errors(exc.errors)}, status_code=UNPROCESSABLE)
 
     @app.exception_handler(Conflict)
     async def conflict(request: Request, exc: Conflict) -> JSONResponse:
-        return SafeJSONResponse(error_body(str(exc)), status_code=status.HTTP_409_CONFLICT)
+        return respond(request.url.path, error_body(str(exc)), status_code=status.HTTP_409_CONFLICT)
 
     @app.exception_handler(OverLimit)
     async def over_limit(request: Request, exc: OverLimit) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after_s)}
-        return SafeJSONResponse(error_body(str(exc)), status_code=status.HTTP_429_TOO_MANY_REQUESTS, headers=headers)
+        return respond(
+            request.url.path, error_body(str(exc)), status_code=status.HTTP_429_TOO_MANY_REQUESTS, headers=headers
+        )
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(psycopg.Error)
@@ -198,16 +274,17 @@ def database_answer(request: Request, exc: Exception) -> SafeJSONResponse:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         log.info("%s: a value was refused by PostgreSQL: %s", where, reason)
         error = {"loc": ["body"], "msg": f"a value cannot be stored: {reason}", "type": "data_error"}
-        return SafeJSONResponse({"detail": safe_errors([error])}, status_code=UNPROCESSABLE)
+        return respond(request.url.path, {"detail": safe_errors([error])}, status_code=UNPROCESSABLE)
     if is_unavailable(exc):
         log.warning("%s: database unavailable: %s", where, exc)
-        return SafeJSONResponse(
+        return respond(
+            request.url.path,
             {"detail": "the job store (PostgreSQL) is unavailable; nothing was accepted, retry later"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "5"},
         )
     log.error("%s: database error", where, exc_info=exc)
-    return SafeJSONResponse({"detail": "internal error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    return respond(request.url.path, {"detail": "internal error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
 
 def is_unavailable(exc: BaseException) -> bool:

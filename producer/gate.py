@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.settings import Settings
 from producer.deps import PRINCIPAL, State, principal_of
-from producer.errors import SafeJSONResponse, database_answer, error_body, safe_errors
+from producer.errors import SafeJSONResponse, database_answer, error_body, respond, safe_errors
 
 SENDING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CLOSE = {"Connection": "close"}
@@ -90,9 +90,8 @@ class Gate:
         except TooLarge as exc:  # raised where nothing turned it into an answer
             if started:
                 raise
-            await SafeJSONResponse(error_body(exc.detail), status_code=exc.status_code, headers=CLOSE)(
-                scope, receive, send
-            )
+            answer = respond(scope["path"], error_body(exc.detail), status_code=exc.status_code, headers=CLOSE)
+            await answer(scope, receive, send)
 
     async def refusal(self, scope: Scope) -> SafeJSONResponse | None:
         """The answer to a request refused before its body is read, or None."""
@@ -112,7 +111,8 @@ class Gate:
         length = Headers(scope=scope).get("content-length", "")
         limit, name = self.limit_of(scope)
         if length.isdigit() and int(length) > limit:
-            return SafeJSONResponse(
+            return respond(
+                scope["path"],
                 error_body(f"the body is {length} bytes; the limit is {name}={limit}"),
                 status_code=status.HTTP_413_CONTENT_TOO_LARGE,
             )
@@ -134,7 +134,7 @@ def nul_in_request(scope: Scope) -> SafeJSONResponse | None:
                 errors.append({"loc": ["query", name], "msg": "contains a NUL character (%00)", "type": "value_error"})
     if not errors:
         return None
-    return SafeJSONResponse({"detail": safe_errors(errors)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    return respond(scope["path"], {"detail": safe_errors(errors)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 async def authenticated(scope: Scope) -> SafeJSONResponse | None:
@@ -144,7 +144,7 @@ async def authenticated(scope: Scope) -> SafeJSONResponse | None:
     try:
         principal = await principal_of(state, request.headers.get("authorization"))
     except HTTPException as exc:
-        return SafeJSONResponse(error_body(exc.detail), status_code=exc.status_code, headers=exc.headers)
+        return respond(scope["path"], error_body(exc.detail), status_code=exc.status_code, headers=exc.headers)
     except (DBAPIError, psycopg.Error) as exc:
         return database_answer(request, exc)
     scope.setdefault("state", {})[PRINCIPAL] = principal

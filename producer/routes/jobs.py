@@ -19,6 +19,7 @@ from jobs.queues import DEFAULT_PRIORITY
 from jobs.status import TERMINAL, JobStatus
 from producer.deps import ReaderDep, SessionDep, State, StateDep, SubmitterDep
 from producer.errors import invalid, located, responses
+from producer.intake import Submission
 from producer.schemas import JobPage, JobView, SubmitJob
 from producer.submit import body_error, json_field, prepared
 
@@ -52,19 +53,28 @@ async def submit_job(
         if not created:
             response.headers["Idempotent-Replayed"] = "true"
         return seen_by(principal, job)
-    deadline = time.monotonic() + wait
+    view, created = await accepted_and_awaited(state, submission, wait_s=wait)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return view
+
+
+async def accepted_and_awaited(state: State, submission: Submission, *, wait_s: float) -> tuple[JobView, bool]:
+    """Commit and publish a job, then wait for it to finish (at most ``wait_s``): the job as it
+    is then, and whether it is new (False: an Idempotency-Key named an earlier one)."""
+    deadline = time.monotonic() + wait_s
+    tenant_id = submission.principal.tenant_id
     # Subscribed before the job is published, so its wake-up cannot be missed and a new job
     # needs no read until it is woken: one row read per answer.
     with state.waiter.subscribe(submission.job.id) as wake:
         job, created = await state.intake.accept(submission)
         if created:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.event.wait(), timeout=state.waiter.poll_interval_s(wait))
-            if (row := wake.row_of(principal.tenant_id)) is not None:
-                return JobView.of(row)
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return await wait_for(state, principal, job.id, wait_s=max(0.0, deadline - time.monotonic()))
+                await asyncio.wait_for(wake.event.wait(), timeout=state.waiter.poll_interval_s(wait_s))
+            if (row := wake.row_of(tenant_id)) is not None:
+                return JobView.of(row), created
+    left_s = max(0.0, deadline - time.monotonic())
+    return await wait_for(state, submission.principal, job.id, wait_s=left_s), created
 
 
 @router.post(

@@ -200,7 +200,9 @@ def test_models_health_ready_and_docs(stack: Api, key: str) -> None:
     import httpx
 
     with stack.client(key) as http:
-        models = {m["kind"]: m for m in http.get("/v1/models").json()}
+        listed = http.get("/v1/models").json()
+        models = {m["kind"]: m for m in listed["data"]}
+    assert listed["object"] == "list" and all(m["id"] == m["kind"] and m["object"] == "model" for m in models.values())
     assert len(models) == 11 and all(m["profile"] == "demo" for m in models.values())
     assert models["embedding"]["limits"]["max_text_chars"] > 0
     assert "text" in models["embedding"]["input_schema"]["properties"]

@@ -24,7 +24,7 @@ def test_nul_characters_are_dropped_from_schemas_and_dicts() -> None:
 def test_values_postgresql_refuses_stay_visible_instead_of_becoming_null() -> None:
     """A NaN is written as NaN (not null, pydantic's default) and a lone surrogate escaped:
     PostgreSQL refuses both, and the job fails with result_not_storable saying so."""
-    encoded = output_json(EmbeddingOutput(embedding=[math.nan, math.inf], dimensions=2))
+    encoded = output_json(EmbeddingOutput(embedding=[math.nan, math.inf], dimensions=2, tokens=3))
     assert "NaN" in encoded and "Infinity" in encoded and "null" not in encoded
     surrogate = TextGenerationOutput(text="a\ud800b", finish_reason="stop", prompt_tokens=1, completion_tokens=2)
     assert "\\ud800" in output_json(surrogate)

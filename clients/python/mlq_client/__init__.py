@@ -137,7 +137,8 @@ class Client:
         return result
 
     def models(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", "/v1/models")
+        """The kinds served here, each with its model, limits and schemas (``id`` is the kind)."""
+        result: list[dict[str, Any]] = self._call("GET", "/v1/models")["data"]
         return result
 
 
