@@ -138,10 +138,24 @@ def status_of(batch: Batch, tally: Counts) -> str:
 
 
 def list_batches(
-    session: Session, *, tenant_id: uuid.UUID, limit: int = 20, cursor: str | None = None
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    limit: int = 20,
+    cursor: str | None = None,
+    after: uuid.UUID | None = None,
 ) -> tuple[list[Batch], str | None]:
+    """Newest first, a page at a time: after ``cursor`` (mlq's) or after the run ``after``
+    (OpenAI's: the id of the last one seen). Raises ValueError for either that is not one."""
     stmt = select(Batch).where(Batch.tenant_id == tenant_id)
-    if cursor is not None:
+    if after is not None:
+        created_at = session.execute(
+            select(Batch.created_at).where(Batch.id == after, Batch.tenant_id == tenant_id)
+        ).scalar_one_or_none()
+        if created_at is None:
+            raise ValueError(f"after={after} is not a bulk run of this tenant")
+        stmt = stmt.where(or_(Batch.created_at < created_at, and_(Batch.created_at == created_at, Batch.id < after)))
+    elif cursor is not None:
         created, last_id = decode_cursor(cursor)
         stmt = stmt.where(or_(Batch.created_at < created, and_(Batch.created_at == created, Batch.id < last_id)))
     rows = list(session.execute(stmt.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)).scalars())

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     requeue_after_s: float = 30.0  # a queued job untouched this long, with its kind's queue empty, is republished
     reconcile_every_s: float = 5.0  # how often the reconciler runs a round
     max_wait_s: float = 60.0  # longest ?wait a client may ask for on GET /v1/jobs/{id}
+    openai_wait_s: float | None = None  # how long OpenAI's routes wait for their jobs (504 after); None: max_wait_s
     max_request_bytes: int = 32_000_000  # largest body of POST /v1/jobs (inline base64 files included)
     page_size_max: int = 200  # largest page of GET /v1/jobs
     batch_max_lines: int = 200_000  # lines in one bulk run

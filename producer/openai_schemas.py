@@ -62,3 +62,143 @@ class EmbeddingsAnswer(BaseModel):
     model: str
     usage: Usage
     mlq: dict[str, Any] = Field(default_factory=dict, description="mlq's own: the ids of the jobs that ran.")
+
+
+# --- chat and completions --------------------------------------------------------------------
+
+MAX_MESSAGES = 256  # as the chat kind takes
+MAX_PROMPTS = 64  # prompts in one /v1/completions request, each a job
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"] = Field(description="Only text parts are read.")
+    text: Text
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"] = Field(description="developer is read as system.")
+    content: Text | Annotated[list[ContentPart], Field(max_length=64)]
+    name: str | None = Field(default=None, max_length=64, description="Accepted and ignored.")
+
+
+class Sampling(BaseModel):
+    """What OpenAI's text routes share, as the generation kinds take it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(max_length=256, description="The kind (chat, text-generation) or the served model's name.")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: (
+        Annotated[str, Field(max_length=200)]
+        | Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=4)]
+        | None
+    ) = None
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    n: int = Field(default=1, ge=1, le=1, description="One choice per request.")
+    stream: bool = Field(default=False, description="Not yet: true is refused.")
+    user: str | None = Field(default=None, max_length=256, description="Accepted and ignored.")
+
+
+class ChatRequest(Sampling):
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(default=None, ge=1, description="Deprecated by OpenAI for max_completion_tokens.")
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class CompletionRequest(Sampling):
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
+    max_tokens: int | None = Field(default=16, ge=1)
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatAnswer(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: CompletionUsage
+    mlq: dict[str, Any] = Field(default_factory=dict, description="mlq's own: the ids of the jobs that ran.")
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class CompletionAnswer(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage
+    mlq: dict[str, Any] = Field(default_factory=dict, description="mlq's own: the ids of the jobs that ran.")
+
+
+# --- moderations -------------------------------------------------------------------------------
+
+MAX_MODERATION_INPUTS = 64
+
+
+class ImageUrl(BaseModel):
+    url: str = Field(max_length=HARD_MAX_TEXT_CHARS * 400, description="http(s), or a data: URL with base64.")
+
+
+class ModerationPart(BaseModel):
+    """One part of a multimodal input: its parts are moderated as one (a job each, one result)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "image_url"]
+    text: Text | None = None
+    image_url: ImageUrl | None = None
+
+
+class ModerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: (
+        Text
+        | Annotated[list[Text], Field(min_length=1, max_length=MAX_MODERATION_INPUTS)]
+        | Annotated[list[ModerationPart], Field(min_length=1, max_length=MAX_MODERATION_INPUTS)]
+    ) = Field(description="A text, a list of texts (a result each), or the parts of one input (one result).")
+    model: str | None = Field(default=None, max_length=256, description="moderation, or the served model's name.")
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    category_applied_input_types: dict[str, list[str]]
+
+
+class ModerationAnswer(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]
+    mlq: dict[str, Any] = Field(default_factory=dict, description="mlq's own: the ids of the jobs that ran.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -176,8 +176,12 @@ class BatchView(BaseModel):
 
 
 class BatchPage(BaseModel):
+    object: Literal["list"] = "list"
     data: list[BatchView]
     next_cursor: str | None
+    has_more: bool = Field(description="Whether a next page exists (OpenAI's paging: ?after=last_id).")
+    first_id: uuid.UUID | None = None
+    last_id: uuid.UUID | None = None
 
 
 class BatchOptions(BaseModel):

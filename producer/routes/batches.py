@@ -213,15 +213,30 @@ def get_batch(batch_id: uuid.UUID, state: StateDep, principal: ReaderDep) -> Bat
 
 @router.get("", response_model=BatchPage, responses=responses())
 def list_batches(
-    state: StateDep, principal: ReaderDep, limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None
+    state: StateDep,
+    principal: ReaderDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+    after: Annotated[uuid.UUID | None, Query(description="OpenAI's paging: the id of the last run seen.")] = None,
 ) -> BatchPage:
+    """The tenant's bulk runs, newest first: page on with ``next_cursor``, or with ``after``
+    and ``has_more`` as OpenAI's SDK does."""
     with state.sessions() as session:
         try:
-            rows, next_cursor = batches.list_batches(session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor)
+            rows, next_cursor = batches.list_batches(
+                session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor, after=after
+            )
         except ValueError as exc:
-            raise invalid(("query", "cursor"), str(exc)) from None
+            raise invalid(("query", "after" if after is not None else "cursor"), str(exc)) from None
         tallies = batches.counts(session, batch_ids=[b.id for b in rows])
-        return BatchPage(data=[BatchView.of(b, tallies[b.id]) for b in rows], next_cursor=next_cursor)
+        data = [BatchView.of(b, tallies[b.id]) for b in rows]
+    return BatchPage(
+        data=data,
+        next_cursor=next_cursor,
+        has_more=next_cursor is not None,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )
 
 
 @router.get(

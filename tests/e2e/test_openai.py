@@ -106,3 +106,109 @@ def test_a_key_without_read_cannot_get_results_through_these_routes(stack: Api) 
     with pytest.raises(openai.PermissionDeniedError) as denied:
         sdk(stack, submit_only).embeddings.create(model="embedding", input="x")
     assert "read" in denied.value.message
+
+
+def test_chat_completions_are_chat_jobs(stack: Api, tenant_key: str) -> None:
+    client = sdk(stack, tenant_key)
+    conversation = [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+    first = client.chat.completions.create(model="chat", messages=conversation, max_tokens=5, temperature=0)  # type: ignore[arg-type]
+    [choice] = first.choices
+    assert first.id.startswith("chatcmpl-") and first.object == "chat.completion"
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length") and 0 < first.usage.completion_tokens <= 5  # type: ignore[union-attr]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}]
+    again = client.chat.completions.create(
+        model="chat",
+        messages=[conversation[0], *parts],
+        max_completion_tokens=5,
+        temperature=0,  # type: ignore[list-item]
+    )
+    assert again.choices[0].message.content == choice.message.content  # greedy: the same text
+    [job_id] = (first.model_extra or {})["mlq"]["job_ids"]
+    with stack.client(tenant_key) as http:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+    assert job["kind"] == "chat" and job["input"]["messages"][0]["role"] == "system"
+    assert job["input"]["max_new_tokens"] == 5 and job["output"]["message"]["content"] == choice.message.content
+
+
+def test_completions_run_a_job_per_prompt(stack: Api, tenant_key: str) -> None:
+    client = sdk(stack, tenant_key)
+    answer = client.completions.create(model="text-generation", prompt=["once upon", "the weather"], max_tokens=4,
+                                       temperature=0, stop=["\n"])  # fmt: skip
+    assert answer.object == "text_completion" and [c.index for c in answer.choices] == [0, 1]
+    assert all(isinstance(c.text, str) and c.finish_reason in ("stop", "length") for c in answer.choices)
+    assert answer.usage is not None and 0 < answer.usage.completion_tokens <= 8
+    assert len((answer.model_extra or {})["mlq"]["job_ids"]) == 2
+
+
+def test_chat_and_completion_refusals_name_the_parameter(stack: Api, tenant_key: str) -> None:
+    client = sdk(stack, tenant_key)
+    before = len(jobs_of(stack, tenant_key))
+    hello = [{"role": "user", "content": "hi"}]
+    cases = [
+        ({"stream": True}, "stream"),
+        ({"n": 2}, "n"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),  # not one mlq reads: said, not ignored
+        ({"max_completion_tokens": 100_000}, "max_completion_tokens"),  # over the kind's max_new_tokens
+    ]
+    for extra, param in cases:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="chat", messages=hello, **extra)  # type: ignore[arg-type, call-overload]
+        assert refused.value.param == param, (extra, refused.value.message)
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.completions.create(model="text-generation", prompt=["fine", " "])
+    assert empty.value.param == "prompt[1]"
+    with pytest.raises(openai.BadRequestError) as wrong_kind:
+        client.completions.create(model="chat", prompt="x")
+    assert wrong_kind.value.param == "model"
+    assert len(jobs_of(stack, tenant_key)) == before  # nothing was stored
+
+
+def png_data_url() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_moderations_give_a_result_per_text_or_one_for_the_parts_of_an_input(stack: Api, tenant_key: str) -> None:
+    client = sdk(stack, tenant_key)
+    texts = ["I am going to hurt you", "what a lovely morning"]
+    answer = client.moderations.create(input=texts)  # no model: the moderation kind
+    assert answer.id.startswith("modr-") and len(answer.results) == 2
+    first = answer.results[0]
+    scores = {n: getattr(first.category_scores, n) for n in ("violence", "hate", "harassment", "sexual", "self_harm")}
+    assert all(0.0 <= s <= 1.0 for s in scores.values()), scores  # OpenAI's names, read by the SDK
+    with stack.client(tenant_key) as http:
+        native = http.post("/v1/jobs", params={"wait": 60}, json={"kind": "moderation", "input": {"text": texts[0]}})
+    assert native.json()["output"]["category_scores"]["violence"] == pytest.approx(scores["violence"])
+    assert first.flagged == native.json()["output"]["flagged"]
+    parts = [{"type": "text", "text": "hello"}, {"type": "image_url", "image_url": {"url": png_data_url()}}]
+    mixed = client.moderations.create(model="moderation", input=parts)  # type: ignore[list-item]
+    [one] = mixed.results  # the parts of one input: one result
+    applied = one.category_applied_input_types.model_extra or {}  # spam: mlq's own category
+    assert set(applied["spam"]) == {"text", "image"}  # the demo maps the image model's labels to spam
+    assert len((mixed.model_extra or {})["mlq"]["job_ids"]) == 2
+    with pytest.raises(openai.BadRequestError) as plain:
+        bad = [{"type": "image_url", "image_url": {"url": "data:image/png,not-base64"}}]
+        client.moderations.create(input=bad)  # type: ignore[list-item]
+    assert plain.value.param == "input"
+
+
+def test_the_sdk_pages_through_bulk_runs_to_the_end(api_without_workers: Api) -> None:
+    """``client.batches.list()`` pages with ``after`` and stops on ``has_more``: it once got the
+    same page forever."""
+    key = create_key(api_without_workers.settings, f"openai-b-{uuid.uuid4().hex[:6]}")
+    items = [{"custom_id": "a", "input": {"text": "x"}}]
+    with api_without_workers.client(key) as http:
+        made = [http.post("/v1/batches", json={"kind": "embedding", "items": items}).json()["id"] for _ in range(5)]
+        page = http.get("/v1/batches", params={"limit": 2}).json()
+        unknown = http.get("/v1/batches", params={"after": str(uuid.uuid4())})
+    assert page["object"] == "list" and page["has_more"] and page["last_id"] == page["data"][-1]["id"]
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["query", "after"]
+    client = openai.OpenAI(base_url=f"{api_without_workers.url}/v1", api_key=key, max_retries=0)
+    assert [b.id for b in client.batches.list(limit=2)] == made[::-1]  # newest first, each once, then the end
