@@ -202,3 +202,34 @@ class ModerationAnswer(BaseModel):
     model: str
     results: list[ModerationResult]
     mlq: dict[str, Any] = Field(default_factory=dict, description="mlq's own: the ids of the jobs that ran.")
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+class ImagesRequest(BaseModel):
+    """``POST /v1/images/generations``: one ``image-generation`` job making ``n`` images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Text
+    model: str | None = Field(default=None, max_length=256, description="image-generation, or the served model's name.")
+    n: int = Field(default=1, ge=1, le=10)
+    size: str | None = Field(
+        default=None, pattern=r"^[0-9]{2,4}x[0-9]{2,4}$", description="WIDTHxHEIGHT, e.g. 256x256."
+    )
+    response_format: Literal["url", "b64_json"] = Field(
+        default="url", description="url: the job's artifact, fetched with the same key."
+    )
+    user: str | None = Field(default=None, max_length=256, description="Accepted and ignored.")
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+
+
+class ImagesAnswer(BaseModel):
+    created: int
+    data: list[ImageData]
+    mlq: dict[str, Any] = Field(default_factory=dict, description="mlq's own: the ids of the jobs that ran.")

@@ -6,6 +6,7 @@ worker with everything else of its kind. Refusals take OpenAI's shape (producer/
     POST /v1/chat/completions   messages -> kind ``chat``, one job
     POST /v1/completions        a prompt or a list of prompts -> kind ``text-generation``, one job each
     POST /v1/moderations        texts, or the text and image parts of one input -> kind ``moderation``
+    POST /v1/images/generations a prompt -> kind ``image-generation``, one job making n images
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, status
+from fastapi import APIRouter, Header, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 
+from jobs import store
 from jobs.errors import InvalidField, InvalidInput
 from jobs.keys import Principal
 from jobs.status import JobStatus
@@ -36,6 +40,9 @@ from producer.openai_schemas import (
     Embedding,
     EmbeddingsAnswer,
     EmbeddingsRequest,
+    ImageData,
+    ImagesAnswer,
+    ImagesRequest,
     ModerationAnswer,
     ModerationPart,
     ModerationRequest,
@@ -55,6 +62,7 @@ EMBEDDING = {"text": "input"}
 CHAT = {"messages": "messages", "max_new_tokens": "max_completion_tokens"}
 COMPLETION = {"prompt": "prompt", "max_new_tokens": "max_tokens"}
 MODERATION = {"text": "input", "image": "input"}
+IMAGES = {"prompt": "prompt", "num_images": "n", "width": "size", "height": "size"}
 
 IdempotencyKey = Annotated[str | None, Header(max_length=240, description="Each input's job gets it, with #index.")]
 
@@ -196,6 +204,45 @@ def moderation_result(outputs: list[tuple[str, dict[str, Any]]]) -> ModerationRe
     return ModerationResult(
         flagged=any(flags.values()), categories=flags, category_scores=scores, category_applied_input_types=applied
     )
+
+
+@router.post(
+    "/images/generations", response_model=ImagesAnswer, responses=openai_responses(404, 409, 413, 429, 500, 504)
+)
+async def create_images(
+    body: ImagesRequest,
+    request: Request,
+    state: StateDep,
+    principal: SubmitterDep,
+    idempotency_key: IdempotencyKey = None,
+) -> ImagesAnswer:
+    """``n`` images of a prompt: one ``image-generation`` job; each image as base64, or as the
+    URL of the job's artifact (fetched with the same key)."""
+    kind = served_kind(state, body.model or "image-generation", wanted="image-generation")
+    item: dict[str, object] = {"prompt": body.prompt, "num_images": body.n}
+    if body.size is not None:
+        width, height = body.size.split("x")
+        item.update(width=int(width), height=int(height))
+    [view] = await run_all(state, with_read(principal), kind, [item], idempotency_key, listed=None, rename=IMAGES)
+    names = [image["artifact"] for image in (view.output or {}).get("images", [])]
+    if body.response_format == "url":
+        base = str(request.base_url).rstrip("/")
+        data = [ImageData(url=f"{base}/v1/jobs/{view.id}/artifacts/{name}") for name in names]
+    else:
+        pngs = await files_of(state, tenant_id=principal.tenant_id, job_id=view.id, names=names)
+        data = [ImageData(b64_json=base64.b64encode(png).decode()) for png in pngs]
+    return ImagesAnswer(created=int(view.created_at.timestamp()), data=data, mlq={"job_ids": [str(view.id)]})
+
+
+async def files_of(state: State, *, tenant_id: uuid.UUID, job_id: uuid.UUID, names: list[str]) -> list[bytes]:
+    """The bytes of a finished job's artifacts, read from the artifact store."""
+
+    def read() -> list[bytes]:
+        with state.sessions() as session:
+            stored = {a.name: a.uri for a in store.list_artifacts(session, tenant_id=tenant_id, job_id=job_id)}
+        return [state.artifacts.open(stored[name]) for name in names]
+
+    return await run_in_threadpool(read)
 
 
 def refuse_streaming(body: Sampling) -> None:

@@ -212,3 +212,29 @@ def test_the_sdk_pages_through_bulk_runs_to_the_end(api_without_workers: Api) ->
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["query", "after"]
     client = openai.OpenAI(base_url=f"{api_without_workers.url}/v1", api_key=key, max_retries=0)
     assert [b.id for b in client.batches.list(limit=2)] == made[::-1]  # newest first, each once, then the end
+
+
+def test_images_come_as_base64_or_as_the_jobs_artifact(stack: Api, tenant_key: str) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    client = sdk(stack, tenant_key)
+    inline = client.images.generate(model="image-generation", prompt="a red square", n=2, size="64x64",
+                                    response_format="b64_json")  # fmt: skip
+    assert len(inline.data) == 2
+    for image in inline.data:
+        assert Image.open(io.BytesIO(base64.b64decode(image.b64_json or ""))).size == (64, 64)
+    linked = client.images.generate(model="image-generation", prompt="a red square", size="64x64")
+    [one] = linked.data
+    assert one.url is not None and "/artifacts/" in one.url
+    fetched = httpx.get(one.url, headers={"Authorization": f"Bearer {tenant_key}"}, timeout=30)
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+    with pytest.raises(openai.BadRequestError) as odd:
+        client.images.generate(model="image-generation", prompt="x", size="65x64")  # type: ignore[arg-type]
+    assert odd.value.param == "size"  # a width the model cannot make (a multiple of 8)
+    with pytest.raises(openai.BadRequestError) as quality:
+        client.images.generate(model="image-generation", prompt="x", quality="hd")
+    assert quality.value.param == "quality"
