@@ -126,38 +126,38 @@ class AssistantMessage(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
+class Choice(BaseModel):
     index: int
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatChoice(Choice):
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
-    logprobs: None = None
 
 
-class ChatAnswer(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: CompletionUsage
-    mlq: dict[str, Any] = Field(default_factory=dict, description="mlq's own: the ids of the jobs that ran.")
-
-
-class CompletionChoice(BaseModel):
-    index: int
+class CompletionChoice(Choice):
     text: str
-    finish_reason: Literal["stop", "length"]
-    logprobs: None = None
 
 
-class CompletionAnswer(BaseModel):
+class Generated(BaseModel):
+    """What OpenAI's chat and completion answers share."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
-    choices: list[CompletionChoice]
     usage: CompletionUsage
     mlq: dict[str, Any] = Field(default_factory=dict, description="mlq's own: the ids of the jobs that ran.")
+
+
+class ChatAnswer(Generated):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+
+
+class CompletionAnswer(Generated):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
 
 
 # --- moderations -------------------------------------------------------------------------------
