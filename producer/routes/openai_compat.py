@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import struct
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
 
 from jobs import store
 from jobs.errors import InvalidField, InvalidInput
@@ -27,28 +27,19 @@ from jobs.status import JobStatus
 from producer.deps import State, StateDep, SubmitterDep
 from producer.errors import openai_responses
 from producer.intake import Submission
+from producer.openai_calls import CHAT, COMPLETIONS, EMBEDDINGS, MODERATIONS, Done, Endpoint
 from producer.openai_schemas import (
-    AssistantMessage,
     ChatAnswer,
-    ChatChoice,
     ChatRequest,
     CompletionAnswer,
-    CompletionChoice,
     CompletionRequest,
-    CompletionUsage,
-    ContentPart,
-    Embedding,
     EmbeddingsAnswer,
     EmbeddingsRequest,
     ImageData,
     ImagesAnswer,
     ImagesRequest,
     ModerationAnswer,
-    ModerationPart,
     ModerationRequest,
-    ModerationResult,
-    Sampling,
-    Usage,
 )
 from producer.routes.jobs import accepted_and_awaited
 from producer.routes.models import kind_named
@@ -57,11 +48,7 @@ from producer.submit import prepared
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-# a job's fields by the names OpenAI's requests give them (the first: the one a failed job names)
-EMBEDDING = {"text": "input"}
-CHAT = {"messages": "messages", "max_new_tokens": "max_completion_tokens"}
-COMPLETION = {"prompt": "prompt", "max_new_tokens": "max_tokens"}
-MODERATION = {"text": "input", "image": "input"}
+# an image job's fields by the names OpenAI's request gives them (the first: the one a failed job names)
 IMAGES = {"prompt": "prompt", "num_images": "n", "width": "size", "height": "size"}
 
 IdempotencyKey = Annotated[str | None, Header(max_length=240, description="Each input's job gets it, with #index.")]
@@ -70,140 +57,47 @@ IdempotencyKey = Annotated[str | None, Header(max_length=240, description="Each 
 @router.post("/embeddings", response_model=EmbeddingsAnswer, responses=openai_responses(404, 409, 413, 429, 500, 504))
 async def create_embeddings(
     body: EmbeddingsRequest, state: StateDep, principal: SubmitterDep, idempotency_key: IdempotencyKey = None
-) -> EmbeddingsAnswer:
+) -> BaseModel:
     """Embed a text or a list of texts: one ``embedding`` job each, answered when all are done."""
-    kind = served_kind(state, body.model, wanted="embedding")
-    if body.dimensions is not None:
-        raise InvalidField(("body", "dimensions"), "dimensions is not supported: the size is the model's own")
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    listed = None if isinstance(body.input, str) else "input"
-    items: list[dict[str, object]] = [{"text": t} for t in texts]
-    views = await run_all(state, with_read(principal), kind, items, idempotency_key, listed=listed, rename=EMBEDDING)
-    data = []
-    for index, view in enumerate(views):
-        values = (view.output or {}).get("embedding", [])
-        if body.encoding_format == "base64":  # little-endian float32, as the SDK decodes it
-            values = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
-        data.append(Embedding(index=index, embedding=values))
-    tokens = sum(int((view.output or {}).get("tokens") or 0) for view in views)
-    return EmbeddingsAnswer(
-        data=data,
-        model=state.models.kinds[kind].model,
-        usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
-        mlq={"job_ids": [str(view.id) for view in views]},
-    )
+    return await call(EMBEDDINGS, body, state=state, principal=principal, idempotency_key=idempotency_key)
 
 
 @router.post("/chat/completions", response_model=ChatAnswer, responses=openai_responses(404, 409, 413, 429, 500, 504))
 async def create_chat_completion(
     body: ChatRequest, state: StateDep, principal: SubmitterDep, idempotency_key: IdempotencyKey = None
-) -> ChatAnswer:
+) -> BaseModel:
     """A chat completion: the conversation is one ``chat`` job, answered when it is done."""
-    kind = served_kind(state, body.model, wanted="chat")
-    refuse_streaming(body)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": text_of(m.content)}
-                for m in body.messages]  # fmt: skip
-    item = {"messages": messages, **generation_options(body, max_tokens=body.max_completion_tokens or body.max_tokens)}
-    [view] = await run_all(state, with_read(principal), kind, [item], idempotency_key, listed=None, rename=CHAT)
-    output = view.output or {}
-    return ChatAnswer(
-        id=f"chatcmpl-{view.id}",
-        created=int(view.created_at.timestamp()),
-        model=state.models.kinds[kind].model,
-        choices=[
-            ChatChoice(
-                index=0,
-                message=AssistantMessage(content=output["message"]["content"]),
-                finish_reason=output["finish_reason"],
-            )
-        ],
-        usage=usage_of([view]),
-        mlq={"job_ids": [str(view.id)]},
-    )
+    return await call(CHAT, body, state=state, principal=principal, idempotency_key=idempotency_key)
 
 
 @router.post("/completions", response_model=CompletionAnswer, responses=openai_responses(404, 409, 413, 429, 500, 504))
 async def create_completion(
     body: CompletionRequest, state: StateDep, principal: SubmitterDep, idempotency_key: IdempotencyKey = None
-) -> CompletionAnswer:
+) -> BaseModel:
     """A completion of a prompt, or of each of a list of prompts (a ``text-generation`` job each)."""
-    kind = served_kind(state, body.model, wanted="text-generation")
-    refuse_streaming(body)
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    listed = None if isinstance(body.prompt, str) else "prompt"
-    options = generation_options(body, max_tokens=body.max_tokens)
-    items: list[dict[str, object]] = [{"prompt": p, **options} for p in prompts]
-    views = await run_all(state, with_read(principal), kind, items, idempotency_key, listed=listed, rename=COMPLETION)
-    return CompletionAnswer(
-        id=f"cmpl-{views[0].id}",
-        created=int(views[0].created_at.timestamp()),
-        model=state.models.kinds[kind].model,
-        choices=[
-            CompletionChoice(index=i, text=(v.output or {})["text"], finish_reason=(v.output or {})["finish_reason"])
-            for i, v in enumerate(views)
-        ],
-        usage=usage_of(views),
-        mlq={"job_ids": [str(v.id) for v in views]},
-    )
+    return await call(COMPLETIONS, body, state=state, principal=principal, idempotency_key=idempotency_key)
 
 
 @router.post("/moderations", response_model=ModerationAnswer, responses=openai_responses(404, 409, 413, 429, 500, 504))
 async def create_moderation(
     body: ModerationRequest, state: StateDep, principal: SubmitterDep, idempotency_key: IdempotencyKey = None
-) -> ModerationAnswer:
+) -> BaseModel:
     """Moderate a text, each of a list of texts (a result each), or the text and image parts
     of one input (a job each, one result: flagged where any part is, each score its highest)."""
-    kind = served_kind(state, body.model or "moderation", wanted="moderation")
-    parts = isinstance(body.input, list) and bool(body.input) and isinstance(body.input[0], ModerationPart)
-    if isinstance(body.input, str):
-        items: list[dict[str, object]] = [{"text": body.input}]
-    else:
-        items = [moderation_item(part) for part in body.input]
-    listed = None if isinstance(body.input, str) else "input"
-    views = await run_all(state, with_read(principal), kind, items, idempotency_key, listed=listed, rename=MODERATION)
-    sources = ["image" if "image" in item else "text" for item in items]
-    outputs = [(source, view.output or {}) for source, view in zip(sources, views, strict=True)]
-    results = [moderation_result(outputs)] if parts else [moderation_result([one]) for one in outputs]
-    return ModerationAnswer(
-        id=f"modr-{views[0].id}",
-        model=state.models.kinds[kind].model,
-        results=results,
-        mlq={"job_ids": [str(v.id) for v in views]},
+    return await call(MODERATIONS, body, state=state, principal=principal, idempotency_key=idempotency_key)
+
+
+async def call(
+    endpoint: Endpoint, body: BaseModel, *, state: State, principal: Principal, idempotency_key: str | None
+) -> BaseModel:
+    """A request run as its jobs, submitted and awaited, and answered as ``endpoint`` answers."""
+    kind = served_kind(state, endpoint.model_of(body), wanted=endpoint.kind)
+    made = endpoint.jobs(body)
+    views = await run_all(
+        state, with_read(principal), kind, made.inputs, idempotency_key, listed=made.listed, rename=endpoint.rename
     )
-
-
-def moderation_item(part: str | ModerationPart) -> dict[str, object]:
-    """A moderation job's input from a text or a part (an image by URL or data: URL)."""
-    if isinstance(part, str):
-        return {"text": part}
-    if part.type == "text" and part.text is not None:
-        return {"text": part.text}
-    if part.type == "image_url" and part.image_url is not None:
-        url = part.image_url.url
-        if url.startswith("data:"):
-            header, _, data = url.partition(",")
-            if not header.endswith(";base64"):
-                raise InvalidField(("body", "input"), "a data: URL must be base64 (data:image/png;base64,...)")
-            return {"image": {"base64": data}}
-        return {"image": {"url": url}}
-    raise InvalidField(("body", "input"), f"a {part.type} part needs its {part.type} field")
-
-
-def moderation_result(outputs: list[tuple[str, dict[str, Any]]]) -> ModerationResult:
-    """One result from the outputs of an input's parts: flagged where any part is."""
-    flags: dict[str, bool] = {}
-    scores: dict[str, float] = {}
-    applied: dict[str, list[str]] = {}
-    for source, output in outputs:
-        for name, score in output.get("category_scores", {}).items():
-            scores[name] = max(scores.get(name, 0.0), score)
-            flags[name] = flags.get(name, False) or bool(output.get("categories", {}).get(name))
-            applied.setdefault(name, [])
-            if source not in applied[name]:
-                applied[name].append(source)
-    return ModerationResult(
-        flagged=any(flags.values()), categories=flags, category_scores=scores, category_applied_input_types=applied
-    )
+    done = [Done(view.id, view.created_at, view.output or {}) for view in views]
+    return endpoint.answer(made.options, state.models.kinds[kind].model, done)
 
 
 @router.post(
@@ -245,34 +139,6 @@ async def files_of(state: State, *, tenant_id: uuid.UUID, job_id: uuid.UUID, nam
     return await run_in_threadpool(read)
 
 
-def refuse_streaming(body: Sampling) -> None:
-    if body.stream:
-        raise InvalidField(("body", "stream"), "stream is not supported yet: send stream=false (the default)")
-
-
-def text_of(content: str | list[ContentPart]) -> str:
-    return content if isinstance(content, str) else "\n".join(part.text for part in content)
-
-
-def generation_options(body: Sampling, *, max_tokens: int | None) -> dict[str, object]:
-    """The generation kinds' options from OpenAI's: those the request set, by the kinds' names."""
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    given = {
-        "max_new_tokens": max_tokens,
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "stop": stop,
-        "seed": body.seed,
-    }
-    return {name: value for name, value in given.items() if value is not None}
-
-
-def usage_of(views: list[JobView]) -> CompletionUsage:
-    prompt = sum(int((v.output or {}).get("prompt_tokens") or 0) for v in views)
-    completion = sum(int((v.output or {}).get("completion_tokens") or 0) for v in views)
-    return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-
-
 def with_read(principal: Principal) -> Principal:
     """The answer carries the outputs: the key needs ``read`` as well as ``submit``."""
     if "read" not in principal.scopes:
@@ -299,17 +165,19 @@ async def run_all(
     *,
     listed: str | None,
     rename: dict[str, str],
+    uploads: dict[str, tuple[bytes, str]] | None = None,
 ) -> list[JobView]:
     """One job per input, committed together (the intake groups them), awaited together. A
     refused input is named as the request named it: a job field by its OpenAI name
     (``rename``: ``{"max_new_tokens": "max_tokens"}``), an item of the ``listed`` parameter by
-    its index (``input[2]``). Nothing is stored then."""
+    its index (``input[2]``). Nothing is stored then. ``uploads`` are files every input may
+    name as ``{"artifact": name}`` (field -> bytes and content type), as on /v1/jobs/upload."""
     submissions: list[Submission] = []
     for index, item in enumerate(inputs):
         key = None if idempotency_key is None else f"{idempotency_key}#{index}"
         try:
             job = SubmitJob(kind=kind, input=item)
-            submissions.append(await prepared(state, job, principal=principal, idempotency_key=key))
+            submissions.append(await prepared(state, job, principal=principal, idempotency_key=key, uploads=uploads))
         except InvalidField as exc:
             raise InvalidField(request_loc(exc.loc, rename, listed=listed, index=index), str(exc)) from None
     wait_s = state.settings.openai_wait_s or state.settings.max_wait_s
