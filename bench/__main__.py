@@ -1,10 +1,10 @@
-"""`python -m bench [latency|throughput|batch|hostile|pipeline] [args…]`."""
+"""`python -m bench [latency|throughput|batch|hostile|pipeline|openai] [args…]`."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import batch_accept, hostile, latency, pipeline, throughput
+from bench import batch_accept, hostile, latency, openai_sdk, pipeline, throughput
 
 BENCHMARKS = {
     "latency": latency.main,
@@ -12,6 +12,7 @@ BENCHMARKS = {
     "batch": batch_accept.main,
     "hostile": hostile.main,
     "pipeline": pipeline.main,
+    "openai": openai_sdk.main,
 }
 
 if __name__ == "__main__":

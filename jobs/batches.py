@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from psycopg import sql
@@ -23,22 +24,25 @@ from jobs.tables import Batch, Job
 
 COPY_COLUMNS = (
     "id", "tenant_id", "kind", "model", "profile", "status", "priority", "input", "metadata",
-    "attempt", "max_attempts", "batch_id", "batch_index", "custom_id",
+    "attempt", "max_attempts", "batch_id", "batch_index", "custom_id", "error_code", "error_message", "finished_at",
 )  # fmt: skip
 
 
 class BatchItem(NamedTuple):
     """One validated line, ready to store: ``input_json`` is already serialized.
-    (A named tuple: 100,000 of these are made per bulk run.)"""
+    (A named tuple: 100,000 of these are made per bulk run.) A line of OpenAI's Batch API that
+    broke a rule is stored too, as a job that ``failed`` with ``invalid_input``: ``refusal``."""
 
     id: uuid.UUID
     line: int  # line number, from 1
-    custom_id: str
+    custom_id: str | None
     kind: str
     model: str
     profile: str
     input_json: str
     max_attempts: int
+    metadata_json: str = "{}"
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Counts:
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
+    last_finished_at: datetime | None = None
 
     @property
     def unfinished(self) -> int:
@@ -99,13 +104,22 @@ def copy_jobs(session: Session, *, batch: Batch) -> Iterator[Callable[[BatchItem
     raw = session.connection().connection.driver_connection
     statement = sql.SQL("COPY jobs ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)))
     queued, tenant_id, priority = JobStatus.queued.value, batch.tenant_id, batch.priority
+    failed, refused_at = JobStatus.failed.value, batch.created_at
     with raw.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
 
         def write(item: BatchItem) -> None:
-            copy.write_row((
-                item.id, tenant_id, item.kind, item.model, item.profile, queued, priority,
-                item.input_json, "{}", 0, item.max_attempts, batch.id, item.line, item.custom_id,
-            ))  # fmt: skip
+            if item.refusal is None:
+                copy.write_row((
+                    item.id, tenant_id, item.kind, item.model, item.profile, queued, priority,
+                    item.input_json, item.metadata_json, 0, item.max_attempts, batch.id, item.line,
+                    item.custom_id, None, None, None,
+                ))  # fmt: skip
+            else:
+                copy.write_row((
+                    item.id, tenant_id, item.kind, item.model, item.profile, failed, priority,
+                    item.input_json, item.metadata_json, 0, item.max_attempts, batch.id, item.line,
+                    item.custom_id, "invalid_input", item.refusal, refused_at,
+                ))  # fmt: skip
 
         yield write
 
@@ -115,16 +129,19 @@ def get_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID) ->
 
 
 def counts(session: Session, *, batch_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Counts]:
-    """Job counts by status for each batch, in one query."""
+    """Job counts by status for each batch, and when its last job finished, in one query."""
     rows = session.execute(
-        select(Job.batch_id, Job.status, func.count())
+        select(Job.batch_id, Job.status, func.count(), func.max(Job.finished_at))
         .where(Job.batch_id.in_(list(batch_ids)))
         .group_by(Job.batch_id, Job.status)
     ).all()
     found: dict[uuid.UUID, dict[str, int]] = {b: {} for b in batch_ids}
-    for batch_id, status, n in rows:
+    last: dict[uuid.UUID, datetime] = {}
+    for batch_id, status, n, finished_at in rows:
         found[batch_id][status] = n  # type: ignore[index]  # the WHERE excludes NULL batch ids
-    return {b: Counts(total=sum(c.values()), **c) for b, c in found.items()}
+        if finished_at is not None and (batch_id not in last or finished_at > last[batch_id]):
+            last[batch_id] = finished_at  # type: ignore[index]
+    return {b: Counts(total=sum(c.values()), last_finished_at=last.get(b), **c) for b, c in found.items()}
 
 
 def status_of(batch: Batch, tally: Counts) -> str:

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 tables: tenants, API keys, jobs and artifacts.
+"""SQLAlchemy 2.0 tables: tenants, API keys, jobs, artifacts, bulk runs and their files.
 
 PostgreSQL is the record. The migrations in ``jobs/migrations`` create exactly
 these tables; a test compares the two.
@@ -81,6 +81,31 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_sha256: Mapped[str | None] = mapped_column(String(64))  # of the validated lines and options
+    # a run made through OpenAI's Batch API: its endpoint, input file and result files
+    endpoint: Mapped[str | None] = mapped_column(String(64))
+    completion_window: Mapped[str | None] = mapped_column(String(16))
+    input_file_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    output_file_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    error_file_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+
+
+class File(Base):
+    """A file of OpenAI's Files API: an uploaded batch input (its bytes in the artifact store,
+    at ``uri``), or a run's output or error file (``batch_id`` and ``part``: no bytes stored,
+    its lines are read from the run's jobs)."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("files_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(32))  # batch, batch_output
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int | None] = mapped_column(BigInteger)  # a result file's: counted when first asked
+    uri: Mapped[str | None] = mapped_column(Text)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    part: Mapped[str | None] = mapped_column(String(8))  # output, error
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class Job(Base):

@@ -23,7 +23,7 @@ from producer.live import Live
 from producer.openapi import with_deployment_limits
 from producer.publish import Publisher
 from producer.ratelimit import RateLimiter
-from producer.routes import artifacts, batches, health, jobs, models, openai_compat, ops
+from producer.routes import artifacts, batches, health, jobs, models, openai_audio, openai_compat, openai_files, ops
 from producer.waiter import Waiter
 from producer.webhooks import Dispatcher
 
@@ -94,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(models.router)
     app.include_router(openai_compat.router)
+    app.include_router(openai_files.router)
+    app.include_router(openai_audio.router)
     app.include_router(health.router)
     app.include_router(ops.router)
 

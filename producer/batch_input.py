@@ -51,6 +51,7 @@ class Parser:
     sink: Callable[[BatchItem], None] = lambda item: None
     ids: dict[str, IdBuffer] = field(default_factory=dict)  # per kind, in input order
     count: int = 0
+    refused: int = 0  # lines stored as refused (OpenAI's Batch API); a native run has none
     errors: list[LineError] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
     contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -78,7 +79,7 @@ class Parser:
             )
         self.validate(number, custom_id, raw.get("kind") or self.default_kind, raw.get("input"))
 
-    def validate(self, number: int, custom_id: str, kind: Any, data: Any) -> None:
+    def validate(self, number: int, custom_id: str, kind: Any, data: Any, *, metadata_json: str = "{}") -> None:
         if kind not in KINDS:
             return self.error(number, custom_id, ["kind"], f"unknown or missing kind {kind!r}")
         spec = self.models.spec(kind)
@@ -94,7 +95,7 @@ class Parser:
             return self.error(number, custom_id, ["input"], "files are not accepted in batches; submit single jobs")
         item = BatchItem(
             new_id(), number, custom_id, kind, spec.model, self.models.profile,
-            parsed.model_dump_json(), spec.max_attempts,
+            parsed.model_dump_json(), spec.max_attempts, metadata_json,
         )  # fmt: skip
         if self.digest is not None:
             self.digest.update(f"{json.dumps([custom_id, kind])}{item.input_json}\n".encode())

@@ -114,7 +114,9 @@ def error_body(detail: Any) -> dict[str, Any]:
 
 # --- OpenAI's shape, on the routes its SDK calls ---------------------------------------------
 
-OPENAI_PATHS = ("/v1/embeddings", "/v1/chat/", "/v1/completions", "/v1/moderations", "/v1/audio/", "/v1/images/")
+OPENAI_PATHS = (
+    "/v1/embeddings", "/v1/chat/", "/v1/completions", "/v1/moderations", "/v1/audio/", "/v1/images/", "/v1/files",
+)  # fmt: skip
 OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 

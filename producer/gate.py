@@ -103,7 +103,7 @@ class Gate:
         return refusal
 
     def limit_of(self, scope: Scope) -> tuple[int, str]:
-        if scope["path"].startswith("/v1/batches"):
+        if scope["path"].startswith(("/v1/batches", "/v1/files")):
             return self.settings.batch_max_bytes, "batch_max_bytes"
         return self.settings.max_request_bytes, "max_request_bytes"
 

@@ -3,6 +3,7 @@ added where a path is shared (a model's kind, limits and schemas)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -233,3 +234,50 @@ class ImagesAnswer(BaseModel):
     created: int
     data: list[ImageData]
     mlq: dict[str, Any] = Field(default_factory=dict, description="mlq's own: the ids of the jobs that ran.")
+
+
+# --- files and the Batch API -------------------------------------------------------------------
+
+BatchEndpoint = Literal["/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations"]
+
+
+class OpenAIBatchRequest(BaseModel):
+    """``POST /v1/batches`` as OpenAI's SDK sends it: the lines are an uploaded file's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: uuid.UUID = Field(description="A file uploaded with purpose=batch.")
+    endpoint: BatchEndpoint = Field(description="What every line calls; its url must be this.")
+    completion_window: Literal["24h"] = Field(description="Accepted as OpenAI takes it; runs here do not expire.")
+    metadata: (
+        Annotated[
+            dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+        ]
+        | None
+    ) = None
+
+
+class FileObject(BaseModel):
+    id: uuid.UUID
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int = Field(description="Unix seconds.")
+    filename: str
+    purpose: str = Field(description="batch (uploaded), batch_output (a run's output or error file)")
+    status: Literal["processed"] = "processed"
+    expires_at: None = None
+    status_details: None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: uuid.UUID | None
+    last_id: uuid.UUID | None
+    has_more: bool
+
+
+class FileDeleted(BaseModel):
+    id: uuid.UUID
+    object: Literal["file"] = "file"
+    deleted: Literal[True] = True

@@ -147,29 +147,74 @@ class BatchCounts(BaseModel):
     cancelled: int
 
 
+class RequestCounts(BaseModel):
+    """OpenAI's tally: completed (succeeded) and failed (failed, refused or cancelled)."""
+
+    total: int
+    completed: int
+    failed: int
+
+
+def unix_s(at: datetime | None) -> int | None:
+    return None if at is None else int(at.timestamp())
+
+
 class BatchView(BaseModel):
+    """A bulk run, native or made through OpenAI's Batch API: OpenAI's batch object (its
+    fields, unix-second timestamps) with mlq's own (kind, priority, counts, results_url)."""
+
     id: uuid.UUID
+    object: Literal["batch"] = "batch"
     status: str = Field(description="in_progress, completed, failed, cancelling or cancelled")
     kind: str | None = Field(description="The kind of every line, or null when lines mix kinds.")
     priority: int
     counts: BatchCounts
+    request_counts: RequestCounts
     metadata: dict[str, Any]
     webhook_url: str | None
-    created_at: datetime
+    endpoint: str | None = Field(description="OpenAI batches: the endpoint every line calls; null for native runs.")
+    input_file_id: uuid.UUID | None
+    output_file_id: uuid.UUID | None = Field(description="OpenAI batches, once done: GET /v1/files/{id}/content.")
+    error_file_id: uuid.UUID | None = Field(description="OpenAI batches, once done: the lines that failed.")
+    completion_window: str | None
+    errors: None = None
+    created_at: int = Field(description="Unix seconds.")
+    in_progress_at: int = Field(description="Unix seconds: lines run as soon as the run is accepted.")
+    completed_at: int | None
+    failed_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    expires_at: None = Field(default=None, description="Runs do not expire here.")
     cancel_requested_at: datetime | None
     results_url: str
 
     @classmethod
     def of(cls, batch: Batch, tally: Counts) -> BatchView:
+        state = status_of(batch, tally)
+        finished = tally.last_finished_at or batch.created_at
+        done = state in ("completed", "failed", "cancelled")
         return cls(
             id=batch.id,
-            status=status_of(batch, tally),
+            status=state,
             kind=batch.kind,
             priority=batch.priority,
             counts=BatchCounts(**{f: getattr(tally, f) for f in BatchCounts.model_fields}),
+            request_counts=RequestCounts(
+                total=tally.total, completed=tally.succeeded, failed=tally.failed + tally.cancelled
+            ),
             metadata=batch.metadata_,
             webhook_url=batch.webhook_url,
-            created_at=batch.created_at,
+            endpoint=batch.endpoint,
+            input_file_id=batch.input_file_id,
+            output_file_id=batch.output_file_id if done else None,
+            error_file_id=batch.error_file_id if done else None,
+            completion_window=batch.completion_window,
+            created_at=int(batch.created_at.timestamp()),
+            in_progress_at=int(batch.created_at.timestamp()),
+            completed_at=unix_s(finished) if state == "completed" else None,
+            failed_at=unix_s(finished) if state == "failed" else None,
+            cancelling_at=unix_s(batch.cancel_requested_at),
+            cancelled_at=unix_s(max(finished, batch.cancel_requested_at or finished)) if state == "cancelled" else None,
             cancel_requested_at=batch.cancel_requested_at,
             results_url=f"/v1/batches/{batch.id}/results",
         )

@@ -23,6 +23,7 @@ from jobs.ids import IdBuffer
 from jobs.kinds import KINDS
 from jobs.modelsfile import ModelSpec
 from jobs.schemas import Schema, binaries, binary_limit
+from jobs.tables import Batch
 from producer.addresses import acheck_url
 from producer.batch_input import Parser
 from producer.deps import State
@@ -130,12 +131,14 @@ def accept_batch(
     principal: keys.Principal,
     options: BatchOptions,
     idempotency_key: str | None = None,
+    made: Callable[[Session, Batch], None] | None = None,
 ) -> tuple[BatchView, bool]:
     """Validate and store a bulk run in one transaction: lines stream into COPY as they pass,
     and one bad line rolls everything back (BatchRefused). Then publish one message per chunk
     of ids. Returns the batch as the API shows it (built before the commit: an answer that
     fails stores nothing) and whether it is new: a reused ``idempotency_key`` with the same
-    lines and options returns the stored run, with others a Conflict."""
+    lines and options returns the stored run, with others a Conflict. ``made`` adds to the new
+    batch row in its transaction (an OpenAI batch's endpoint and files)."""
     if idempotency_key is not None:
         parser.digest = hashlib.sha256(options.model_dump_json().encode())
     with state.sessions.begin() as session:
@@ -146,13 +149,17 @@ def accept_batch(
         if batch is None:
             assert idempotency_key is not None
             return replayed(session, parse, parser, tenant_id=principal.tenant_id, idempotency_key=idempotency_key)
+        if made is not None:
+            made(session, batch)
         with batches.copy_jobs(session, batch=batch) as write:
             parser.sink = write
             ids = parse(parser)
-        batch.total = sum(len(v) for v in ids.values())
-        batch.kind = next(iter(ids)) if len(ids) == 1 else None
+        queued = sum(len(v) for v in ids.values())
+        batch.total = queued + parser.refused
+        if len(ids) == 1:
+            batch.kind = next(iter(ids))
         batch.request_sha256 = parser.digest.hexdigest() if parser.digest is not None else None
-        view = BatchView.of(batch, batches.Counts(total=batch.total, queued=batch.total))
+        view = BatchView.of(batch, batches.Counts(total=batch.total, queued=queued, failed=parser.refused))
     for kind, kind_ids in sorted(ids.items()):
         metrics.JOBS_SUBMITTED.labels(kind, principal.tenant_name).inc(len(kind_ids))
         size = state.models.kinds[kind].batch_chunk_size

@@ -12,16 +12,20 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from starlette.datastructures import UploadFile
 
 from jobs import batches, lifecycle
 from jobs.ids import IdBuffer
+from jobs.keys import Principal
 from jobs.queues import BATCH_PRIORITY, MAX_BATCH_PRIORITY
 from jobs.status import JobStatus
+from producer import openai_batches
 from producer.batch_input import BatchRefused, Parser, parse_jsonl, parse_list
 from producer.deps import ReaderDep, State, StateDep, SubmitterDep
 from producer.errors import MSG_CHARS, Invalid, cut, invalid, located, responses, safe_loc
 from producer.inputs import unstorable
+from producer.openai_schemas import OpenAIBatchRequest
 from producer.schemas import BatchOptions, BatchPage, BatchView, SubmitBatch
 from producer.submit import accept_batch, check_webhook, json_field
 
@@ -34,7 +38,9 @@ UPLOAD_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": SubmitBatch.model_json_schema()},
+            "application/json": {
+                "schema": {"oneOf": [SubmitBatch.model_json_schema(), OpenAIBatchRequest.model_json_schema()]}
+            },
             "application/jsonl": {"schema": {"type": "string", "description": "one JSON object per line"}},
             "multipart/form-data": {
                 "schema": {
@@ -132,12 +138,17 @@ async def parse_request(request: Request, state: State, query: dict[str, Any]) -
     elif content_type == "application/json":
         try:
             with await read_body(request) as spooled:
-                body = SubmitBatch.model_validate_json(spooled.read())
+                given = from_json(spooled.read())
+            if isinstance(given, dict) and "input_file_id" in given:  # OpenAI's Batch API: the lines are a file's
+                return ("openai", OpenAIBatchRequest.model_validate(given)), options_of(query)
+            body = SubmitBatch.model_validate(given)
         except ValidationError as exc:
             # without the offending input: it may be bytes that are not UTF-8 (and it can be large)
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"]), "input": None} for e in exc.errors(include_url=False)]
             ) from None
+        except ValueError as exc:
+            raise invalid(("body",), f"not JSON: {exc}") from None
         options = options_of({**query, **body.model_dump(exclude={"items"}, exclude_unset=True)})
         source = ("list", body.items)
     elif content_type in JSONL_TYPES or not content_type:
@@ -155,7 +166,7 @@ async def parse_request(request: Request, state: State, query: dict[str, Any]) -
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BatchView,
     openapi_extra=UPLOAD_DOC,
-    responses=responses(400, 409, 413, 415, 429) | {422: REFUSED_DOC},
+    responses=responses(400, 404, 409, 413, 415, 429) | {422: REFUSED_DOC},
 )
 async def create_batch(
     request: Request,
@@ -172,6 +183,12 @@ async def create_batch(
     the same run again returns the stored one (``Idempotent-Replayed: true``), never a second."""
     query = {"priority": priority} | ({"kind": kind} if kind is not None else {})
     (form, payload), options = await parse_request(request, state, query)
+    if form == "openai":
+        view, created = await accept_openai(state, payload, principal=principal, idempotency_key=idempotency_key)
+        if not created:
+            response.status_code = status.HTTP_200_OK
+            response.headers["Idempotent-Replayed"] = "true"
+        return view
     parser = Parser(
         models=state.models,
         default_kind=options.kind,
@@ -195,6 +212,25 @@ async def create_batch(
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
     return view
+
+
+async def accept_openai(
+    state: State, body: OpenAIBatchRequest, *, principal: Principal, idempotency_key: str | None
+) -> tuple[BatchView, bool]:
+    """An OpenAI batch: its input file's lines, bad ones kept for the error file (a 422 only
+    for a file with no lines or too many)."""
+    try:
+        content = await run_in_threadpool(
+            openai_batches.input_content, state, tenant_id=principal.tenant_id, file_id=body.input_file_id
+        )
+    except LookupError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    try:
+        return await run_in_threadpool(
+            openai_batches.accept, state, body, principal=principal, content=content, idempotency_key=idempotency_key
+        )
+    except BatchRefused as exc:
+        raise refused(exc) from None
 
 
 def view(state: State, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> BatchView:
