@@ -1,10 +1,10 @@
-"""`python -m bench [latency|throughput|batch|hostile|pipeline|openai] [args…]`."""
+"""`python -m bench [latency|throughput|batch|hostile|pipeline|openai|fairness] [args…]`."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import batch_accept, hostile, latency, openai_sdk, pipeline, throughput
+from bench import batch_accept, fairness, hostile, latency, openai_sdk, pipeline, throughput
 
 BENCHMARKS = {
     "latency": latency.main,
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "hostile": hostile.main,
     "pipeline": pipeline.main,
     "openai": openai_sdk.main,
+    "fairness": fairness.main,
 }
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ A batch's counts and status are read from its jobs, never stored twice.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,13 +18,15 @@ from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from jobs import fairness
 from jobs.status import JobStatus
 from jobs.store import decode_cursor, encode_cursor
 from jobs.tables import Batch, Job
 
 COPY_COLUMNS = (
     "id", "tenant_id", "kind", "model", "profile", "status", "priority", "input", "metadata",
-    "attempt", "max_attempts", "batch_id", "batch_index", "custom_id", "error_code", "error_message", "finished_at",
+    "attempt", "max_attempts", "batch_id", "batch_index", "custom_id", "error_code", "error_message",
+    "finished_at", "fair_vt",
 )  # fmt: skip
 
 
@@ -54,6 +56,12 @@ class Counts:
     failed: int = 0
     cancelled: int = 0
     last_finished_at: datetime | None = None
+    last_minute: int = 0  # finished in the last 60 s: the run's current rate, its share of the workers
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds until the run is done at its rate of the last minute (None: nothing finished)."""
+        return round(self.unfinished * 60 / self.last_minute, 1) if self.last_minute and self.unfinished else None
 
     @property
     def unfinished(self) -> int:
@@ -97,10 +105,13 @@ def get_batch_by_key(session: Session, *, tenant_id: uuid.UUID, idempotency_key:
 
 
 @contextmanager
-def copy_jobs(session: Session, *, batch: Batch) -> Iterator[Callable[[BatchItem], None]]:
+def copy_jobs(session: Session, *, batch: Batch, kinds: Iterable[str]) -> Iterator[Callable[[BatchItem], None]]:
     """A writer that streams jobs of ``batch`` to PostgreSQL with COPY while the caller is
     still validating: PostgreSQL stores rows while Python checks the next lines. Nothing is
-    visible until the transaction commits; an exception rolls every row back."""
+    visible until the transaction commits; an exception rolls every row back. Each job of
+    ``kinds`` gets its place in the queue (jobs/fairness.py)."""
+    place = fairness.run_places(session, tenant_id=batch.tenant_id, priority=batch.priority, kinds=kinds)
+    placed: dict[str, int] = {}
     raw = session.connection().connection.driver_connection
     statement = sql.SQL("COPY jobs ({}) FROM STDIN").format(sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)))
     queued, tenant_id, priority = JobStatus.queued.value, batch.tenant_id, batch.priority
@@ -109,16 +120,17 @@ def copy_jobs(session: Session, *, batch: Batch) -> Iterator[Callable[[BatchItem
 
         def write(item: BatchItem) -> None:
             if item.refusal is None:
+                index = placed[item.kind] = placed.get(item.kind, -1) + 1
                 copy.write_row((
                     item.id, tenant_id, item.kind, item.model, item.profile, queued, priority,
                     item.input_json, item.metadata_json, 0, item.max_attempts, batch.id, item.line,
-                    item.custom_id, None, None, None,
+                    item.custom_id, None, None, None, place(item.kind, index),
                 ))  # fmt: skip
             else:
                 copy.write_row((
                     item.id, tenant_id, item.kind, item.model, item.profile, failed, priority,
                     item.input_json, item.metadata_json, 0, item.max_attempts, batch.id, item.line,
-                    item.custom_id, "invalid_input", item.refusal, refused_at,
+                    item.custom_id, "invalid_input", item.refusal, refused_at, 0.0,
                 ))  # fmt: skip
 
         yield write
@@ -129,19 +141,26 @@ def get_batch(session: Session, *, tenant_id: uuid.UUID, batch_id: uuid.UUID) ->
 
 
 def counts(session: Session, *, batch_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Counts]:
-    """Job counts by status for each batch, and when its last job finished, in one query."""
+    """Job counts by status for each batch, when its last job finished and how many did in the
+    last minute, in one query."""
+    recent = func.count().filter(Job.finished_at > func.now() - text("interval '60 seconds'"))
     rows = session.execute(
-        select(Job.batch_id, Job.status, func.count(), func.max(Job.finished_at))
+        select(Job.batch_id, Job.status, func.count(), func.max(Job.finished_at), recent)
         .where(Job.batch_id.in_(list(batch_ids)))
         .group_by(Job.batch_id, Job.status)
     ).all()
     found: dict[uuid.UUID, dict[str, int]] = {b: {} for b in batch_ids}
     last: dict[uuid.UUID, datetime] = {}
-    for batch_id, status, n, finished_at in rows:
+    minute: dict[uuid.UUID, int] = {}
+    for batch_id, status, n, finished_at, lately in rows:
         found[batch_id][status] = n  # type: ignore[index]  # the WHERE excludes NULL batch ids
+        minute[batch_id] = minute.get(batch_id, 0) + lately  # type: ignore[index,arg-type]
         if finished_at is not None and (batch_id not in last or finished_at > last[batch_id]):
             last[batch_id] = finished_at  # type: ignore[index]
-    return {b: Counts(total=sum(c.values()), last_finished_at=last.get(b), **c) for b, c in found.items()}
+    return {
+        b: Counts(total=sum(c.values()), last_finished_at=last.get(b), last_minute=minute.get(b, 0), **c)
+        for b, c in found.items()
+    }
 
 
 def status_of(batch: Batch, tally: Counts) -> str:

@@ -99,14 +99,22 @@ def authenticate(session: Session, *, key: str) -> Principal | None:
 
 
 def set_tenant_limits(
-    session: Session, *, tenant: str, jobs_per_minute: int | None, max_active_jobs_per_kind: int | None
+    session: Session,
+    *,
+    tenant: str,
+    jobs_per_minute: int | None,
+    max_active_jobs_per_kind: int | None,
+    share: int | None = None,
 ) -> bool:
-    """Set a tenant's own submission limits (None: back to the deployment's default; 0: none)."""
-    result = session.execute(
-        update(Tenant)
-        .where(Tenant.name == tenant)
-        .values(jobs_per_minute=jobs_per_minute, max_active_jobs_per_kind=max_active_jobs_per_kind)
-    )
+    """Set a tenant's own submission limits (None: back to the deployment's default; 0: none)
+    and, when given, its share of the workers (jobs/fairness.py)."""
+    values: dict[str, int | None] = {
+        "jobs_per_minute": jobs_per_minute,
+        "max_active_jobs_per_kind": max_active_jobs_per_kind,
+    }
+    if share is not None:
+        values["share"] = share
+    result = session.execute(update(Tenant).where(Tenant.name == tenant).values(**values))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 

@@ -74,19 +74,19 @@ _CLAIM_SQL = text(
     WITH own AS (
         SELECT ctid, attempt FROM jobs
         WHERE id = ANY(CAST(:ids AS uuid[])) AND status COLLATE "C" = 'queued' AND kind = :kind
+          AND (:fill_to = 0 OR attempt > 0)
         FOR UPDATE SKIP LOCKED
-    ), extra AS (
+    ), fair AS (
         SELECT ctid FROM jobs
         WHERE kind = :kind AND status = 'queued' AND attempt = 0 AND :fill_to > 0
-          AND NOT (id = ANY(CAST(:ids AS uuid[])))
-          AND NOT EXISTS (SELECT 1 FROM own WHERE own.attempt > 0)
-        ORDER BY priority DESC, created_at
-        LIMIT GREATEST(0, :fill_to - (SELECT count(*) FROM own)) FOR UPDATE SKIP LOCKED
+          AND NOT EXISTS (SELECT 1 FROM own)
+        ORDER BY priority DESC, fair_vt
+        LIMIT :fill_to FOR UPDATE SKIP LOCKED
     )
     UPDATE jobs SET
         status = 'running', attempt = jobs.attempt + 1, worker = :worker,
         started_at = now(), updated_at = now(), lease_expires_at = now() + make_interval(secs => :lease_s)
-    WHERE jobs.ctid = ANY(ARRAY(SELECT ctid FROM own UNION ALL SELECT ctid FROM extra))
+    WHERE jobs.ctid = ANY(ARRAY(SELECT ctid FROM own UNION ALL SELECT ctid FROM fair))
       AND jobs.status COLLATE "C" = 'queued'
     RETURNING jobs.id, jobs.attempt, jobs.input, jobs.tenant_id,
         (SELECT name FROM tenants WHERE tenants.id = jobs.tenant_id) AS tenant,
@@ -99,15 +99,17 @@ _CLAIM_SQL = text(
 def claim(
     session: Session, *, job_ids: Sequence[uuid.UUID], kind: str, worker: str, lease_s: float, fill_to: int = 0
 ) -> list[Claimed]:
-    """Take the still-queued jobs among ``job_ids`` and more queued jobs of the kind (most
-    urgent first) until the claim holds ``fill_to`` jobs, in one statement.
+    """Take up to ``fill_to`` queued jobs of the kind, most urgent first and, within a
+    priority, in their fair order (jobs/fairness.py), in one statement; with ``fill_to`` 0,
+    the still-queued jobs among ``job_ids``.
 
-    Filling is how single-job messages become full model calls: PostgreSQL already holds
-    every accepted job, so a worker takes what is waiting instead of waiting for messages.
-    The messages of filled jobs later find nothing queued and fill a claim of their own (only
-    the message's jobs still queued count towards ``fill_to``). Only fresh jobs
-    fill, and a retried job never gets company: if it is what killed its last worker, it
-    must not take innocent jobs' attempts down with it again.
+    A message is a wake-up, not an assignment: PostgreSQL already holds every accepted job,
+    so a worker takes what is due instead of what its message names, and a tenant's 20,000
+    queued jobs do not hold another tenant's hundred behind them. Every message's claim takes
+    as many jobs as its own message names (or more), so all of them are taken; the messages
+    of jobs claimed meanwhile find others. A retried job among ``job_ids`` is claimed alone
+    (and never fills): if it is what killed its last worker, it must not take innocent jobs'
+    attempts down with it again.
     """
     rows = session.execute(
         _CLAIM_SQL,

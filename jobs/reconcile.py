@@ -23,7 +23,7 @@ def stale_queued(session: Session, *, kinds: Sequence[str], older_than_s: float,
                 WHERE status = 'queued' AND kind = ANY(CAST(:kinds AS text[]))
                   AND updated_at < now() - make_interval(secs => :older_than_s)
                   AND (retry_at IS NULL OR retry_at <= now())
-                ORDER BY priority DESC, created_at LIMIT :limit FOR UPDATE SKIP LOCKED
+                ORDER BY priority DESC, fair_vt LIMIT :limit FOR UPDATE SKIP LOCKED
             )
             RETURNING id, kind, priority, attempt
             """

@@ -70,13 +70,27 @@ class JobRow:
 # text is never assembled from pieces, tests/security/test_static.py).
 _INSERT_JOBS_SQL = text(
     """
+    WITH v AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+            AS v(id uuid, tenant_id uuid, kind text, model text, profile text, priority int, input jsonb,
+                 metadata jsonb, max_attempts int, idempotency_key text, webhook_url text, n int)
+    ), places AS (  -- each tenant's next places in its kinds' queues (jobs/fairness.py)
+        SELECT g.tenant_id, g.kind, g.priority,
+            GREATEST(
+                (SELECT max(j.fair_vt) FROM jobs j WHERE j.tenant_id = g.tenant_id AND j.kind = g.kind
+                    AND j.priority = g.priority AND j.status = 'queued'),
+                (SELECT min(j.fair_vt) FROM jobs j WHERE j.kind = g.kind AND j.priority = g.priority
+                    AND j.status = 'queued' AND j.attempt = 0),
+                0) AS base,
+            1.0 / GREATEST(1, (SELECT t.share FROM tenants t WHERE t.id = g.tenant_id)) AS step
+        FROM (SELECT DISTINCT tenant_id, kind, priority FROM v) g
+    )
     INSERT INTO jobs (id, tenant_id, kind, model, profile, status, priority, input, metadata,
-                      attempt, max_attempts, idempotency_key, webhook_url)
+                      attempt, max_attempts, idempotency_key, webhook_url, fair_vt)
     SELECT v.id, v.tenant_id, v.kind, v.model, v.profile, 'queued', v.priority, v.input,
-           v.metadata, 0, v.max_attempts, v.idempotency_key, v.webhook_url
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-         AS v(id uuid, tenant_id uuid, kind text, model text, profile text, priority int, input jsonb,
-              metadata jsonb, max_attempts int, idempotency_key text, webhook_url text)
+           v.metadata, 0, v.max_attempts, v.idempotency_key, v.webhook_url,
+           p.base + p.step * row_number() OVER (PARTITION BY v.tenant_id, v.kind, v.priority ORDER BY v.n)
+    FROM v JOIN places p ON p.tenant_id = v.tenant_id AND p.kind = v.kind AND p.priority = v.priority
     ON CONFLICT ON CONSTRAINT jobs_tenant_idempotency_key DO NOTHING
     RETURNING id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message,
            attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at
@@ -113,8 +127,9 @@ def insert_jobs(session: Session, *, jobs: Sequence[tuple[uuid.UUID, NewJob]]) -
             "max_attempts": j.max_attempts,
             "idempotency_key": j.idempotency_key,
             "webhook_url": j.webhook_url,
+            "n": n,
         }
-        for t, j in jobs
+        for n, (t, j) in enumerate(jobs)
     ]
     created = {
         row.id: row for row in (JobRow(*r) for r in session.execute(_INSERT_JOBS_SQL, {"rows": json.dumps(rows)}))

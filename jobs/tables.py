@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -46,6 +47,7 @@ class Tenant(Base):
     # submission limits; NULL: the deployment's default; 0: none
     jobs_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_active_jobs_per_kind: Mapped[int | None] = mapped_column(Integer)
+    share: Mapped[int] = mapped_column(Integer, server_default=text("1"))  # its weight in claims (jobs/fairness.py)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -115,13 +117,16 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="jobs_tenant_idempotency_key"),
         Index("jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("jobs_batch_order", "batch_id", "batch_index", postgresql_where=text("batch_id IS NOT NULL")),
+        Index("jobs_queued_fair", "kind", text("priority DESC"), "fair_vt", postgresql_where=text("status = 'queued'")),
         Index(
-            "jobs_queued_by_urgency",
+            "jobs_queued_by_tenant",
+            "tenant_id",
             "kind",
-            text("priority DESC"),
-            "created_at",
+            "priority",
+            "fair_vt",
             postgresql_where=text("status = 'queued'"),
         ),
+        Index("jobs_finished_brin", "finished_at", postgresql_using="brin"),
         Index("jobs_running_lease", "lease_expires_at", postgresql_where=text("status = 'running'")),
         Index("jobs_retry_due", "retry_at", postgresql_where=text("status = 'queued' AND retry_at IS NOT NULL")),
         Index(
@@ -140,6 +145,7 @@ class Job(Base):
     profile: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
     priority: Mapped[int] = mapped_column(SmallInteger, default=5)
+    fair_vt: Mapped[float] = mapped_column(Float, server_default=text("0"))  # its place in the queue (jobs/fairness.py)
     input: Mapped[dict[str, Any]] = mapped_column(JSONB)
     output: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)

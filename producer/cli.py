@@ -225,19 +225,28 @@ def keys_limits(
     max_active_jobs_per_kind: Annotated[
         int | None, typer.Option(min=0, help="Queued + running single jobs per kind; 0: no limit; unset: the default.")
     ] = None,
+    share: Annotated[
+        int | None,
+        typer.Option(min=1, max=1000, help="Its weight when tenants share a kind's workers (default 1); unset: kept."),
+    ] = None,
 ) -> None:
     """Set a tenant's own submission limits (MLQ_JOBS_PER_MINUTE and MLQ_MAX_ACTIVE_JOBS_PER_KIND
-    are the defaults); over a limit the API answers 429 with Retry-After."""
+    are the defaults); over a limit the API answers 429 with Retry-After. ``--share 3`` gives
+    the tenant three places in a kind's queue for each of a share-1 tenant's."""
     from jobs import keys as api_keys
 
     with operator_session() as session:
         found = api_keys.set_tenant_limits(
-            session, tenant=tenant, jobs_per_minute=jobs_per_minute, max_active_jobs_per_kind=max_active_jobs_per_kind
-        )
+            session, tenant=tenant, jobs_per_minute=jobs_per_minute, max_active_jobs_per_kind=max_active_jobs_per_kind,
+            share=share,
+        )  # fmt: skip
     if not found:
         typer.echo(f"no tenant {tenant!r}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{tenant}: jobs_per_minute={jobs_per_minute}, max_active_jobs_per_kind={max_active_jobs_per_kind}")
+    shown = "" if share is None else f", share={share}"
+    typer.echo(
+        f"{tenant}: jobs_per_minute={jobs_per_minute}, max_active_jobs_per_kind={max_active_jobs_per_kind}{shown}"
+    )
 
 
 @keys.command("webhook-secret")

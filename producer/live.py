@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,6 +47,7 @@ class Live:
         self.depth = Cached(self._queue_depth)
         self.workers = Cached(self._workers_online, ttl_s=5.0)
         self.unfinished = Cached(self._unfinished)
+        self.tenants = Cached(self._tenant_work)
 
     def _queue_depth(self) -> dict[tuple[str, int], int]:
         """Messages waiting per (kind, priority), priority on mlq's scale (9 most urgent)."""
@@ -65,6 +66,10 @@ class Live:
     def _unfinished(self) -> dict[tuple[str, str], int]:
         with self._sessions() as session:
             return ops.unfinished_counts(session)
+
+    def _tenant_work(self) -> list[dict[str, Any]]:
+        with self._sessions() as session:
+            return ops.tenant_work(session)
 
     def close(self) -> None:
         self.redis.close()

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from jobs.status import JobStatus
@@ -21,6 +21,37 @@ def unfinished_counts(session: Session) -> dict[tuple[str, str], int]:
         select(Job.kind, Job.status, func.count()).where(Job.status.in_(UNFINISHED)).group_by(Job.kind, Job.status)
     ).all()
     return {(kind, status): int(n) for kind, status, n in rows}
+
+
+_TENANT_WORK_SQL = text(
+    """
+    SELECT t.name AS tenant, w.kind, sum(w.queued)::int AS queued, sum(w.running)::int AS running,
+           sum(w.done)::int AS done_last_minute
+    FROM (
+        SELECT tenant_id, kind, count(*) FILTER (WHERE status = 'queued') AS queued,
+               count(*) FILTER (WHERE status = 'running') AS running, 0 AS done
+        FROM jobs WHERE status IN ('queued', 'running') GROUP BY tenant_id, kind
+        UNION ALL
+        SELECT tenant_id, kind, 0, 0, count(*) FROM jobs
+        WHERE finished_at > now() - interval '60 seconds' AND status IN ('succeeded', 'failed', 'cancelled')
+        GROUP BY tenant_id, kind
+    ) w JOIN tenants t ON t.id = w.tenant_id
+    GROUP BY t.name, w.kind ORDER BY w.kind, t.name
+    """
+)
+
+
+def tenant_work(session: Session) -> list[dict[str, Any]]:
+    """Per tenant and kind: queued, running, finished in the last minute, and its share of the
+    kind's last minute of work (what fair claiming gave it, jobs/fairness.py)."""
+    rows = [dict(r._mapping) for r in session.execute(_TENANT_WORK_SQL)]
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[row["kind"]] = totals.get(row["kind"], 0) + row["done_last_minute"]
+    for row in rows:
+        total = totals[row["kind"]]
+        row["share_last_minute"] = round(row["done_last_minute"] / total, 3) if total else 0.0
+    return rows
 
 
 def recent_failures(session: Session, *, limit: int = 20) -> list[dict[str, Any]]:

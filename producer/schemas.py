@@ -187,6 +187,8 @@ class BatchView(BaseModel):
     expires_at: None = Field(default=None, description="Runs do not expire here.")
     cancel_requested_at: datetime | None
     results_url: str
+    done_last_minute: int = Field(description="Items finished in the last minute: the run's share of the workers.")
+    eta_s: float | None = Field(description="Seconds to go at the rate of the last minute (null: none finished).")
 
     @classmethod
     def of(cls, batch: Batch, tally: Counts) -> BatchView:
@@ -217,6 +219,8 @@ class BatchView(BaseModel):
             cancelled_at=unix_s(max(finished, batch.cancel_requested_at or finished)) if state == "cancelled" else None,
             cancel_requested_at=batch.cancel_requested_at,
             results_url=f"/v1/batches/{batch.id}/results",
+            done_last_minute=tally.last_minute,
+            eta_s=tally.eta_s,
         )
 
 

@@ -151,7 +151,7 @@ def accept_batch(
             return replayed(session, parse, parser, tenant_id=principal.tenant_id, idempotency_key=idempotency_key)
         if made is not None:
             made(session, batch)
-        with batches.copy_jobs(session, batch=batch) as write:
+        with batches.copy_jobs(session, batch=batch, kinds=state.models.kinds) as write:
             parser.sink = write
             ids = parse(parser)
         queued = sum(len(v) for v in ids.values())

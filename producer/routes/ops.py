@@ -44,6 +44,26 @@ class LiveCollector(Collector):
             jobs.add_metric([kind, job_status], n)
         yield jobs
         yield GaugeMetricFamily("mlq_workers_online", "Workers answering a ping.", value=len(self.live.workers.get()))
+        work = self.live.tenants.get()
+        per_tenant = GaugeMetricFamily(
+            "mlq_tenant_jobs", "Jobs per tenant and kind: queued, running, and done in the last minute.",
+            labels=["tenant", "kind", "status"],
+        )  # fmt: skip
+        share = GaugeMetricFamily(
+            "mlq_tenant_share",
+            "Each tenant's share of its kind's jobs done in the last minute.",
+            labels=["tenant", "kind"],
+        )
+        for row in work:
+            for name, column in (
+                ("queued", "queued"),
+                ("running", "running"),
+                ("done_last_minute", "done_last_minute"),
+            ):
+                per_tenant.add_metric([row["tenant"], row["kind"], name], row[column])
+            share.add_metric([row["tenant"], row["kind"]], row["share_last_minute"])
+        yield per_tenant
+        yield share
 
 
 def live_registry(live: Live) -> CollectorRegistry:
@@ -105,6 +125,7 @@ def overview(state: State) -> dict[str, Any]:
         ],
         "failures": failures,
         "jobs": recent,
+        "tenants": live.tenants.get(),
     }
 
 

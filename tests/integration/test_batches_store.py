@@ -15,7 +15,7 @@ def test_results_stream_in_input_order_one_fetch_at_a_time(sessions: sessionmake
         tenant = keys.ensure_tenant(session, name=f"t-{uuid.uuid4().hex[:8]}")
         other = keys.ensure_tenant(session, name=f"t-{uuid.uuid4().hex[:8]}")
         batch = batches.insert_batch(session, tenant_id=tenant, priority=2, metadata={})
-        with batches.copy_jobs(session, batch=batch) as write:
+        with batches.copy_jobs(session, batch=batch, kinds=["embedding"]) as write:
             for line in range(1, 26):
                 write(BatchItem(new_id(), line, f"c{line}", "embedding", "m", "demo", json.dumps({"text": "x"}), 3))
         batch_id = batch.id
