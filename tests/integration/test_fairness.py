@@ -181,3 +181,28 @@ def test_claims_and_stamps_read_what_they_take_with_1000_tenants_of_1000_queued(
             ).scalar_one()[0]["Plan"]  # fmt: skip
             assert rows_read(stamp) <= 10, json.dumps(stamp)[:2000]
             session.rollback()
+
+
+def test_the_cli_sets_a_share_and_keeps_the_other_limits(settings: Settings, services: Services) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import process_env
+
+    mlq = str(Path(sys.executable).with_name("mlq"))
+    with stack_of_its_own(settings, services) as own, sessions_of(own) as sessions:
+        tenant_id = tenant(sessions, "weighted")
+        env = process_env(own)
+        subprocess.run([mlq, "keys", "limits", "--tenant", "weighted", "--jobs-per-minute", "50"], env=env, check=True)
+        done = subprocess.run(
+            [mlq, "keys", "limits", "--tenant", "weighted", "--jobs-per-minute", "50", "--share", "3"],
+            env=env, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        refused = subprocess.run([mlq, "keys", "limits", "--tenant", "weighted", "--share", "0"], env=env)
+        with sessions() as session:
+            share, per_minute = session.execute(
+                text("SELECT share, jobs_per_minute FROM tenants WHERE id = :id"), {"id": tenant_id}
+            ).one()
+    assert (share, per_minute) == (3, 50) and "share=3" in done.stdout
+    assert refused.returncode != 0  # a share is at least 1
