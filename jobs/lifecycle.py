@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -228,13 +228,18 @@ _GIVE_BACK_SQL = text(
     UPDATE jobs SET
         history = jobs.history || jsonb_build_object('attempt', jobs.attempt, 'worker', jobs.worker,
             'started_at', jobs.started_at, 'ended_at', now(), 'reason', CAST(:reason AS text)),
-        status = CASE WHEN jobs.attempt >= jobs.max_attempts THEN 'failed' ELSE 'queued' END,
-        error_code = CASE WHEN jobs.attempt >= jobs.max_attempts THEN 'max_attempts_exceeded' END,
-        error_message = CASE WHEN jobs.attempt >= jobs.max_attempts
+        status = CASE WHEN jobs.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                      WHEN jobs.attempt >= jobs.max_attempts THEN 'failed' ELSE 'queued' END,
+        error_code = CASE WHEN jobs.cancel_requested_at IS NULL AND jobs.attempt >= jobs.max_attempts
+            THEN 'max_attempts_exceeded' END,
+        error_message = CASE WHEN jobs.cancel_requested_at IS NOT NULL THEN NULL
+            WHEN jobs.attempt >= jobs.max_attempts
             THEN 'gave up after ' || jobs.attempt || ' attempts: ' || CAST(:gave_up AS text)
             ELSE CAST(:reason AS text) END,
-        finished_at = CASE WHEN jobs.attempt >= jobs.max_attempts THEN now() END,
-        retry_at = CASE WHEN jobs.attempt < jobs.max_attempts AND :retry_base_s > 0 THEN now() + make_interval(
+        finished_at = CASE WHEN jobs.cancel_requested_at IS NOT NULL OR jobs.attempt >= jobs.max_attempts
+            THEN now() END,
+        retry_at = CASE WHEN jobs.cancel_requested_at IS NULL AND jobs.attempt < jobs.max_attempts
+            AND :retry_base_s > 0 THEN now() + make_interval(
             secs => least(:retry_max_s, :retry_base_s * 2 ^ (jobs.attempt - 1)) * (0.5 + random())) END,
         lease_expires_at = NULL,
         updated_at = now()
@@ -259,6 +264,7 @@ class Waiting:
 class GivenBack:
     requeued: list[Waiting]
     dead: list[uuid.UUID]  # failed with max_attempts_exceeded
+    cancelled: list[uuid.UUID] = field(default_factory=list)  # a user asked to cancel them while they ran
 
 
 def give_back(
@@ -274,7 +280,8 @@ def give_back(
     """Give claimed jobs back to the queue (a transient error), due again after an exponential
     backoff with jitter (the reconciler publishes them then; ``retry_base_s`` 0: at once).
     Jobs that used all their attempts fail with ``max_attempts_exceeded``, saying ``gave_up``
-    (default: ``reason``). Each lost attempt is added to the job's history."""
+    (default: ``reason``). A job whose cancel was asked while it ran ends ``cancelled``
+    instead: a dead worker must not undo a cancel. Each lost attempt is added to its history."""
     rows = session.execute(
         _GIVE_BACK_SQL,
         {
@@ -287,9 +294,10 @@ def give_back(
         },
     ).all()
     dead = [r.id for r in rows if r.status == JobStatus.failed.value]
-    _ended(session, job_ids=dead)
+    cancelled = [r.id for r in rows if r.status == JobStatus.cancelled.value]
+    _ended(session, job_ids=dead + cancelled)
     requeued = [Waiting(r.id, r.kind, r.priority, retried=True) for r in rows if r.status == JobStatus.queued.value]
-    return GivenBack(requeued=requeued, dead=dead)
+    return GivenBack(requeued=requeued, dead=dead, cancelled=cancelled)
 
 
 def expired_leases(session: Session, *, limit: int) -> GivenBack:

@@ -53,6 +53,22 @@ def row(sessions: sessionmaker[Session], job_id: uuid.UUID) -> dict[str, object]
         return dict(found)
 
 
+def test_a_cancel_asked_while_it_ran_holds_when_its_worker_dies(sessions: sessionmaker[Session]) -> None:
+    """A dead worker's job goes back to the queue, unless its cancel was asked: then it ends
+    cancelled (before, it ran again and ignored the request, or failed with
+    max_attempts_exceeded on its last attempt)."""
+    job_id = queued_job(sessions, max_attempts=3)
+    claim_and_expire(sessions, job_id)
+    with sessions.begin() as session:
+        session.execute(text("UPDATE jobs SET cancel_requested_at = now() WHERE id = :id"), {"id": job_id})
+    with sessions.begin() as session:
+        taken = lifecycle.expired_leases(session, limit=100)
+    assert taken.cancelled == [job_id] and job_id not in [w.id for w in taken.requeued]
+    final = row(sessions, job_id)
+    assert final["status"] == "cancelled" and final["error_code"] is None and final["attempt"] == 1
+    assert [h["reason"] for h in final["history"]] == ["lease expired"]  # type: ignore[union-attr]
+
+
 def test_expired_lease_goes_back_to_queued_then_to_the_dead_letter(sessions: sessionmaker[Session]) -> None:
     job_id = queued_job(sessions, max_attempts=2)
     for attempt in (1, 2):
