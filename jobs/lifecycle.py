@@ -75,6 +75,7 @@ _CLAIM_SQL = text(
         SELECT ctid, attempt FROM jobs
         WHERE id = ANY(CAST(:ids AS uuid[])) AND status COLLATE "C" = 'queued' AND kind = :kind
           AND (:fill_to = 0 OR attempt > 0)
+          AND (attempt = 0 OR cardinality(CAST(:ids AS uuid[])) = 1)
         FOR UPDATE SKIP LOCKED
     ), fair AS (
         SELECT ctid FROM jobs
@@ -107,9 +108,11 @@ def claim(
     so a worker takes what is due instead of what its message names, and a tenant's 20,000
     queued jobs do not hold another tenant's hundred behind them. Every message's claim takes
     as many jobs as its own message names (or more), so all of them are taken; the messages
-    of jobs claimed meanwhile find others. A retried job among ``job_ids`` is claimed alone
-    (and never fills): if it is what killed its last worker, it must not take innocent jobs'
-    attempts down with it again.
+    of jobs claimed meanwhile find others. A retried job is claimed only by a message of its
+    own (the reconciler publishes each one so) and alone: if it is what killed its last
+    worker, it must not take innocent jobs' attempts down with it again. A message naming
+    several jobs (Celery's redelivery of a bulk chunk after its pool process died) leaves
+    those that lost an attempt to their own messages.
     """
     rows = session.execute(
         _CLAIM_SQL,

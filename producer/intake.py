@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -34,6 +36,8 @@ from producer.ratelimit import ACTIVE_RETRY_AFTER_S, RateLimiter
 
 log = logging.getLogger("mlq.intake")
 
+# tests/faults only: "1" makes the process SIGKILL itself after a commit, before its publish
+CRASH_BEFORE_PUBLISH = os.environ.get("MLQ_FAULT_CRASH_BEFORE_PUBLISH") == "1"
 MAX_GROUP = 256  # submissions per transaction; more wait for the next
 PUBLISH_AFTER_IDS = 32  # under load, a kind's jobs share a wake-up message up to this many ...
 PUBLISH_AFTER_S = 0.01  # ... or until the oldest has waited this long for it
@@ -114,6 +118,8 @@ class Intake:
             self._wake(flush=True)
             raise
         self._accepted(group, answers)
+        if CRASH_BEFORE_PUBLISH and self._unpublished:  # committed, not yet published
+            os.kill(os.getpid(), signal.SIGKILL)
         self._wake(flush=not self._pending)
         return answers
 

@@ -61,6 +61,8 @@ from workers.watch import Beside, Call
 log = logging.getLogger("mlq.runner")
 
 
+# tests/faults only: while the file this names exists, a claim waits between predict and store
+HOLD_BEFORE_STORE = os.environ.get("MLQ_FAULT_HOLD_BEFORE_STORE", "")
 TIME_LIMIT_EXIT_CODE = 75  # a pool process that exits with this ran past a time limit
 DEVICE_ERROR_EXIT_CODE = 76  # ... or lost its GPU context (illegal memory access and the like)
 
@@ -143,6 +145,8 @@ class Runner:
         try:
             with self.beside.claim(claimed):
                 outcomes, retry = self.process(adapter, claimed, files=files)
+                if HOLD_BEFORE_STORE:
+                    hold_before_store(HOLD_BEFORE_STORE, claimed)
                 stored = [
                     (
                         o.job.id,
@@ -331,3 +335,13 @@ class Runner:
             log.error("job %s: model raised %s", job.id, error, exc_info=error)
             code = error.code if isinstance(error, MlqError) else ModelError.code
             outcomes.append(Failed(job, code, f"{type(error).__name__}: {error}"))
+
+
+def hold_before_store(path: str, claimed: Sequence[lifecycle.Claimed]) -> None:
+    """The fault tests' hold: while ``path`` exists, wait (predictions made, nothing stored),
+    having written the claim's job ids to ``path``.held."""
+    if os.path.exists(path):
+        Path(f"{path}.part").write_text("\n".join(str(c.id) for c in claimed))
+        os.replace(f"{path}.part", f"{path}.held")
+        while os.path.exists(path):
+            time.sleep(0.05)

@@ -50,3 +50,17 @@ class BrokenDeviceEmbedding(EmbeddingAdapter):
         if GPU_CRASH in texts(batch):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return super().predict(batch, stop=stop)
+
+
+SLOW_START_S = 8.0  # more than a fault stack's lease (3 s) and a reconciler round, with room
+
+
+class SlowStartEmbedding(EmbeddingAdapter):
+    """Loads SLOW_START_S slower, as a large model does: a pool process that replaces a killed
+    one takes its first message only after the reconciler has taken back the dead one's jobs."""
+
+    def load(self, device: str) -> None:
+        import time
+
+        time.sleep(SLOW_START_S)
+        super().load(device)
