@@ -114,6 +114,8 @@ def claim(
     several jobs (Celery's redelivery of a bulk chunk after its pool process died) leaves
     those that lost an attempt to their own messages.
     """
+    if fill_to > 0 and len(job_ids) > 1:  # only a one-id message may claim its job by id (a retried one)
+        job_ids = []  # so the statement looks none up: a bulk chunk's 256 would be read for nothing
     rows = session.execute(
         _CLAIM_SQL,
         {"ids": uuid_array(job_ids), "kind": kind, "worker": worker, "lease_s": lease_s, "fill_to": max(0, fill_to)},
