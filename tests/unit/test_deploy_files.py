@@ -58,6 +58,8 @@ METRICS = {
     "mlq_reconciler_actions_total",
     "mlq_webhook_deliveries_total",
     "mlq_workers_online",
+    "mlq_tenant_jobs",
+    "mlq_tenant_share",
 }
 HISTOGRAMS = {"mlq_job_queue_wait_seconds", "mlq_job_run_seconds", "mlq_batch_size"}
 
