@@ -85,15 +85,16 @@ def stamp(value: str) -> float:
 
 def test_wait_answers_as_soon_as_the_job_finishes(ops: Ops, music: dict[str, Any]) -> None:
     with ops.api.client(ops.admin_key) as http:
-        started = time.monotonic()
         job = http.post("/v1/jobs", json={"kind": "music-generation", "input": MUSIC}).json()
+        asked = time.time()
         done = http.get(f"/v1/jobs/{job['id']}", params={"wait": 60}).json()
-        waited_s = time.monotonic() - started
+        answered = time.time()
     assert done["status"] == "succeeded"
-    ran_s = stamp(done["finished_at"]) - stamp(done["created_at"])  # on PostgreSQL's clock
-    assert ran_s > 0.2 and waited_s < 60
-    # answered within a second of the finish (NOTIFY), not at the end of the 60 s nor at a poll's next tick
-    assert waited_s - ran_s < 1.0, (waited_s, ran_s)
+    finished = stamp(done["finished_at"])  # PostgreSQL's clock: this machine's
+    assert finished > asked  # the wait was real: the job was still running when it began
+    # answered within a second of the finish (NOTIFY), not at the end of the 60 s nor at a poll's
+    # next tick (measured from the finish, so a slow POST on a busy machine does not count)
+    assert answered - finished < 1.0, (answered - finished, finished - asked)
 
 
 def test_a_jobs_json_log_lines_carry_batch_size_error_code_and_worker(ops: Ops, music: dict[str, Any]) -> None:
