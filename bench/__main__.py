@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import batch_accept, fairness, hostile, latency, openai_sdk, pipeline, throughput
+from bench import batch_accept, fairness, hostile, latency, openai_sdk, pipeline, retention, throughput
 
 BENCHMARKS = {
     "latency": latency.main,
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "pipeline": pipeline.main,
     "openai": openai_sdk.main,
     "fairness": fairness.main,
+    "retention": retention.main,
 }
 
 if __name__ == "__main__":

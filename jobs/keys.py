@@ -105,15 +105,19 @@ def set_tenant_limits(
     jobs_per_minute: int | None,
     max_active_jobs_per_kind: int | None,
     share: int | None = None,
+    retention_days: int | None = None,
 ) -> bool:
     """Set a tenant's own submission limits (None: back to the deployment's default; 0: none)
-    and, when given, its share of the workers (jobs/fairness.py)."""
+    and, when given, its share of the workers (jobs/fairness.py) and its retention
+    (jobs/retention.py; 0: forever; -1: the deployment's)."""
     values: dict[str, int | None] = {
         "jobs_per_minute": jobs_per_minute,
         "max_active_jobs_per_kind": max_active_jobs_per_kind,
     }
     if share is not None:
         values["share"] = share
+    if retention_days is not None:  # below 0: back to the deployment's (MLQ_RETENTION_DAYS)
+        values["retention_days"] = None if retention_days < 0 else retention_days
     result = session.execute(update(Tenant).where(Tenant.name == tenant).values(**values))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -16,6 +16,8 @@ Names and labels (the Grafana dashboard in infra/grafana reads exactly these):
 - ``mlq_model_load_seconds{kind,model}``: the last load in a worker process
 - ``mlq_worker_memory_bytes{pid}``, ``mlq_gpu_memory_bytes{gpu,pid}``, ``mlq_gpu_utilization_ratio{gpu,pid}``
 - ``mlq_reconciler_actions_total{action}``, ``mlq_webhook_deliveries_total{outcome}``
+- reconciler: ``mlq_pruned_total{what}`` (jobs, artifacts, webhook_deliveries, batches, files),
+  ``mlq_last_prune_timestamp_seconds``
 - served by the API only, read at scrape time: ``mlq_queue_depth{kind,priority}`` (Redis),
   ``mlq_jobs{kind,status}`` (PostgreSQL: queued and running), ``mlq_workers_online`` (Celery ping)
 """
@@ -53,6 +55,10 @@ GPU_UTILIZATION = Gauge(
     "mlq_gpu_utilization_ratio", "GPU busy fraction seen by a worker process.", ["gpu"], multiprocess_mode="liveall"
 )
 RECONCILER_ACTIONS = Counter("mlq_reconciler_actions", "What the reconciler put right.", ["action"])
+PRUNED = Counter("mlq_pruned", "Rows retention removed (jobs/retention.py).", ["what"])
+LAST_PRUNE = Gauge(
+    "mlq_last_prune_timestamp_seconds", "When the last prune ended without error (Unix s).", multiprocess_mode="max"
+)
 WEBHOOK_DELIVERIES = Counter("mlq_webhook_deliveries", "Webhook delivery attempts by outcome.", ["outcome"])
 
 

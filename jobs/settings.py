@@ -43,6 +43,17 @@ class Settings(BaseSettings):
     jobs_per_minute: int = Field(default=6000, ge=0)  # single jobs accepted per tenant per minute
     max_active_jobs_per_kind: int = Field(default=10_000, ge=0)  # a tenant's queued + running single jobs of a kind
 
+    # retention: finished jobs with their artifacts and webhook rows, and bulk runs whose every
+    # job finished, are pruned this long after they finished; 0: kept forever. A tenant may have
+    # its own (`mlq keys limits --retention-days`). 30: a month of results to fetch and audit.
+    retention_days: int = Field(default=30, ge=0)
+    prune_every_s: float = Field(default=3600.0, ge=0)  # how often the active reconciler prunes; 0: never
+    # jobs deleted per transaction: each holds its row locks for milliseconds, never a table's. Smaller
+    # ones raise submit p99 less (python -m bench retention, 2 busy cores: 250 rows +6 % and +18 %,
+    # 1,000 rows +10 % to +38 %) and still prune about 4,000 jobs a second
+    prune_batch_rows: int = Field(default=250, ge=1)
+    prune_pause_s: float = Field(default=0.05, ge=0)  # between a prune's transactions: the hot path goes first
+
     allow_hosts: list[str] = Field(default_factory=list)  # internal hosts/networks URLs and webhooks may reach
     input_fetch_timeout_s: float = 10.0  # per connect/read of an input given by URL (the whole download: 3x)
     # URL inputs being downloaded at once, per API process: one tenant's more get a 429 at once,

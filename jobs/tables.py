@@ -48,6 +48,7 @@ class Tenant(Base):
     jobs_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_active_jobs_per_kind: Mapped[int | None] = mapped_column(Integer)
     share: Mapped[int] = mapped_column(Integer, server_default=text("1"))  # its weight in claims (jobs/fairness.py)
+    retention_days: Mapped[int | None] = mapped_column(Integer)  # NULL: the deployment's; 0: forever (jobs/retention)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -69,6 +70,7 @@ class Batch(Base):
     __tablename__ = "batches"
     __table_args__ = (
         Index("batches_tenant_created", "tenant_id", "created_at", "id"),
+        Index("batches_input_file", "input_file_id", postgresql_where=text("input_file_id IS NOT NULL")),
         UniqueConstraint("tenant_id", "idempotency_key", name="batches_tenant_idempotency_key"),
     )
 
@@ -97,7 +99,10 @@ class File(Base):
     its lines are read from the run's jobs)."""
 
     __tablename__ = "files"
-    __table_args__ = (Index("files_tenant_created", "tenant_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("files_tenant_created", "tenant_id", "created_at", "id"),
+        Index("files_batch", "batch_id", postgresql_where=text("batch_id IS NOT NULL")),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))

@@ -47,6 +47,7 @@ def startup(
 
 app.command("api")(producer_cli.api)
 app.command("submit")(producer_cli.submit)
+app.command("prune")(producer_cli.prune)
 app.add_typer(producer_cli.keys, name="keys")
 app.add_typer(producer_cli.batch, name="batch")
 

@@ -229,21 +229,30 @@ def keys_limits(
         int | None,
         typer.Option(min=1, max=1000, help="Its weight when tenants share a kind's workers (default 1); unset: kept."),
     ] = None,
+    retention_days: Annotated[
+        int | None,
+        typer.Option(
+            min=-1, help="Days its finished jobs are kept; 0: forever; -1: MLQ_RETENTION_DAYS's; unset: kept."
+        ),
+    ] = None,
 ) -> None:
     """Set a tenant's own submission limits (MLQ_JOBS_PER_MINUTE and MLQ_MAX_ACTIVE_JOBS_PER_KIND
     are the defaults); over a limit the API answers 429 with Retry-After. ``--share 3`` gives
-    the tenant three places in a kind's queue for each of a share-1 tenant's."""
+    the tenant three places in a kind's queue for each of a share-1 tenant's; ``--retention-days 7``
+    prunes its finished jobs a week after they finished (`mlq prune`)."""
     from jobs import keys as api_keys
 
     with operator_session() as session:
         found = api_keys.set_tenant_limits(
             session, tenant=tenant, jobs_per_minute=jobs_per_minute, max_active_jobs_per_kind=max_active_jobs_per_kind,
-            share=share,
+            share=share, retention_days=retention_days,
         )  # fmt: skip
     if not found:
         typer.echo(f"no tenant {tenant!r}", err=True)
         raise typer.Exit(1)
     shown = "" if share is None else f", share={share}"
+    if retention_days is not None:
+        shown += f", retention_days={'default' if retention_days < 0 else retention_days}"
     typer.echo(
         f"{tenant}: jobs_per_minute={jobs_per_minute}, max_active_jobs_per_kind={max_active_jobs_per_kind}{shown}"
     )
@@ -260,3 +269,28 @@ def keys_webhook_secret(tenant: Annotated[str, typer.Option(help="The tenant who
         typer.echo(f"no tenant {tenant!r}", err=True)
         raise typer.Exit(1)
     typer.echo(secret)
+
+
+def prune(
+    batch_rows: Annotated[
+        int | None, typer.Option(min=1, help="Jobs deleted per transaction (MLQ_PRUNE_BATCH_ROWS).")
+    ] = None,
+) -> None:
+    """Prune now what retention has passed (MLQ_RETENTION_DAYS, or a tenant's own): finished jobs
+    with their artifacts and webhook rows, and finished bulk runs whole. Prints what it removed
+    as one line of JSON. The reconciler does the same every MLQ_PRUNE_EVERY_S."""
+    from jobs.artifacts import LocalArtifactStore
+    from jobs.db import make_engine, make_sessionmaker
+    from jobs.retention import Pruner
+
+    settings = get_settings()
+    engine = make_engine(settings.require_database_url(), pool_size=1)
+    try:
+        pruner = Pruner(
+            make_sessionmaker(engine), artifacts=LocalArtifactStore(settings.artifacts_path),
+            retention_days=settings.retention_days, batch_rows=batch_rows or settings.prune_batch_rows,
+            pause_s=settings.prune_pause_s,
+        )  # fmt: skip
+        show(pruner.prune().as_dict())
+    finally:
+        engine.dispose()

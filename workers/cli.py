@@ -214,16 +214,25 @@ def reconcile(
 ) -> None:
     """Put right what the broker or a worker lost: expired leases, lost wake-ups, dead letters.
     Run one per deployment (`mlq standalone` runs it); extra ones wait as standbys."""
-    from jobs.db import make_engine
+    from jobs.artifacts import LocalArtifactStore
+    from jobs.db import make_engine, make_sessionmaker
+    from jobs.retention import Pruner
     from workers.app import app
+    from workers.pruning import PruneSchedule
     from workers.reconciler import Reconciler
 
     settings = get_settings()
+    engine = make_engine(settings.require_database_url(), pool_size=2)
+    pruner = Pruner(
+        make_sessionmaker(engine), artifacts=LocalArtifactStore(settings.artifacts_path),
+        retention_days=settings.retention_days, batch_rows=settings.prune_batch_rows, pause_s=settings.prune_pause_s,
+    )  # fmt: skip
     reconciler = Reconciler(
-        engine=make_engine(settings.require_database_url(), pool_size=2),
+        engine=engine,
         app=app,
         models=load_models_file(settings.models),
         requeue_after_s=settings.requeue_after_s,
+        prune=PruneSchedule(pruner, every_s=settings.prune_every_s),
     )
     if once:
         done = reconciler.run_once()

@@ -5,7 +5,8 @@ Each round: running jobs whose lease expired go back to ``queued`` (or fail with
 ``max_attempts_exceeded``) and are published again; queued jobs of a kind whose broker
 queue is empty and that have waited ``requeue_after_s`` are published again (a crash
 between commit and publish, a Redis that lost its data). One reconciler works at a
-time: it holds a PostgreSQL advisory lock; others wait as standbys.
+time: it holds a PostgreSQL advisory lock; others wait as standbys. The active one also prunes
+what retention has passed, every ``prune_every_s`` (workers/pruning.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs import lifecycle, metrics, reconcile
 from jobs.modelsfile import ModelsConfig
 from jobs.queues import queue_name, send_wakeup
+from workers.pruning import PruneSchedule
 
 log = logging.getLogger("mlq.reconciler")
 
@@ -42,8 +44,17 @@ class Round:
 
 
 class Reconciler:
-    def __init__(self, *, engine: Engine, app: Celery, models: ModelsConfig, requeue_after_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        app: Celery,
+        models: ModelsConfig,
+        requeue_after_s: float,
+        prune: PruneSchedule | None = None,  # retention (jobs/retention.py), while this one is active
+    ) -> None:
         self.engine = engine
+        self.prune = prune
         self.sessions: sessionmaker[Session] = sessionmaker(engine)
         self.app = app
         self.models = models
@@ -106,6 +117,8 @@ class Reconciler:
                     log.info("this reconciler is active")
                     while True:
                         self.run_once()
+                        if self.prune is not None:
+                            self.prune.tick()
                         time.sleep(every_s)
                         lock.execute(text("SELECT 1"))  # notice a lost connection, and with it the lock
             except Exception as exc:  # a PostgreSQL restart: reconnect, take the lock again

@@ -56,6 +56,8 @@ METRICS = {
     "mlq_gpu_memory_bytes",
     "mlq_gpu_utilization_ratio",
     "mlq_reconciler_actions_total",
+    "mlq_pruned_total",
+    "mlq_last_prune_timestamp_seconds",
     "mlq_webhook_deliveries_total",
     "mlq_workers_online",
     "mlq_tenant_jobs",
