@@ -51,9 +51,11 @@ def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def leftovers(base: str) -> list[psutil.Process]:
-    found = {p.pid: p for p in psutil.Process().children(recursive=True)}
+    me = psutil.Process()
+    found = {p.pid: p for p in me.children(recursive=True)}
+    ours = {me.pid, *(p.pid for p in me.parents())}  # `pytest --basetemp=...` names the folder itself
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        if base in " ".join(proc.info["cmdline"] or []):
+        if proc.info["pid"] not in ours and base in " ".join(proc.info["cmdline"] or []):
             found[proc.info["pid"]] = proc
     alive = []
     for proc in found.values():
