@@ -77,14 +77,26 @@ class Adapter(ABC, Generic[In]):
     budget_unit: ClassVar[Literal["tokens", "pixels"] | None] = None
 
     def __init__(
-        self, spec: ModelSpec, *, source: str | None = None, resolve: Callable[[str], str] | None = None
+        self,
+        spec: ModelSpec,
+        *,
+        source: str | None = None,
+        resolve: Callable[[str], str] | None = None,
+        allow_unpinned: bool = False,  # a hub model may load at a moving revision (models/loading.py)
     ) -> None:
         if spec.kind != self.kind:
             raise ValueError(f"{type(self).__name__} serves {self.kind!r}, not {spec.kind!r}")
         self.spec = spec
         self.source = source or spec.model  # resolved local path or hub id
         self.resolve = resolve or (lambda ref: ref)  # locates a second model an adapter names in its options
+        self.allow_unpinned = allow_unpinned
         self.device = "cpu"
+
+    def pretrained_kwargs(self) -> dict[str, Any]:
+        """What this adapter's ``from_pretrained`` calls pass: safetensors, no remote code, the pin."""
+        from models.loading import pretrained_kwargs
+
+        return pretrained_kwargs(self.spec, self.source, allow_unpinned=self.allow_unpinned)
 
     def load(self, device: str) -> None:
         """Load the weights onto ``device`` ("cpu", "cuda"); called once per process."""

@@ -13,7 +13,7 @@ from jobs.kinds import ChatInput, ChatMessage, ChatOutput
 from jobs.modelsfile import ModelSpec
 from models.base import Adapter, Prediction, StopSignal
 from models.generation import Request, check_fits, generate, use_padding
-from models.loading import pretrained_kwargs, torch_dtype
+from models.loading import torch_dtype
 
 
 class ChatAdapter(Adapter[ChatInput]):
@@ -30,7 +30,7 @@ class ChatAdapter(Adapter[ChatInput]):
     def load_weights(self, device: str) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kwargs = pretrained_kwargs(self.spec, self.source)
+        kwargs = self.pretrained_kwargs()
         self.tokenizer = AutoTokenizer.from_pretrained(self.source, **kwargs)
         if not self.tokenizer.chat_template:
             raise ModelNotConfigured(

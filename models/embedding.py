@@ -6,7 +6,7 @@ from typing import Any
 
 from jobs.kinds import EmbeddingInput, EmbeddingOutput
 from models.base import Adapter, Prediction, StopSignal
-from models.loading import pretrained_kwargs, torch_dtype
+from models.loading import torch_dtype
 from models.tokens import Tokenized, padded, tokenized, tokenized_many
 
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256 tokens; longer input is truncated
@@ -19,7 +19,7 @@ class EmbeddingAdapter(Adapter[EmbeddingInput]):
     def load_weights(self, device: str) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        kwargs = pretrained_kwargs(self.spec, self.source)
+        kwargs = self.pretrained_kwargs()
         self.tokenizer = AutoTokenizer.from_pretrained(self.source, **kwargs)
         self.model = AutoModel.from_pretrained(self.source, dtype=torch_dtype(self.spec.dtype, device), **kwargs).to(
             device

@@ -11,7 +11,7 @@ from jobs.kinds import ImageClassificationInput, ImageClassificationOutput, Labe
 from jobs.schemas import binary_limit
 from models.base import Adapter, Prediction, StopSignal
 from models.images import decode_image
-from models.loading import pretrained_kwargs, torch_dtype
+from models.loading import torch_dtype
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class ImageClassificationAdapter(Adapter[ImageClassificationInput]):
     def load_weights(self, device: str) -> None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        kwargs = pretrained_kwargs(self.spec, self.source)
+        kwargs = self.pretrained_kwargs()
         self.processor = AutoImageProcessor.from_pretrained(self.source, **kwargs)
         self.model = AutoModelForImageClassification.from_pretrained(
             self.source, dtype=torch_dtype(self.spec.dtype, device), **kwargs

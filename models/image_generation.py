@@ -8,7 +8,7 @@ from typing import Any
 from jobs.kinds import GeneratedImage, ImageGenerationInput, ImageGenerationOutput
 from models.base import Adapter, Blob, Prediction, StopSignal
 from models.images import encode_png
-from models.loading import pretrained_kwargs, torch_dtype
+from models.loading import torch_dtype
 
 PNG = "image/png"
 
@@ -22,7 +22,7 @@ class ImageGenerationAdapter(Adapter[ImageGenerationInput]):
 
         # diffusers 0.42 renamed torch_dtype to dtype (torch_dtype is deprecated until 1.0)
         self.pipeline = AutoPipelineForText2Image.from_pretrained(
-            self.source, dtype=torch_dtype(self.spec.dtype, device), **pretrained_kwargs(self.spec, self.source)
+            self.source, dtype=torch_dtype(self.spec.dtype, device), **self.pretrained_kwargs()
         ).to(device)
         self.pipeline.set_progress_bar_config(disable=True)
 

@@ -17,7 +17,6 @@ from typing import Any
 
 from jobs.errors import ModelNotConfigured
 from jobs.modelsfile import ModelSpec
-from jobs.settings import Settings
 
 
 def resolve_source(spec: ModelSpec, *, data_dir: Path) -> str:
@@ -46,16 +45,16 @@ def package_model_dir(module: str) -> Path:
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-def pretrained_kwargs(spec: ModelSpec, source: str) -> dict[str, Any]:
+def pretrained_kwargs(spec: ModelSpec, source: str, *, allow_unpinned: bool = False) -> dict[str, Any]:
     """Arguments every ``from_pretrained`` call of mlq passes: the safe ones. A hub model
     loads only at a pinned commit, so every host runs the same weights (a branch such as
-    "main" moves), unless MLQ_ALLOW_UNPINNED_MODELS is set or the stack is standalone."""
+    "main" moves), unless ``allow_unpinned`` (the worker passes MLQ_ALLOW_UNPINNED_MODELS,
+    or true when the stack is standalone)."""
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
     if Path(source).is_dir():
         kwargs["local_files_only"] = True
         return kwargs
-    settings = Settings()
-    if not COMMIT.fullmatch(spec.revision or "") and not (settings.allow_unpinned_models or settings.standalone):
+    if not COMMIT.fullmatch(spec.revision or "") and not allow_unpinned:
         raise ModelNotConfigured(
             f"{spec.kind}: {source}@{spec.revision or 'main'} is not pinned to a commit; run "
             "`mlq models fetch --pin LOCKFILE` and deploy with MLQ_MODELS=LOCKFILE "

@@ -66,7 +66,7 @@ class ModerationAdapter(Adapter[ModerationInput]):
             kind="image-classification", model=ref, revision=self.spec.options.get("image_model_revision"),
             device=self.spec.device, limits=self.spec.limits,
         )  # fmt: skip
-        classifier = ImageClassificationAdapter(spec, source=self.resolve(ref))
+        classifier = ImageClassificationAdapter(spec, source=self.resolve(ref), allow_unpinned=self.allow_unpinned)
         classifier.load(device)
         return classifier
 

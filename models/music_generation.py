@@ -16,7 +16,7 @@ from jobs.errors import InvalidInput
 from jobs.kinds import GeneratedAudio, MusicGenerationInput, MusicGenerationOutput
 from models.audio import encode_wav
 from models.base import Adapter, Blob, Prediction, StopSignal
-from models.loading import pretrained_kwargs, torch_dtype
+from models.loading import torch_dtype
 
 ARTIFACT = "audio.wav"
 CONTENT_TYPE = "audio/wav"
@@ -29,7 +29,7 @@ class MusicGenerationAdapter(Adapter[MusicGenerationInput]):
     def load_weights(self, device: str) -> None:
         from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-        kwargs = pretrained_kwargs(self.spec, self.source)
+        kwargs = self.pretrained_kwargs()
         self.processor = AutoProcessor.from_pretrained(self.source, **kwargs)
         model: Any = MusicgenForConditionalGeneration.from_pretrained(
             self.source, dtype=torch_dtype(self.spec.dtype, device), **kwargs

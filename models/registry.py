@@ -41,11 +41,12 @@ def adapter_class(kind: str, *, path: str | None = None) -> type[Adapter[Any]]:
     return cls
 
 
-def create_adapter(spec: ModelSpec, *, data_dir: Path) -> Adapter[Any]:
-    """An adapter for ``spec`` with its weights located (builtin models are built now)."""
+def create_adapter(spec: ModelSpec, *, data_dir: Path, allow_unpinned: bool = False) -> Adapter[Any]:
+    """An adapter for ``spec`` with its weights located (builtin models are built now); a hub
+    model loads only at a pinned commit unless ``allow_unpinned``."""
 
     def resolve(ref: str) -> str:
         return resolve_source(spec.model_copy(update={"model": ref, "revision": None}), data_dir=data_dir)
 
     cls = adapter_class(spec.kind, path=spec.adapter)
-    return cls(spec, source=resolve_source(spec, data_dir=data_dir), resolve=resolve)
+    return cls(spec, source=resolve_source(spec, data_dir=data_dir), resolve=resolve, allow_unpinned=allow_unpinned)

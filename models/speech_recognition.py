@@ -22,7 +22,7 @@ from jobs.modelsfile import ModelSpec
 from jobs.schemas import binary_limit
 from models.audio import decode_audio
 from models.base import Adapter, Prediction, StopSignal
-from models.loading import pretrained_kwargs, torch_dtype
+from models.loading import torch_dtype
 
 MAX_INPUT_BYTES = 25_000_000  # 26 min of 128 kbit/s MP3, 2.4 min of CD-quality WAV
 CHUNK_S = 30.0  # Whisper's receptive field; wav2vec2 models are trained on shorter clips but cope
@@ -236,7 +236,7 @@ class SpeechRecognitionAdapter(Adapter[SpeechRecognitionInput]):
     def load_weights(self, device: str) -> None:
         from transformers import AutoConfig, AutoModelForCTC, AutoModelForSpeechSeq2Seq, AutoProcessor
 
-        kwargs = pretrained_kwargs(self.spec, self.source)
+        kwargs = self.pretrained_kwargs()
         config_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "local_files_only", "trust_remote_code")}
         config = AutoConfig.from_pretrained(self.source, **config_kwargs)
         name = family(config.model_type)

@@ -10,7 +10,7 @@ from typing import Any
 from jobs.kinds import Text2TextInput, Text2TextOutput
 from models.base import Adapter, Prediction, StopSignal
 from models.generation import Request, check_fits, generate, use_padding
-from models.loading import pretrained_kwargs, torch_dtype
+from models.loading import torch_dtype
 
 
 class Text2TextAdapter(Adapter[Text2TextInput]):
@@ -20,7 +20,7 @@ class Text2TextAdapter(Adapter[Text2TextInput]):
     def load_weights(self, device: str) -> None:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        kwargs = pretrained_kwargs(self.spec, self.source)
+        kwargs = self.pretrained_kwargs()
         self.tokenizer = AutoTokenizer.from_pretrained(self.source, **kwargs)
         use_padding(self.tokenizer, side="right")  # the encoder reads the whole input; the decoder starts fresh
         model: Any = AutoModelForSeq2SeqLM.from_pretrained(

@@ -6,7 +6,7 @@ from typing import Any
 
 from jobs.kinds import LabelScore, TextClassificationInput, TextClassificationOutput
 from models.base import Adapter, Prediction, StopSignal
-from models.loading import pretrained_kwargs, torch_dtype
+from models.loading import torch_dtype
 from models.tokens import Tokenized, padded, tokenized, tokenized_many
 
 MAX_TOKENS = 512  # longer texts are truncated; max_text_chars in the models file bounds them first
@@ -19,7 +19,7 @@ class TextClassificationAdapter(Adapter[TextClassificationInput]):
     def load_weights(self, device: str) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        kwargs = pretrained_kwargs(self.spec, self.source)
+        kwargs = self.pretrained_kwargs()
         self.tokenizer = AutoTokenizer.from_pretrained(self.source, **kwargs)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             self.source, dtype=torch_dtype(self.spec.dtype, device), **kwargs

@@ -7,7 +7,7 @@ from typing import Any
 from jobs.kinds import TextGenerationInput, TextGenerationOutput
 from models.base import Adapter, Prediction, StopSignal
 from models.generation import Request, check_fits, generate, use_padding
-from models.loading import pretrained_kwargs, torch_dtype
+from models.loading import torch_dtype
 
 
 class TextGenerationAdapter(Adapter[TextGenerationInput]):
@@ -17,7 +17,7 @@ class TextGenerationAdapter(Adapter[TextGenerationInput]):
     def load_weights(self, device: str) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kwargs = pretrained_kwargs(self.spec, self.source)
+        kwargs = self.pretrained_kwargs()
         self.tokenizer = AutoTokenizer.from_pretrained(self.source, **kwargs)
         use_padding(self.tokenizer, side="left")  # generation appends on the right
         model: Any = AutoModelForCausalLM.from_pretrained(

@@ -121,6 +121,7 @@ def _new_runner() -> Runner:
         worker=f"{given.worker_name or 'worker'}/{os.getpid()}",
         lease_s=given.lease_s,
         memory_budget_bytes=given.worker_memory_budget_mb * 2**20,
+        allow_unpinned=given.allow_unpinned_models or given.standalone,
     )
 
 

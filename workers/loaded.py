@@ -23,7 +23,10 @@ log = logging.getLogger("mlq.runner")
 
 
 class LoadedModels:
-    def __init__(self, *, models: ModelsConfig, data_dir: Path, memory_budget_bytes: int = 0) -> None:
+    def __init__(
+        self, *, models: ModelsConfig, data_dir: Path, memory_budget_bytes: int = 0, allow_unpinned: bool = False
+    ) -> None:
+        self.allow_unpinned = allow_unpinned  # hub models at a moving revision (models/loading.py)
         self.models = models
         self.data_dir = data_dir
         self.adapters: dict[str, Adapter[Any]] = {}
@@ -54,7 +57,7 @@ class LoadedModels:
     def _load(self, kind: str) -> None:
         spec = self.spec(kind)
         started = time.perf_counter()
-        adapter = create_adapter(spec, data_dir=self.data_dir)
+        adapter = create_adapter(spec, data_dir=self.data_dir, allow_unpinned=self.allow_unpinned)
         adapter.load(pick_device(spec.device))
         load_s = time.perf_counter() - started
         self.call_costs[kind] = call_cost_tokens(adapter)

@@ -84,11 +84,14 @@ class Runner:
         lease_s: float,
         fill: bool = True,
         memory_budget_bytes: int = 0,
+        allow_unpinned: bool = False,
     ) -> None:
         self.fill = fill  # fill each claim with other queued jobs of the kind (micro-batching)
         self.sessions = sessions
         self.statements = single_statements(sessions)  # for the claim and a lone result write
-        self.loaded = LoadedModels(models=models, data_dir=data_dir, memory_budget_bytes=memory_budget_bytes)
+        self.loaded = LoadedModels(
+            models=models, data_dir=data_dir, memory_budget_bytes=memory_budget_bytes, allow_unpinned=allow_unpinned
+        )
         self.artifacts = artifacts
         self.worker = worker
         self.lease_s = lease_s

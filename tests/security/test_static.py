@@ -73,17 +73,24 @@ def test_weights_load_as_safetensors_without_remote_code() -> None:
     assert "trust_remote_code=True" not in text and "torch.load(" not in text and "import pickle" not in text
 
 
-def test_hub_models_load_only_at_a_pinned_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_models_load_only_at_a_pinned_commit() -> None:
     from jobs.errors import ModelNotConfigured
     from jobs.modelsfile import ModelSpec, load_models_file
     from models.loading import pretrained_kwargs
 
-    monkeypatch.delenv("MLQ_ALLOW_UNPINNED_MODELS", raising=False)
-    monkeypatch.delenv("MLQ_STANDALONE", raising=False)
     production = load_models_file("production")
     for spec in production.kinds.values():  # as shipped: "main" until `mlq models fetch --pin` writes commits
         with pytest.raises(ModelNotConfigured, match="not pinned to a commit"):
             pretrained_kwargs(spec, spec.model)
     spec = ModelSpec(kind="chat", model="org/model", revision="main")
-    monkeypatch.setenv("MLQ_ALLOW_UNPINNED_MODELS", "true")
-    assert pretrained_kwargs(spec, "org/model")["revision"] == "main"  # a deliberate choice
+    assert pretrained_kwargs(spec, "org/model", allow_unpinned=True)["revision"] == "main"  # a deliberate choice
+    # the worker's choice (MLQ_ALLOW_UNPINNED_MODELS, or standalone) travels into each adapter it makes
+    from models.registry import create_adapter
+
+    for allowed in (False, True):
+        adapter = create_adapter(spec, data_dir=Path("/nonexistent"), allow_unpinned=allowed)
+        if allowed:
+            assert adapter.pretrained_kwargs()["revision"] == "main"
+        else:
+            with pytest.raises(ModelNotConfigured, match="not pinned to a commit"):
+                adapter.pretrained_kwargs()
