@@ -14,13 +14,13 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from psycopg import sql
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from jobs import fairness
 from jobs.status import JobStatus
-from jobs.store import decode_cursor, encode_cursor
+from jobs.store import decode_cursor, encode_cursor, past, position
 from jobs.tables import Batch, Job
 
 COPY_COLUMNS = (
@@ -185,15 +185,9 @@ def list_batches(
     (OpenAI's: the id of the last one seen). Raises ValueError for either that is not one."""
     stmt = select(Batch).where(Batch.tenant_id == tenant_id)
     if after is not None:
-        created_at = session.execute(
-            select(Batch.created_at).where(Batch.id == after, Batch.tenant_id == tenant_id)
-        ).scalar_one_or_none()
-        if created_at is None:
-            raise ValueError(f"after={after} is not a bulk run of this tenant")
-        stmt = stmt.where(or_(Batch.created_at < created_at, and_(Batch.created_at == created_at, Batch.id < after)))
+        stmt = stmt.where(past(Batch, position(session, Batch, tenant_id=tenant_id, row_id=after), after))
     elif cursor is not None:
-        created, last_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(Batch.created_at < created, and_(Batch.created_at == created, Batch.id < last_id)))
+        stmt = stmt.where(past(Batch, *decode_cursor(cursor)))
     rows = list(session.execute(stmt.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)).scalars())
     return rows[:limit], (encode_cursor(rows[limit - 1]) if len(rows) > limit else None)
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from sqlalchemy import ColumnElement, and_, delete, exists, or_, select
+from sqlalchemy import ColumnElement, delete, exists, or_, select
 from sqlalchemy.orm import Session
 
+from jobs.store import past, position
 from jobs.tables import Batch, File, Job
 
 Part = Literal["output", "error"]
@@ -67,15 +68,8 @@ def list_files(
     if purpose is not None:
         stmt = stmt.where(File.purpose == purpose)
     if after is not None:
-        seen = session.execute(
-            select(File.created_at).where(File.id == after, File.tenant_id == tenant_id)
-        ).scalar_one_or_none()
-        if seen is None:
-            raise ValueError(f"after={after} is not a file of this tenant")
-        if newest_first:
-            stmt = stmt.where(or_(File.created_at < seen, and_(File.created_at == seen, File.id < after)))
-        else:
-            stmt = stmt.where(or_(File.created_at > seen, and_(File.created_at == seen, File.id > after)))
+        seen = position(session, File, tenant_id=tenant_id, row_id=after)
+        stmt = stmt.where(past(File, seen, after, newest_first=newest_first))
     order = (File.created_at.desc(), File.id.desc()) if newest_first else (File.created_at, File.id)
     rows = list(session.execute(stmt.order_by(*order).limit(limit + 1)).scalars())
     return rows[:limit], len(rows) > limit

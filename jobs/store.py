@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from jobs.artifacts import StoredArtifact
 from jobs.ids import new_id
 from jobs.status import JobStatus
-from jobs.tables import Artifact, Batch, Job
+from jobs.tables import Artifact, Batch, File, Job
 
 # --- submission and reads ------------------------------------------------
 
@@ -190,6 +190,28 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise ValueError("cursor is not one this API returned") from exc
 
 
+Listed = type[Job] | type[Batch] | type[File]  # tables listed newest first, a page at a time
+WHAT = {"jobs": "job", "batches": "bulk run", "files": "file"}  # a listed row, as errors name it
+
+
+def past(table: Listed, created_at: datetime, row_id: uuid.UUID, *, newest_first: bool = True) -> Any:
+    """The rows after (created_at, id) in a listing's order (older ones, newest first): one row
+    comparison, which walks the table's (tenant_id, created_at, id) index from there."""
+    key, seen = tuple_(table.created_at, table.id), tuple_(created_at, row_id)
+    return key < seen if newest_first else key > seen
+
+
+def position(session: Session, table: Listed, *, tenant_id: uuid.UUID, row_id: uuid.UUID) -> datetime:
+    """Where a tenant's row ``row_id`` stands in its listing (OpenAI's ``after``); ValueError
+    when it is not one of the tenant's."""
+    found = session.execute(
+        select(table.created_at).where(table.id == row_id, table.tenant_id == tenant_id)
+    ).scalar_one_or_none()
+    if found is None:
+        raise ValueError(f"after={row_id} is not a {WHAT[table.__tablename__]} of this tenant")
+    return found
+
+
 def list_jobs(
     session: Session,
     *,
@@ -207,7 +229,7 @@ def list_jobs(
         stmt = stmt.where(Job.kind == kind)
     if cursor is not None:
         created, last_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id)))
+        stmt = stmt.where(past(Job, created, last_id))
     rows = list(session.execute(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).scalars())
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor

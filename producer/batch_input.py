@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 from pydantic_core import from_json
@@ -57,27 +57,39 @@ class Parser:
     contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
     digest: Any = None  # a hashlib object fed each valid line (custom_id, kind, input), when one is wanted
 
+    FIELDS: ClassVar[tuple[str, ...]] = ("custom_id", "kind", "input")  # a line's fields, as errors name them
+    UNIT: ClassVar[str] = "batch"  # what the sender splits when it has too many lines
+
     def add(self, number: int, raw: Any) -> None:
+        custom_id = self.envelope(number, raw)
+        if custom_id is not None:
+            self.validate(number, custom_id, raw.get("kind") or self.default_kind, raw.get("input"))
+
+    def envelope(self, number: int, raw: Any) -> str | None:
+        """What every line passes first: a count under the limit, an object with a new custom_id,
+        storable text, and only the known fields. Returns its custom_id, or None once refused."""
         self.count += 1
         if self.count > self.max_lines:
-            raise BatchRefused(f"more than batch_max_lines={self.max_lines} lines; split the batch")
+            raise BatchRefused(f"more than batch_max_lines={self.max_lines} lines; split the {self.UNIT}")
         if not isinstance(raw, dict):
-            return self.error(number, None, [], "each line must be a JSON object")
+            self.error(number, None, [], "each line must be a JSON object")
+            return None
         custom_id = raw.get("custom_id")
         if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= 255:
-            return self.error(number, None, ["custom_id"], "custom_id must be a string of 1 to 255 characters")
-        if (found := unstorable(raw)) is not None:  # in custom_id, kind or input
+            self.error(number, None, ["custom_id"], "custom_id must be a string of 1 to 255 characters")
+            return None
+        if (found := unstorable(raw)) is not None:  # anywhere in the line
             shown = None if found[0][:1] == ("custom_id",) else custom_id
-            return self.error(number, shown, list(found[0]), found[1])
+            self.error(number, shown, list(found[0]), found[1])
+            return None
         if custom_id in self.seen:
-            return self.error(number, custom_id, ["custom_id"], f"duplicate custom_id {custom_id!r}")
+            self.error(number, custom_id, ["custom_id"], f"duplicate custom_id {custom_id!r}")
+            return None
         self.seen.add(custom_id)
-        unknown = set(raw) - {"custom_id", "kind", "input"}
-        if unknown:
-            return self.error(
-                number, custom_id, [sorted(unknown)[0]], "unknown field; lines have custom_id, kind, input"
-            )
-        self.validate(number, custom_id, raw.get("kind") or self.default_kind, raw.get("input"))
+        if unknown := sorted(set(raw) - set(self.FIELDS)):
+            self.error(number, custom_id, [unknown[0]], f"unknown field; lines have {', '.join(self.FIELDS)}")
+            return None
+        return custom_id
 
     def validate(self, number: int, custom_id: str, kind: Any, data: Any, *, metadata_json: str = "{}") -> None:
         if kind not in KINDS:

@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 from sqlalchemy import select, update
@@ -29,13 +29,10 @@ from jobs.tables import Batch, File, Job
 from producer.batch_input import BatchRefused, Parser, parse_jsonl
 from producer.deps import State
 from producer.errors import openai_param
-from producer.inputs import unstorable
 from producer.openai_calls import BATCHABLE, Done, Endpoint, Made
 from producer.routes.models import kind_named
 from producer.schemas import BatchOptions, BatchView
 from producer.submit import accept_batch
-
-LINE_FIELDS = {"custom_id", "method", "url", "body"}
 
 
 @dataclass
@@ -47,22 +44,13 @@ class LineParser(Parser):
     endpoint: Endpoint | None = None
     last_refused: int = 0
 
+    FIELDS: ClassVar[tuple[str, ...]] = ("custom_id", "method", "url", "body")
+    UNIT: ClassVar[str] = "file"
+
     def add(self, number: int, raw: Any) -> None:
-        self.count += 1
-        if self.count > self.max_lines:
-            raise BatchRefused(f"more than batch_max_lines={self.max_lines} lines; split the file")
-        if not isinstance(raw, dict):
-            return self.error(number, None, [], "each line must be a JSON object")
-        custom_id = raw.get("custom_id")
-        if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= 255:
-            return self.error(number, None, ["custom_id"], "custom_id must be a string of 1 to 255 characters")
-        if (found := unstorable(raw)) is not None:
-            return self.error(number, None, list(found[0]), found[1])
-        if custom_id in self.seen:
-            return self.error(number, custom_id, ["custom_id"], f"duplicate custom_id {custom_id!r}")
-        self.seen.add(custom_id)
-        if unknown := sorted(set(raw) - LINE_FIELDS):
-            return self.error(number, custom_id, [unknown[0]], "unknown field; lines have custom_id, method, url, body")
+        custom_id = self.envelope(number, raw)
+        if custom_id is None:
+            return None
         if raw.get("method") != "POST":
             return self.error(number, custom_id, ["method"], "method must be POST")
         if raw.get("url") != self.path:

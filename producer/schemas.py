@@ -20,6 +20,13 @@ MAX_METADATA_VALUE_CHARS = 512
 MAX_KIND_CHARS = 64
 
 
+def stored_metadata(value: Any) -> dict[str, Any]:
+    """A row's metadata as the API shows it: an object. A row stored before the API checked
+    (or by hand) may hold another JSON value; it reads back under ``value``, as migration
+    0008 keeps it, instead of failing the whole page that lists it."""
+    return value if isinstance(value, dict) else {"value": value}
+
+
 def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
     if len(value) > MAX_METADATA_KEYS:
         raise ValueError(f"metadata has {len(value)} keys; the limit is {MAX_METADATA_KEYS}")
@@ -95,7 +102,7 @@ class JobView(BaseModel):
             error=JobError(code=job.error_code, message=job.error_message) if job.error_code else None,
             attempt=job.attempt,
             history=job.history,
-            metadata=job.metadata_,
+            metadata=stored_metadata(job.metadata_),
             webhook_url=job.webhook_url,
             created_at=job.created_at,
             started_at=job.started_at,
@@ -204,7 +211,7 @@ class BatchView(BaseModel):
             request_counts=RequestCounts(
                 total=tally.total, completed=tally.succeeded, failed=tally.failed + tally.cancelled
             ),
-            metadata=batch.metadata_,
+            metadata=stored_metadata(batch.metadata_),
             webhook_url=batch.webhook_url,
             endpoint=batch.endpoint,
             input_file_id=batch.input_file_id,

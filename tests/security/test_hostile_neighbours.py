@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -221,39 +221,57 @@ def test_cancelling_a_bulk_run_that_finished_is_a_conflict(stack: Api, key: str)
     assert after["status"] == "completed" and after["cancel_requested_at"] is None
 
 
+def delivery_outcome(sessions: sessionmaker[Session], delivery_id: uuid.UUID) -> Any:
+    """The delivery's row once its first attempt is recorded (or after 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        with sessions() as session:
+            row = session.execute(
+                text("SELECT status, attempts, last_error FROM webhook_deliveries WHERE id = :d"), {"d": delivery_id}
+            ).one()
+        if row.status != "pending" or row.last_error is not None or time.monotonic() > deadline:
+            return row
+        time.sleep(0.2)
+
+
 def test_a_webhook_whose_body_cannot_be_built_is_marked_failed_not_retried_forever(
     stack: Api, key: str, sessions: sessionmaker[Session]
 ) -> None:
-    """A batch stored with metadata that is not an object (as multipart runs once could) cannot
-    be shown: its delivery fails once, for good, and the other deliveries go on."""
+    """A job whose stored output is not an object (a row written by hand) cannot be shown: its
+    delivery fails once, for good, and the other deliveries go on. A bulk run stored with
+    metadata that is not an object (as multipart runs once could) reads back under ``value``."""
     with stack.client(key) as http:
-        tenant_id = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "t"}}).json()["id"]
+        job = http.post("/v1/jobs?wait=120", json={"kind": "embedding", "input": {"text": "t"}}).json()
+    assert job["status"] == "succeeded", job
+    job_id, batch_id, job_hook, batch_hook = uuid.UUID(job["id"]), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     with sessions.begin() as session:
-        tenant_id = session.execute(select(Job.tenant_id).where(Job.id == uuid.UUID(tenant_id))).scalar_one()
-        batch_id = uuid.uuid4()
-        values = {"id": batch_id, "t": tenant_id, "d": uuid.uuid4()}
+        tenant_id = session.execute(select(Job.tenant_id).where(Job.id == job_id)).scalar_one()
+        values = {"id": batch_id, "t": tenant_id, "job": job_id, "jd": job_hook, "bd": batch_hook}
+        session.execute(text("UPDATE jobs SET output = '\"not an object\"' WHERE id = :job"), values)
         session.execute(
             text("INSERT INTO batches (id, tenant_id, total, priority, metadata) VALUES (:id, :t, 0, 2, '[1]')"), values
         )
         session.execute(
             text(
-                "INSERT INTO webhook_deliveries (id, tenant_id, batch_id, url, status, attempts) "
-                "VALUES (:d, :t, :id, 'http://127.0.0.1:9/', 'pending', 0)"
+                "INSERT INTO webhook_deliveries (id, tenant_id, job_id, batch_id, url, status, attempts) VALUES "
+                "(:jd, :t, :job, NULL, 'http://127.0.0.1:9/', 'pending', 0), "
+                "(:bd, :t, NULL, :id, 'http://127.0.0.1:9/', 'pending', 0)"
             ),
             values,
         )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with sessions() as session:
-            row = session.execute(
-                text("SELECT status, attempts, last_error FROM webhook_deliveries WHERE batch_id = :b"), {"b": batch_id}
-            ).one()
-        if row.status != "pending":
-            break
-        time.sleep(0.2)
-    with sessions.begin() as session:  # a row the API can no longer store: leave none for later tests' pages
-        session.execute(text("DELETE FROM batches WHERE id = :id"), {"id": batch_id})
-    assert row.status == "failed" and row.attempts == 1 and "cannot be built" in row.last_error, row
+    try:
+        unbuildable, odd_metadata = delivery_outcome(sessions, job_hook), delivery_outcome(sessions, batch_hook)
+        with stack.client(key) as http:
+            shown = http.get(f"/v1/batches/{batch_id}")
+    finally:
+        with sessions.begin() as session:  # rows the API can no longer store: leave none for later tests' pages
+            session.execute(text("DELETE FROM jobs WHERE id = :job"), {"job": job_id})
+            session.execute(text("DELETE FROM batches WHERE id = :id"), {"id": batch_id})
+    assert unbuildable.status == "failed" and unbuildable.attempts == 1, unbuildable
+    assert "cannot be built" in unbuildable.last_error, unbuildable
+    # the run's body was built and sent (port 9 refuses it: a retry is due, not a final failure)
+    assert odd_metadata.attempts >= 1 and "cannot be built" not in (odd_metadata.last_error or ""), odd_metadata
+    assert shown.status_code == 200 and shown.json()["metadata"] == {"value": [1]}, shown.text
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
