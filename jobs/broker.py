@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobs.redisconn import broker_transport_options, broker_url
 from jobs.settings import Settings
 
 VISIBILITY_TIMEOUT_S = 3 * 3600  # above the longest time limit; the Postgres lease decides ownership
@@ -15,7 +16,7 @@ VISIBILITY_TIMEOUT_S = 3 * 3600  # above the longest time limit; the Postgres le
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
-        "broker_url": settings.require_redis_url(),
+        "broker_url": broker_url(settings.require_redis_url()),  # a Sentinel URL follows the master
         "task_serializer": "json",
         "accept_content": ["json"],  # a pickled message is refused, never run
         "result_serializer": "json",
@@ -30,6 +31,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": VISIBILITY_TIMEOUT_S,
             "socket_timeout": settings.publish_timeout_s,
             "socket_connect_timeout": settings.publish_timeout_s,
+            **broker_transport_options(settings, timeout_s=settings.publish_timeout_s),  # Sentinel's master name
         },
         "task_publish_retry": True,
         "task_publish_retry_policy": {

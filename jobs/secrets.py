@@ -2,6 +2,9 @@
 ("changeme", "password", ...) stops ``mlq api``, ``mlq worker``, ``mlq reconcile`` and
 ``mlq flower`` at startup, unless they run inside ``mlq standalone`` (a demo on one machine).
 
+A Sentinel ``MLQ_REDIS_URL`` is checked on each of its addresses, and the sentinels' own
+``MLQ_REDIS_SENTINEL_PASSWORD`` with it.
+
 An empty password is not a placeholder: it means the server trusts the connection
 (a Unix socket, trust authentication), which is a deployment's own choice.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
+from jobs.redisconn import is_sentinel_url
 from jobs.settings import Settings
 
 PLACEHOLDERS = frozenset({
@@ -33,13 +37,24 @@ def url_password(url: str | None) -> str:
     return unquote(urlsplit(url.replace("postgresql+psycopg://", "postgresql://", 1)).password or "")
 
 
+def url_passwords(url: str | None) -> list[str]:
+    """Every password in ``url``: one, or one per address of a Sentinel URL (``…;…``)."""
+    if not url:
+        return []
+    if is_sentinel_url(url):
+        return [url_password(part) for part in url.split(";") if part.strip()]
+    return [url_password(url)]
+
+
 def placeholder_secrets(settings: Settings, *, basic_auth: str | None = None) -> list[str]:
     """The settings whose password is a known placeholder, by name."""
     found = [
         name
         for name, url in (("MLQ_DATABASE_URL", settings.database_url), ("MLQ_REDIS_URL", settings.redis_url))
-        if is_placeholder(url_password(url))
+        if any(is_placeholder(password) for password in url_passwords(url))
     ]
+    if settings.redis_sentinel_password and is_placeholder(settings.redis_sentinel_password):
+        found.append("MLQ_REDIS_SENTINEL_PASSWORD")
     if basic_auth and any(is_placeholder(pair.partition(":")[2]) for pair in basic_auth.split(",")):
         found.append("MLQ_FLOWER_BASIC_AUTH")
     return found

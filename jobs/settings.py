@@ -17,7 +17,12 @@ class Settings(BaseSettings):
 
     # Unset URLs mean: `mlq standalone` starts the embedded servers under data_dir.
     database_url: str | None = None
-    redis_url: str | None = None
+    redis_url: str | None = None  # redis://…, or Sentinel's sentinel://:pw@s1:26379;sentinel://:pw@s2:26379/0
+    # with a sentinel:// MLQ_REDIS_URL: the name the sentinels monitor the master by (SENTINEL MONITOR
+    # <name> ...; "mymaster" is Redis's own example), and the sentinels' own password (their requirepass)
+    # when they have one; the URL's password is the master's
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str | None = None
     data_dir: Path = Path(".mlq")
     artifacts_dir: Path | None = None  # defaults to <data_dir>/artifacts
     models: Path | None = None  # models file (TOML); defaults to the bundled demo profile

@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 
+from jobs.redisconn import open_redis
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -80,7 +82,7 @@ def start_redis(data_dir: Path, *, port: int | None = None, persist: bool = True
         stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
+    client = open_redis(url, timeout_s=1)
     deadline = time.monotonic() + 20
     while True:
         try:

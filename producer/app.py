@@ -39,12 +39,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.require_database_url(), pool_size=settings.db_pool_size)
         publisher = Publisher(settings)
-        limiter = RateLimiter(settings.require_redis_url())
+        limiter = RateLimiter(settings)
         waiter = Waiter(settings.require_database_url())
         waiter.start()
         sessions = make_sessionmaker(engine)
         artifacts = LocalArtifactStore(settings.artifacts_path)
-        live = Live(redis_url=settings.require_redis_url(), sessions=sessions, publisher=publisher)
+        live = Live(settings=settings, sessions=sessions, publisher=publisher)
         dispatcher = Dispatcher(sessions=sessions, settings=settings) if settings.webhooks_in_api else None
         if dispatcher is not None:
             dispatcher.start()

@@ -9,11 +9,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.kinds import KINDS
 from jobs.queues import MAX_PRIORITY, queue_name
+from jobs.redisconn import open_redis
+from jobs.settings import Settings
 from producer import ops_queries as ops
 from producer.publish import Publisher
 
@@ -21,6 +22,7 @@ PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's Redis priority steps (0 most urgent)
 PRIORITY_SEPARATOR = "\x06\x16"  # kombu names a step's list <queue><separator><step>
 CACHE_S = 2.0
 PING_TIMEOUT_S = 1.0
+REDIS_TIMEOUT_S = 1.0
 
 T = TypeVar("T")
 
@@ -40,8 +42,8 @@ class Cached(Generic[T]):
 
 
 class Live:
-    def __init__(self, *, redis_url: str, sessions: sessionmaker[Session], publisher: Publisher) -> None:
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    def __init__(self, *, settings: Settings, sessions: sessionmaker[Session], publisher: Publisher) -> None:
+        self.redis = open_redis(settings, timeout_s=REDIS_TIMEOUT_S)  # the Sentinel master, when so configured
         self._sessions = sessions
         self.publisher = publisher
         self.depth = Cached(self._queue_depth)

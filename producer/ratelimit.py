@@ -18,11 +18,15 @@ from dataclasses import dataclass
 
 import redis
 
+from jobs.redisconn import open_redis
+from jobs.settings import Settings
+
 log = logging.getLogger("mlq.ratelimit")
 
 WINDOW_S = 60
 ACTIVE_RETRY_AFTER_S = 5  # a quota on active jobs frees up as jobs finish: look again soon
 RESERVE_SHARE = 100  # minute tokens are taken from Redis in blocks of 1/100th of the limit
+REDIS_TIMEOUT_S = 0.5  # a slow Redis costs a submission this much at most, then the limit fails open
 ACTIVE_RECOUNT_S = 1.0  # active jobs are counted in PostgreSQL at most this often per tenant and kind
 
 
@@ -35,8 +39,9 @@ class Limits:
 class RateLimiter:
     """A fixed one-minute window per tenant: INCRBY on ``mlq:rate:<tenant>:<minute>``."""
 
-    def __init__(self, redis_url: str) -> None:
-        self.client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    def __init__(self, redis_from: Settings | str) -> None:
+        """``redis_from``: the settings (MLQ_REDIS_URL, a Sentinel one included), or a URL."""
+        self.client = open_redis(redis_from, timeout_s=REDIS_TIMEOUT_S)
         self._active: dict[tuple[uuid.UUID, str], tuple[float, int]] = {}
         self._reserved: dict[uuid.UUID, tuple[int, int]] = {}  # tenant -> (window, tokens taken, unspent)
         self._lock = threading.Lock()
