@@ -34,7 +34,10 @@ class LoadedModels:
         self.footprints: dict[str, int] = {}
         self.call_costs: dict[str, float] = {}  # kind -> a model call's cost in padded tokens (workers.calls)
         self.last_used: dict[str, float] = {}
-        self._loading: dict[str, threading.Lock] = {}  # one per kind: a model loads once
+        # One load at a time in a process: a model loads once, and two kinds' from_pretrained on two
+        # threads (the preload thread and a job) broke one of them ("Cannot copy out of meta
+        # tensor": transformers builds a model on the meta device and that is not thread-safe)
+        self._loading = threading.Lock()
 
     def spec(self, kind: str) -> ModelSpec:
         spec = self.models.spec(kind)
@@ -44,12 +47,12 @@ class LoadedModels:
 
     def get(self, kind: str) -> Adapter[Any]:
         """The loaded adapter of ``kind``, loading it on first use (and, over the memory
-        budget, unloading the models used longest ago first). Each kind loads once, under a
-        lock of its own: the preload thread and a job may ask for it at the same time."""
+        budget, unloading the models used longest ago first). Each kind loads once, and one
+        at a time: the preload thread and a job may ask at the same time."""
         self.last_used[kind] = time.monotonic()
         if kind in self.adapters:
             return self.adapters[kind]
-        with self._loading.setdefault(kind, threading.Lock()):  # setdefault is atomic in CPython
+        with self._loading:
             if kind not in self.adapters:
                 self._load(kind)
         return self.adapters[kind]
