@@ -9,7 +9,7 @@ STAMP := .installed.stamp
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install run demo test lint browser unit integration e2e bench clean
+.PHONY: install run demo test lint browser sentinel faketime unit integration e2e bench clean
 
 install: $(STAMP)
 
@@ -40,7 +40,21 @@ browser:
 	  $(SUDO) apt-get install -y -q chromium chromium-driver || \
 	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver)
 
-test: install lint browser  ## lint, then every test (real Redis, PostgreSQL, Celery workers, Chromium)
+# The Redis failover test runs real sentinels: Debian's redis-sentinel, installed the same way
+# when missing (the test falls back to `redis-server --sentinel` where it cannot be installed).
+sentinel:
+	@command -v redis-sentinel >/dev/null || \
+	  $(SUDO) apt-get install -y -q redis-sentinel || \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-sentinel)
+
+# The multi-host fault tests (tests/faults/test_hosts.py) run a worker host whose clock is
+# 10 minutes off with libfaketime: Debian's faketime, installed the same way when missing.
+faketime:
+	@command -v faketime >/dev/null || \
+	  $(SUDO) apt-get install -y -q faketime || \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q faketime)
+
+test: install lint browser sentinel faketime  ## lint, then every test (real Redis, Sentinel, PostgreSQL, workers, Chromium)
 	$(BIN)/python -m pytest
 
 unit: install

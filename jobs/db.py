@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+from sqlalchemy import URL, Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -10,17 +12,74 @@ NOTIFY_CHANNEL = "mlq_job_finished"  # payload: comma-separated ids of jobs that
 
 
 def normalize_url(url: str) -> str:
-    """Accept postgres://, postgresql:// and postgresql+psycopg:// alike."""
-    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    """Accept postgres://, postgresql:// and postgresql+psycopg:// alike, and libpq's list of
+    hosts (``postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write``, for a
+    primary and its standbys), which SQLAlchemy spells ``?host=h1,h2&port=5432,5433``."""
+    parsed = make_url(_hosts_to_query(url.replace("postgres://", "postgresql://", 1)))
     if parsed.drivername in ("postgresql", "postgresql+psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
 
 
 def libpq_url(url: str) -> str:
-    """The same database as a plain libpq URL (for psycopg.connect)."""
+    """The same database as a plain libpq URL (for psycopg.connect), a list of hosts in libpq's
+    own form: ``postgresql://u@h1:5432,h2:5433/db?...``."""
     parsed = make_url(normalize_url(url)).set(drivername="postgresql")
-    return parsed.render_as_string(hide_password=False)
+    hosts = _listed_hosts(parsed)
+    if hosts is None:
+        return parsed.render_as_string(hide_password=False)
+    auth = quote(parsed.username or "", safe="")
+    if parsed.password is not None:
+        auth += ":" + quote(str(parsed.password), safe="")
+    netloc = ",".join(_host_port(host, port) for host, port in hosts)
+    rest = [(k, v) for k, vs in parsed.query.items() if k not in ("host", "port") for v in _values(vs)]
+    query = "?" + urlencode(rest) if rest else ""
+    return f"postgresql://{auth + '@' if auth else ''}{netloc}/{quote(parsed.database or '', safe='')}{query}"
+
+
+def _host_port(host: str, port: str) -> str:
+    name = f"[{host}]" if ":" in host else quote(host, safe="")  # an IPv6 address in brackets
+    return f"{name}:{port}" if port else name
+
+
+def _values(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else value
+
+
+def _hosts_to_query(url: str) -> str:
+    """libpq's ``h1:p1,h2:p2`` in the authority moved to ``?host=h1,h2&port=p1,p2``; else ``url``."""
+    parts = urlsplit(url)
+    auth, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return url
+    names, ports = [], []
+    for one in hosts.split(","):
+        if one.startswith("["):  # [IPv6]:port
+            name, _, port = one[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            name, _, port = one.partition(":")
+        names.append(unquote(name))
+        ports.append(port)
+    query = parts.query + ("&" if parts.query else "") + urlencode({"host": ",".join(names)})
+    if any(ports):
+        query += "&" + urlencode({"port": ",".join(ports)})
+    return parts._replace(netloc=auth + at, query=query).geturl()
+
+
+def _listed_hosts(parsed: URL) -> list[tuple[str, str]] | None:
+    """The (host, port) pairs of a URL that lists several hosts in its query; None for one."""
+    host = parsed.query.get("host")
+    if isinstance(host, tuple):  # SQLAlchemy's other spelling: ?host=h1:p1&host=h2:p2
+        return [(name, port) for name, _, port in (h.partition(":") for h in host)]
+    if host is None or "," not in host:
+        return None
+    names, ports = host.split(","), ",".join(_values(parsed.query.get("port", ""))).split(",")
+    if len(ports) == 1:
+        ports *= len(names)  # libpq: one port for every host
+    if len(ports) != len(names):
+        raise ValueError(f"the database URL lists {len(names)} hosts and {len(ports)} ports")
+    return list(zip(names, ports, strict=True))
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:

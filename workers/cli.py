@@ -233,6 +233,7 @@ def reconcile(
         models=load_models_file(settings.models),
         requeue_after_s=settings.requeue_after_s,
         prune=PruneSchedule(pruner, every_s=settings.prune_every_s),
+        lease_grace_s=settings.lease_s,
     )
     if once:
         done = reconciler.run_once()

@@ -25,6 +25,10 @@ log = logging.getLogger("mlq.runner")
 
 STORE_RETRY_BASE_S = 0.2  # first pause before a result write is tried again while PostgreSQL is away
 STORE_RETRY_MAX_S = 5.0  # the longest
+# How long a claim's computed results wait for PostgreSQL (a lease, when longer): a restart, or a
+# standby promoted after the primary's loss, takes seconds to a minute. Nobody can take the jobs
+# back meanwhile (the reconciler needs PostgreSQL too, and gives leases a grace once it is back).
+STORE_WAIT_S = 120.0
 
 
 @dataclass
@@ -45,11 +49,12 @@ def write_results(
     *,
     lease_s: float,
 ) -> tuple[set[uuid.UUID], list[Done | Failed]]:
-    """Write a claim's results in one transaction. While PostgreSQL is away (a restart) the
-    write is tried again with backoff for up to a lease, so computed results are not thrown
-    away; the attempt fence makes a late write harmless. Returns the ids written and the
-    outcomes as stored (a result PostgreSQL refused becomes a ``result_not_storable`` failure)."""
-    deadline = time.monotonic() + lease_s
+    """Write a claim's results in one transaction. While PostgreSQL is away (a restart, a
+    failover) the write is tried again with backoff for up to ``STORE_WAIT_S`` (or a lease), so
+    computed results are not thrown away; the attempt fence makes a late write harmless. Returns
+    the ids written and the outcomes as stored (a result PostgreSQL refused becomes a
+    ``result_not_storable`` failure)."""
+    deadline = time.monotonic() + max(lease_s, STORE_WAIT_S)
     tries = 0
     storing_failures = False
     # The finish statement alone (it carries its NOTIFY) needs no transaction; files,
