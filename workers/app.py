@@ -33,6 +33,7 @@ from jobs.modelsfile import load_models_file
 from jobs.queues import queue_name, task_name
 from jobs.settings import Settings, get_settings
 from workers.outcomes import is_transient_db_error
+from workers.redis_acks import free_slots_on_failed_acks
 from workers.runner import Runner
 
 log = logging.getLogger("mlq.worker")
@@ -168,4 +169,5 @@ def _close(**_: Any) -> None:
         _runner.sessions.kw["bind"].dispose()
 
 
+free_slots_on_failed_acks()
 app = create_app()
