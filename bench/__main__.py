@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import batch_accept, fairness, hostile, latency, openai_sdk, pipeline, retention, throughput
+from bench import batch_accept, fairness, hostile, latency, openai_sdk, pipeline, retention, soak, throughput
 
 BENCHMARKS = {
     "latency": latency.main,
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "openai": openai_sdk.main,
     "fairness": fairness.main,
     "retention": retention.main,
+    "soak": soak.main,
 }
 
 if __name__ == "__main__":
