@@ -11,7 +11,6 @@ from typing import Any
 from jobs.redisconn import broker_transport_options, broker_url
 from jobs.settings import Settings
 
-BROKER_HEALTH_CHECK_S = 5
 VISIBILITY_TIMEOUT_S = 3 * 3600  # above the longest time limit; the Postgres lease decides ownership
 
 
@@ -32,10 +31,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": VISIBILITY_TIMEOUT_S,
             "socket_timeout": settings.publish_timeout_s,
             "socket_connect_timeout": settings.publish_timeout_s,
-            # kombu drops a BRPOP connection whose reply is overdue by this much and reconnects:
-            # a consumer on a half-open link (cut, nothing sent back) takes messages again within
-            # about 1 + 2 x 5 s (kombu's default of 25 s: 51 s, idle meanwhile)
-            "health_check_interval": BROKER_HEALTH_CHECK_S,
             **broker_transport_options(settings, timeout_s=settings.publish_timeout_s),  # Sentinel's master name
         },
         "task_publish_retry": True,

@@ -136,7 +136,7 @@ class HostProc(Proc):
         ARTIFACTS.mkdir(exist_ok=True)
         self.name, self.host = name, host
         self.log_path = ARTIFACTS / f"{name}-{os.getpid()}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop(); a replaced process appends
         self.popen = subprocess.Popen(
             host.command([MLQ, *args], clock_offset=clock), env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
