@@ -246,30 +246,32 @@ class Pruner:
 
     def prune_single_jobs(self, *, tenant_id: uuid.UUID, cutoff: datetime) -> Pruned:
         done = Pruned()
-        after_at, after_id = BEGINNING
-        while True:
-            params = {"tenant": tenant_id, "cutoff": cutoff, "after_at": after_at, "after_id": after_id}
-            row = self._delete_jobs(SINGLE_JOBS, params, done)
-            if row.taken < self.batch_rows:
-                return done
-            after_at, after_id = row.created_at, row.id
+        self._walk(tenant_id=tenant_id, cutoff=cutoff, each=lambda params: self._delete_jobs(SINGLE_JOBS, params, done))
+        return done
 
     def prune_unused_uploads(self, *, tenant_id: uuid.UUID, cutoff: datetime) -> Pruned:
         done = Pruned()
-        after_at, after_id = BEGINNING
-        while True:
+
+        def each(params: dict[str, Any]) -> Any:
             with self.sessions.begin() as session:
                 session.execute(ASYNC_COMMIT)
-                row = session.execute(
-                    UNUSED_UPLOADS,
-                    {"tenant": tenant_id, "cutoff": cutoff, "after_at": after_at, "after_id": after_id,
-                     "n": self.batch_rows},
-                ).one()  # fmt: skip
+                row = session.execute(UNUSED_UPLOADS, {**params, "n": self.batch_rows}).one()
             done.transactions += 1
             self._remove_stored(row.stored)
             done.files += row.files
+            return row
+
+        self._walk(tenant_id=tenant_id, cutoff=cutoff, each=each)
+        return done
+
+    def _walk(self, *, tenant_id: uuid.UUID, cutoff: datetime, each: Any) -> None:
+        """Call ``each`` with a tenant's cursor from its first row on, a transaction of at most
+        ``batch_rows`` each time, until one takes fewer (the row it returns says where it ended)."""
+        after_at, after_id = BEGINNING
+        while True:
+            row = each({"tenant": tenant_id, "cutoff": cutoff, "after_at": after_at, "after_id": after_id})
             if row.taken < self.batch_rows:
-                return done
+                return
             after_at, after_id = row.created_at, row.id
 
     def prune_batches(self, *, tenant_id: uuid.UUID, cutoff: datetime) -> Pruned:
