@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from mlq.embedded import free_port
+from mlq.embedded import free_port, stop_process
 from tests.services import unavailable
 
 QUORUM = 2  # of three sentinels: one may be lost, and two must agree the master is down
@@ -31,13 +31,7 @@ class Server:
     process: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @dataclass
