@@ -146,6 +146,7 @@ class Reconciler:
                             self.prune.tick()
                         time.sleep(every_s)
                         lock.execute(text("SELECT 1"))  # notice a lost connection, and with it the lock
+                        lock.commit()  # not "idle in transaction" (idle_in_transaction_session_timeout)
             except Exception as exc:  # a PostgreSQL restart: reconnect, take the lock again
                 log.warning("reconciler lost PostgreSQL (%s); retrying", exc)
                 time.sleep(every_s)

@@ -172,12 +172,17 @@ def resumes_consuming(stack: HostStack, timeout_s: float = 60) -> bool:
     """Whether worker a takes messages again: worker b is held on a claim (it prefetches no more),
     so the wake-ups of a few more jobs wait for worker a. Within a minute: a consumer left on a
     half-open link is reconnected by kombu's BRPOP check within 51 s, and Celery's reconnects
-    back off."""
+    back off.
+
+    The jobs go in one at a time: the API shares one wake-up among submissions that arrive
+    together (producer/intake.py ``_wake``), so eight at once could make a single message,
+    which worker b takes, and worker a, consuming all along, would get none (CI saw exactly
+    that: worker a sent a BRPOP every second and Redis had nothing for it)."""
     wa = stack.procs["wa"]
     received = logged(wa, "] received")
     stack.holds["wb"].on()
     try:
-        stack.submit_jobs(8)
+        stack.submit_jobs(8, threads=1)
         deadline = time.monotonic() + timeout_s
         while logged(wa, "] received") == received and time.monotonic() < deadline:
             time.sleep(0.2)
