@@ -82,9 +82,23 @@ def _listed_hosts(parsed: URL) -> list[tuple[str, str]] | None:
     return list(zip(names, ports, strict=True))
 
 
+# Every statement planned for the values it runs with. psycopg prepares a statement on its
+# fifth run, and PostgreSQL may then keep one generic plan for the connection's life: chosen
+# while the queue held a few hundred rows, the claim's was two sequential scans of ``jobs``
+# (a ``ctid = ANY`` filter instead of a TID scan), 90 ms a claim once a bulk run had queued
+# 200,000 rows, against 2 ms planned afresh; the 200,000 drained at 110 jobs/s instead of
+# 3,300 (bench soak). Nothing replans it where autovacuum's ANALYZE does not run, and even
+# with it, not before the next ANALYZE. Planning costs ~0.1-1 ms of PostgreSQL's CPU a
+# statement (tests/integration/test_claim_plans.py).
+SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan"
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    parsed = make_url(normalize_url(url))
+    given = parsed.query.get("options")  # a URL's own ?options=-c ... (search_path, say) are kept
+    options = " ".join([*_values(given), SESSION_OPTIONS]) if given else SESSION_OPTIONS
     return create_engine(
-        normalize_url(url),
+        parsed.difference_update_query(["options"]),
         pool_size=pool_size,
         max_overflow=pool_size,
         # No ping before each checkout: it is one more round trip on every request and every
@@ -93,7 +107,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         # the API answers that one request 503 (Retry-After), a worker retries its task.
         pool_pre_ping=False,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 5},
+        connect_args={"connect_timeout": 5, "options": options},
     )
 
 

@@ -1,0 +1,97 @@
+"""A worker's claim stays an index walk as its queue grows from hundreds to 100,000 rows in one
+connection's life (jobs/db.py ``SESSION_OPTIONS``).
+
+Without it PostgreSQL switched this very sequence of claims to a generic plan after five runs:
+two sequential scans of ``jobs``, 90 ms a claim at 200,000 queued rows against 2 ms (found by
+``bench soak``, where a bulk run drained 30 times slower than after a reconnect)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import lifecycle
+from jobs.db import make_engine, make_sessionmaker, single_statements
+from jobs.migrate import upgrade
+from tests.services import Services, fresh_database
+
+KIND = "text-classification"
+
+
+@pytest.fixture
+def engine(services: Services) -> Iterator[Engine]:
+    with fresh_database(services.pg_admin_url) as url:
+        upgrade(url)
+        # a URL's own options are kept beside mlq's: statement_timeout stands for any of them
+        engine = make_engine(url + "?options=-c%20statement_timeout%3D123456", pool_size=1)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+def queue(engine: Engine, tenant: uuid.UUID, n: int, *, priority: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                """
+                INSERT INTO jobs (id, tenant_id, kind, model, profile, status, priority, input, metadata,
+                                  attempt, max_attempts, fair_vt)
+                SELECT gen_random_uuid(), :tenant, :kind, 'm', 'default', 'queued', :priority,
+                       '{"text": "x"}', '{}', 0, 3, g
+                FROM generate_series(1, :n) g
+                """
+            ),
+            {"tenant": tenant, "kind": KIND, "priority": priority, "n": n},
+        )
+
+
+def claim(sessions: sessionmaker[Session], fill_to: int) -> int:
+    with sessions.begin() as session:
+        taken = lifecycle.claim(session, job_ids=[uuid.uuid4()], kind=KIND, worker="w", lease_s=30, fill_to=fill_to)
+    return len(taken)
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
+
+
+def test_the_claim_is_planned_for_its_values_as_the_queue_grows(engine: Engine) -> None:
+    tenant = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, webhook_secret) VALUES (:id, 'plans', 's')"), {"id": tenant})
+    sessions = single_statements(make_sessionmaker(engine))  # pool_size 1: every claim on one connection
+    for _ in range(40):  # interactive traffic: a small queue, claimed as it comes
+        queue(engine, tenant, 80, priority=5)
+        assert [claim(sessions, 16) for _ in range(5)] == [16, 16, 16, 16, 16]
+    queue(engine, tenant, 100_000, priority=2)  # then a bulk run lands
+    assert [claim(sessions, 32) for _ in range(3)] == [32, 32, 32]
+
+    with sessions.begin() as session:
+        [(name, generic, custom)] = session.execute(
+            text(
+                "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%WITH own AS%'"
+            )
+        ).all()
+        # 203 claims: psycopg prepares the statement from its sixth run; each of the 198 planned afresh
+        assert (generic, custom) == (0, 198)
+        [[explained]] = session.execute(
+            text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {name}('{{{uuid.uuid4()}}}', '{KIND}', 32, 'w', 30)")
+        ).one()
+        pages = session.execute(text("SELECT pg_relation_size('jobs') / current_setting('block_size')::int")).scalar()
+    plan = explained["Plan"]
+    scans = {(n["Node Type"], n.get("Relation Name")) for n in nodes(plan)}
+    assert ("Seq Scan", "jobs") not in scans, scans
+    assert plan["Actual Rows"] == 32
+    assert plan["Shared Hit Blocks"] + plan.get("Shared Read Blocks", 0) < pages / 2, (plan, pages)
+    with engine.connect() as conn:
+        assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "123456ms"
