@@ -82,14 +82,14 @@ def _listed_hosts(parsed: URL) -> list[tuple[str, str]] | None:
     return list(zip(names, ports, strict=True))
 
 
-# Every statement planned for the values it runs with. psycopg prepares a statement on its
+# Every statement planned for the values it runs with. psycopg prepares a statement after its
 # fifth run, and PostgreSQL may then keep one generic plan for the connection's life: chosen
 # while the queue held a few hundred rows, the claim's was two sequential scans of ``jobs``
 # (a ``ctid = ANY`` filter instead of a TID scan), 90 ms a claim once a bulk run had queued
 # 200,000 rows, against 2 ms planned afresh; the 200,000 drained at 110 jobs/s instead of
 # 3,300 (bench soak). Nothing replans it where autovacuum's ANALYZE does not run, and even
-# with it, not before the next ANALYZE. Planning costs ~0.1-1 ms of PostgreSQL's CPU a
-# statement (tests/integration/test_claim_plans.py).
+# with it, not before the next ANALYZE (tests/integration/test_claim_plans.py). The price:
+# single jobs ~10 % slower in bench pipeline, bulk runs within noise (bench/README.md).
 SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan"
 
 
