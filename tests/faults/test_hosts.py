@@ -243,8 +243,9 @@ def test_delay_and_loss_on_every_worker_link(stack: HostStack, network: Network)
     report_wrong(watcher, figures)
     assert figures["succeeded"] == N
     if missing:
-        # 4 relays, the first loss of each at its 10th chunk: 40 chunks make at least one lost
-        assert figures["chunks_delayed"] >= 40 and figures["chunks_lost"] >= 1, figures
+        # the fault hit live work: chunks were delayed and at least one held back a retransmission
+        # timeout (a relay loses its first at its 10th chunk; a run moves 37-95 chunks in all)
+        assert figures["chunks_lost"] >= 1 and figures["chunks_delayed"] > figures["chunks_lost"], figures
 
 
 def relay_counts(stack: HostStack, hosts: list[Host]) -> dict[str, int]:
