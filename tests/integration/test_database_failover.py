@@ -36,13 +36,13 @@ def behind_a_dead_host(database_url: str) -> str:
     return libpq_url(url.set(host=None, port=None, query=query).render_as_string(hide_password=False))
 
 
-def test_a_multi_host_url_passes_a_host_that_is_down(settings: Settings) -> None:
-    url = behind_a_dead_host(settings.require_database_url())
+def test_a_multi_host_url_passes_a_host_that_is_down(own_settings: Settings) -> None:
+    url = behind_a_dead_host(own_settings.require_database_url())
     upgrade(url)  # the migrations take it (the database is at head: nothing to do)
     engine = make_engine(url, pool_size=1)
     try:
         with engine.connect() as conn:
-            database = make_url(settings.require_database_url()).database
+            database = make_url(own_settings.require_database_url()).database
             assert conn.execute(text("SELECT current_database()")).scalar() == database
     finally:
         engine.dispose()
@@ -51,29 +51,29 @@ def test_a_multi_host_url_passes_a_host_that_is_down(settings: Settings) -> None
 
 
 def test_a_reconciler_back_after_losing_postgresql_waits_a_lease_before_taking_leases_back(
-    sessions: sessionmaker[Session], settings: Settings, services: Services
+    own_sessions: sessionmaker[Session], own_settings: Settings, services: Services
 ) -> None:
     """Its workers lost PostgreSQL too, and could not renew: the one still alive renews within
     the grace and keeps its job; the dead one's job is taken back after it."""
-    alive, dead = queued_job(sessions), queued_job(sessions)
-    claim_and_expire(sessions, alive)
-    claim_and_expire(sessions, dead)
+    alive, dead = queued_job(own_sessions), queued_job(own_sessions)
+    claim_and_expire(own_sessions, alive)
+    claim_and_expire(own_sessions, dead)
     with fresh_redis_db(services.redis_base_url) as redis_url:
         app = Celery("test-failover")
-        app.conf.update(celery_config(Settings(**{**settings.model_dump(), "redis_url": redis_url})))
-        engine = make_engine(settings.require_database_url(), pool_size=1)
+        app.conf.update(celery_config(Settings(**{**own_settings.model_dump(), "redis_url": redis_url})))
+        engine = make_engine(own_settings.require_database_url(), pool_size=1)
         reconciler = Reconciler(
             engine=engine, app=app, models=load_models_file("demo"), requeue_after_s=3600, lease_grace_s=GRACE_S
         )
         try:
             reconciler.became_active()
             assert reconciler.run_once().requeued == 0  # both expired, within the grace
-            with sessions.begin() as session:  # the live worker's renewal, its first since PostgreSQL came back
+            with own_sessions.begin() as session:  # the live worker's renewal, its first since PostgreSQL came back
                 assert lifecycle.extend_leases(session, job_ids=[alive], attempts=[1], lease_s=30) == 1
             time.sleep(GRACE_S)
             assert reconciler.run_once().requeued >= 1
         finally:
             engine.dispose()
             app.close()
-    assert row(sessions, alive)["status"] == "running"
-    assert (row(sessions, dead)["status"], row(sessions, dead)["attempt"]) == ("queued", 1)
+    assert row(own_sessions, alive)["status"] == "running"
+    assert (row(own_sessions, dead)["status"], row(own_sessions, dead)["attempt"]) == ("queued", 1)

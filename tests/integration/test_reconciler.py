@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import uuid
 
+import pytest
 import redis
 from celery import Celery
 from prometheus_client import REGISTRY
@@ -18,7 +20,7 @@ from jobs.db import make_engine
 from jobs.modelsfile import load_models_file
 from jobs.settings import Settings
 from tests.services import Services, fresh_redis_db
-from workers.reconciler import Reconciler
+from workers.reconciler import Reconciler, warn_if_autovacuum_is_off
 
 
 def queued_job(sessions: sessionmaker[Session], *, max_attempts: int = 3) -> uuid.UUID:
@@ -53,30 +55,30 @@ def row(sessions: sessionmaker[Session], job_id: uuid.UUID) -> dict[str, object]
         return dict(found)
 
 
-def test_a_cancel_asked_while_it_ran_holds_when_its_worker_dies(sessions: sessionmaker[Session]) -> None:
+def test_a_cancel_asked_while_it_ran_holds_when_its_worker_dies(own_sessions: sessionmaker[Session]) -> None:
     """A dead worker's job goes back to the queue, unless its cancel was asked: then it ends
     cancelled (before, it ran again and ignored the request, or failed with
     max_attempts_exceeded on its last attempt)."""
-    job_id = queued_job(sessions, max_attempts=3)
-    claim_and_expire(sessions, job_id)
-    with sessions.begin() as session:
+    job_id = queued_job(own_sessions, max_attempts=3)
+    claim_and_expire(own_sessions, job_id)
+    with own_sessions.begin() as session:
         session.execute(text("UPDATE jobs SET cancel_requested_at = now() WHERE id = :id"), {"id": job_id})
-    with sessions.begin() as session:  # other tests' expired leases are taken back too: all of them
+    with own_sessions.begin() as session:  # other tests' expired leases are taken back too: all of them
         taken = lifecycle.expired_leases(session, limit=100_000)
     assert job_id in taken.cancelled and job_id not in [w.id for w in taken.requeued]
-    final = row(sessions, job_id)
+    final = row(own_sessions, job_id)
     assert final["status"] == "cancelled" and final["error_code"] is None and final["attempt"] == 1
     assert [h["reason"] for h in final["history"]] == ["lease expired"]  # type: ignore[union-attr]
 
 
-def test_expired_lease_goes_back_to_queued_then_to_the_dead_letter(sessions: sessionmaker[Session]) -> None:
-    job_id = queued_job(sessions, max_attempts=2)
+def test_expired_lease_goes_back_to_queued_then_to_the_dead_letter(own_sessions: sessionmaker[Session]) -> None:
+    job_id = queued_job(own_sessions, max_attempts=2)
     for attempt in (1, 2):
-        claim_and_expire(sessions, job_id)
-        with sessions.begin() as session:
+        claim_and_expire(own_sessions, job_id)
+        with own_sessions.begin() as session:
             taken = lifecycle.expired_leases(session, limit=100)
         assert job_id in ([w.id for w in taken.requeued] if attempt == 1 else taken.dead)
-    final = row(sessions, job_id)
+    final = row(own_sessions, job_id)
     assert final["status"] == "failed" and final["error_code"] == "max_attempts_exceeded"
     assert "gave up after 2 attempts" in str(final["error_message"])
     history = final["history"]
@@ -84,25 +86,25 @@ def test_expired_lease_goes_back_to_queued_then_to_the_dead_letter(sessions: ses
     assert all(h["worker"] == "dead-worker" and h["reason"] == "lease expired" for h in history)
 
 
-def test_heartbeat_keeps_a_live_lease(sessions: sessionmaker[Session]) -> None:
-    job_id = queued_job(sessions)
-    claim_and_expire(sessions, job_id)
-    with sessions.begin() as session:
+def test_heartbeat_keeps_a_live_lease(own_sessions: sessionmaker[Session]) -> None:
+    job_id = queued_job(own_sessions)
+    claim_and_expire(own_sessions, job_id)
+    with own_sessions.begin() as session:
         assert lifecycle.extend_leases(session, job_ids=[job_id], attempts=[1], lease_s=30) == 1
         assert lifecycle.extend_leases(session, job_ids=[job_id], attempts=[7], lease_s=30) == 0  # fenced
         taken = lifecycle.expired_leases(session, limit=100)
-    assert job_id not in [w.id for w in taken.requeued] and row(sessions, job_id)["status"] == "running"
+    assert job_id not in [w.id for w in taken.requeued] and row(own_sessions, job_id)["status"] == "running"
 
 
 def test_lost_wake_ups_are_republished_only_when_the_queue_is_empty(
-    sessions: sessionmaker[Session], settings: Settings, services: Services
+    own_sessions: sessionmaker[Session], own_settings: Settings, services: Services
 ) -> None:
     with fresh_redis_db(services.redis_base_url) as redis_url:
         app = Celery("test-reconciler")
-        app.conf.update(celery_config(Settings(**{**settings.model_dump(), "redis_url": redis_url})))
-        engine = make_engine(settings.require_database_url(), pool_size=1)
+        app.conf.update(celery_config(Settings(**{**own_settings.model_dump(), "redis_url": redis_url})))
+        engine = make_engine(own_settings.require_database_url(), pool_size=1)
         reconciler = Reconciler(engine=engine, app=app, models=load_models_file("demo"), requeue_after_s=0)
-        job_id = queued_job(sessions)  # committed, never published: a crash between commit and publish
+        job_id = queued_job(own_sessions)  # committed, never published: a crash between commit and publish
         counted_before = REGISTRY.get_sample_value("mlq_reconciler_actions_total", {"action": "republished"}) or 0
         first = reconciler.run_once()
         assert first.republished >= 1 and reconciler.queue_size("text2text-generation") >= 1
@@ -118,11 +120,11 @@ def test_lost_wake_ups_are_republished_only_when_the_queue_is_empty(
         app.close()
 
 
-def test_a_released_job_waits_an_exponential_backoff_then_is_due(sessions: sessionmaker[Session]) -> None:
-    job_id = queued_job(sessions, max_attempts=4)
+def test_a_released_job_waits_an_exponential_backoff_then_is_due(own_sessions: sessionmaker[Session]) -> None:
+    job_id = queued_job(own_sessions, max_attempts=4)
     waits_s = []
     for attempt in (1, 2, 3):
-        with sessions.begin() as session:
+        with own_sessions.begin() as session:
             [claimed] = lifecycle.claim(session, job_ids=[job_id], kind="text2text-generation", worker="w", lease_s=30)
             assert claimed.attempt == attempt
             lifecycle.give_back(session, job_ids=[job_id], attempts=[attempt], reason="out_of_memory: try again")
@@ -140,4 +142,18 @@ def test_a_released_job_waits_an_exponential_backoff_then_is_due(sessions: sessi
     # base 2 s doubling per attempt, each times 0.5-1.5
     for wait_s, base_s in zip(waits_s, (2, 4, 8), strict=True):
         assert 0.5 * base_s <= float(wait_s) <= 1.5 * base_s
-    assert row(sessions, job_id)["status"] == "queued"
+    assert row(own_sessions, job_id)["status"] == "queued"
+
+
+def test_the_reconciler_warns_when_autovacuum_is_off(own_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """It says so when it takes the lock; this repository's CI server runs with it off."""
+    engine = make_engine(own_settings.require_database_url(), pool_size=1)
+    try:
+        with engine.connect() as conn, caplog.at_level(logging.WARNING, logger="mlq.reconciler"):
+            server_says = conn.execute(text("SHOW autovacuum")).scalar()
+            on = warn_if_autovacuum_is_off(conn)
+    finally:
+        engine.dispose()
+    assert on == (server_says == "on")
+    warned = [r.getMessage() for r in caplog.records if "autovacuum is off" in r.getMessage()]
+    assert len(warned) == (0 if on else 1)
