@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from celery import Celery
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import lifecycle, metrics, reconcile
@@ -39,6 +39,18 @@ LOCK_KEEPALIVE = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "1", "t
                   "tcp_user_timeout": "10000"}  # fmt: skip
 ROUND_LIMIT = 10_000  # jobs handled per round and per action
 CHUNK = 256  # job ids per republished message
+
+
+def warn_if_autovacuum_is_off(conn: Connection) -> bool:
+    """Whether the server's autovacuum is on; a warning when not. ``jobs`` is a queue: without
+    VACUUM its claim index fills with dead entries and claims slow down (migration 0012)."""
+    on = conn.execute(text("SHOW autovacuum")).scalar() == "on"
+    if not on:
+        log.warning(
+            "PostgreSQL's autovacuum is off: dead rows pile up under the queue and claims slow down; "
+            "turn it on, or VACUUM jobs and webhook_deliveries on a schedule"
+        )
+    return on
 
 
 @dataclass
@@ -138,6 +150,7 @@ class Reconciler:
                     if not lock.execute(text("SELECT pg_try_advisory_lock(:id)"), {"id": LOCK_ID}).scalar():
                         time.sleep(every_s)
                         continue
+                    warn_if_autovacuum_is_off(lock)
                     lock.commit()
                     self.became_active()
                     while True:

@@ -66,3 +66,24 @@ def test_batch_metadata_that_is_not_an_object_is_kept_under_value(services: Serv
             found = sorted(str(m) for m in conn.execute(text("SELECT metadata FROM batches")).scalars())
         engine.dispose()
     assert found == ["{'a': 1}", "{'value': 123}", "{'value': [1]}"]
+
+
+def test_queue_tables_are_vacuumed_by_rows_changed(sessions: sessionmaker[Session]) -> None:
+    """Migration 0012: ``jobs`` and ``webhook_deliveries`` carry their own autovacuum settings
+    (10,000 rows changed, not 20 % of the table); other tables keep the server's."""
+    from sqlalchemy import text
+
+    with sessions() as session:
+        options = dict(
+            session.execute(
+                text(
+                    "SELECT relname, reloptions FROM pg_class WHERE relname IN "
+                    "('jobs', 'webhook_deliveries', 'batches') AND relkind = 'r'"
+                )
+            ).all()
+        )
+    by_rows = {"autovacuum_vacuum_scale_factor=0", "autovacuum_vacuum_threshold=10000",
+               "autovacuum_analyze_scale_factor=0", "autovacuum_analyze_threshold=10000"}  # fmt: skip
+    for table in ("jobs", "webhook_deliveries"):
+        assert by_rows <= set(options[table])
+    assert options["batches"] is None
