@@ -33,8 +33,9 @@ import redis
 from sqlalchemy import text
 
 from bench.loadgen import post_json
+from bench.report import cpu_by_role
 from bench.stack import running_stack
-from bench.throughput import CELERY, DATA_DIR, LOG_DIR, ROOT, cpu_by_role, sentences, stop, wait_for
+from bench.throughput import CELERY, DATA_DIR, LOG_DIR, ROOT, sentences, stop, wait_for
 from jobs.db import make_engine
 from jobs.modelsfile import load_models_file
 from tests.services import fresh_redis_db, start_services

@@ -1,6 +1,6 @@
 """Fair share between tenants: where a new job goes in its kind's queue.
 
-A claim takes a kind's queued jobs by priority, then by ``fair_vt`` (jobs/lifecycle.py). That
+A claim takes a kind's queued jobs by priority, then by ``fair_vt`` (jobs/lifecycle/_claiming.py). That
 number is a virtual time stamped once, when the job is stored (start-time fair queuing):
 
 - A tenant's next jobs of a kind and priority continue after its last queued one there, or

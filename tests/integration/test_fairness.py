@@ -169,7 +169,7 @@ def test_claims_and_stamps_read_what_they_take_with_1000_tenants_of_1000_queued(
             if analyzed:
                 session.execute(text("ANALYZE jobs"))
             claim = session.execute(
-                text(f"EXPLAIN (ANALYZE, FORMAT JSON) {lifecycle._CLAIM_SQL.text}"),
+                text(f"EXPLAIN (ANALYZE, FORMAT JSON) {lifecycle.CLAIM_SQL.text}"),
                 {"ids": "{}", "kind": KIND, "worker": "w", "lease_s": 60, "fill_to": 64},
             ).scalar_one()[0]["Plan"]
             assert rows_read(claim) <= 3 * 64 + 10, json.dumps(claim)[:2000]

@@ -224,9 +224,9 @@ def test_a_claim_reads_rows_for_its_batch_not_for_the_queue(
         lifecycle.claim(session, job_ids=ids[:64], kind=kind, worker="w", lease_s=30)  # some running too
     params = {"ids": ids[-8:], "kind": kind, "worker": "w2", "lease_s": 30, "fill_to": 32}
     with sessions() as session:  # rolled back: EXPLAIN ANALYZE runs the UPDATE
-        [[plan]] = session.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + lifecycle._CLAIM_SQL.text), params).one()
+        [[plan]] = session.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + lifecycle.CLAIM_SQL.text), params).one()
         session.rollback()
-        claimed = session.execute(lifecycle._CLAIM_SQL, params).all()
+        claimed = session.execute(lifecycle.CLAIM_SQL, params).all()
         session.rollback()
     nodes = plan_nodes(plan["Plan"] if isinstance(plan, dict) else json.loads(plan)[0]["Plan"])
     touched = {
