@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from sqlalchemy import URL, Engine, create_engine
@@ -82,21 +84,37 @@ def _listed_hosts(parsed: URL) -> list[tuple[str, str]] | None:
     return list(zip(names, ports, strict=True))
 
 
-# Every statement planned for the values it runs with. psycopg prepares a statement after its
-# fifth run, and PostgreSQL may then keep one generic plan for the connection's life: chosen
-# while the queue held a few hundred rows, the claim's was two sequential scans of ``jobs``
-# (a ``ctid = ANY`` filter instead of a TID scan), 90 ms a claim once a bulk run had queued
-# 200,000 rows, against 2 ms planned afresh; the 200,000 drained at 110 jobs/s instead of
-# 3,300 (bench soak). Nothing replans it where autovacuum's ANALYZE does not run, and even
-# with it, not before the next ANALYZE (tests/integration/test_claim_plans.py). The price:
-# single jobs ~10 % slower in bench pipeline, bulk runs within noise (bench/README.md).
-SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan"
+# A statement whose best plan depends on how many jobs are queued is planned for the values it
+# runs with, each time. psycopg prepares a statement after its fifth run, and PostgreSQL may
+# then keep one generic plan for the connection's life: chosen while the queue held a few
+# hundred rows, the claim's was two sequential scans of ``jobs`` (a ``ctid = ANY`` filter
+# instead of a TID scan), 90 ms a claim once a bulk run had queued 200,000 rows, against 2 ms
+# planned afresh; the 200,000 drained at 110 jobs/s instead of 3,300 (bench soak). The claim
+# runs unprepared (``planned_afresh``); the reconciler plans every statement afresh
+# (``plan_each_statement``: its few statements a second read the whole queue's state). The
+# hot path's other statements read rows by id, or the head of one index whatever the queue's
+# size, and keep their prepared plans: planning all of them cost single jobs ~10 % in bench
+# pipeline (tests/integration/test_claim_plans.py, bench/README.md).
+PLAN_EACH_STATEMENT = "-c plan_cache_mode=force_custom_plan"
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+@contextlib.contextmanager
+def planned_afresh(session: Session) -> Iterator[None]:
+    """Statements run inside are sent unprepared: PostgreSQL plans each for its values."""
+    driver = session.connection().connection.driver_connection
+    before = driver.prepare_threshold  # type: ignore[union-attr]
+    driver.prepare_threshold = None  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        driver.prepare_threshold = before  # type: ignore[union-attr]
+
+
+def make_engine(url: str, *, pool_size: int = 10, plan_each_statement: bool = False) -> Engine:
     parsed = make_url(normalize_url(url))
     given = parsed.query.get("options")  # a URL's own ?options=-c ... (search_path, say) are kept
-    options = " ".join([*_values(given), SESSION_OPTIONS]) if given else SESSION_OPTIONS
+    wanted = [*_values(given or ""), PLAN_EACH_STATEMENT if plan_each_statement else ""]
+    options = " ".join(o for o in wanted if o)
     return create_engine(
         parsed.difference_update_query(["options"]),
         pool_size=pool_size,
@@ -107,7 +125,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         # the API answers that one request 503 (Retry-After), a worker retries its task.
         pool_pre_ping=False,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 5, "options": options},
+        connect_args={"connect_timeout": 5, **({"options": options} if options else {})},
     )
 
 

@@ -284,7 +284,7 @@ def prune(
     from jobs.retention import Pruner
 
     settings = get_settings()
-    engine = make_engine(settings.require_database_url(), pool_size=1)
+    engine = make_engine(settings.require_database_url(), pool_size=1, plan_each_statement=True)  # as the reconciler
     try:
         pruner = Pruner(
             make_sessionmaker(engine), artifacts=LocalArtifactStore(settings.artifacts_path),

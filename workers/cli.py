@@ -222,7 +222,7 @@ def reconcile(
     from workers.reconciler import Reconciler
 
     settings = get_settings()
-    engine = make_engine(settings.require_database_url(), pool_size=2)
+    engine = make_engine(settings.require_database_url(), pool_size=2, plan_each_statement=True)
     pruner = Pruner(
         make_sessionmaker(engine), artifacts=LocalArtifactStore(settings.artifacts_path),
         retention_days=settings.retention_days, batch_rows=settings.prune_batch_rows, pause_s=settings.prune_pause_s,

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from jobs.db import planned_afresh
 from jobs.pgvalues import int_array, uuid_array
 from jobs.tables import Job
 
@@ -89,10 +90,10 @@ def claim(
     """
     if fill_to > 0 and len(job_ids) > 1:  # only a one-id message may claim its job by id (a retried one)
         job_ids = []  # so the statement looks none up: a bulk chunk's 256 would be read for nothing
-    rows = session.execute(
-        CLAIM_SQL,
-        {"ids": uuid_array(job_ids), "kind": kind, "worker": worker, "lease_s": lease_s, "fill_to": max(0, fill_to)},
-    ).all()
+    values = {"ids": uuid_array(job_ids), "kind": kind, "worker": worker, "lease_s": lease_s,
+              "fill_to": max(0, fill_to)}  # fmt: skip
+    with planned_afresh(session):  # its best plan depends on the queue's size (jobs/db.py)
+        rows = session.execute(CLAIM_SQL, values).all()
     return [Claimed(*r) for r in rows]  # RETURNING lists Claimed's fields in its order
 
 
