@@ -1,10 +1,10 @@
-"""`python -m bench [latency|throughput|batch|hostile|pipeline|openai|fairness] [args…]`."""
+"""`python -m bench [latency|throughput|batch|hostile|pipeline|openai|fairness|retention|soak|plans] [args…]`."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import batch_accept, fairness, hostile, latency, openai_sdk, pipeline, retention, soak, throughput
+from bench import batch_accept, fairness, hostile, latency, openai_sdk, pipeline, plans, retention, soak, throughput
 
 BENCHMARKS = {
     "latency": latency.main,
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "fairness": fairness.main,
     "retention": retention.main,
     "soak": soak.main,
+    "plans": plans.main,
 }
 
 if __name__ == "__main__":
