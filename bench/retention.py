@@ -17,7 +17,7 @@ moves p50 by 3x within minutes):
    and with ``--baseline-s`` of submits before it started. Target: p99 at most 20 % more;
 3. ``pruned``: as 1, on the pruned table before it is vacuumed.
 
-python -m bench retention [--rows 5000000] [--requests 400] [--baseline-s 30] [--window-s 1]
+python -m bench retention [--rows 5000000] [--requests 400] [--baseline-s 30] [--window-s 1] [--no-prune]
 """
 
 from __future__ import annotations
@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--window-s", type=float, default=1, help="prune runs and stops in turns this long")
     parser.add_argument("--pause-s", type=float, default=None, help="MLQ_PRUNE_PAUSE_S (default: the setting's)")
     parser.add_argument("--batch-rows", type=int, default=None, help="MLQ_PRUNE_BATCH_ROWS (default: the setting's)")
+    parser.add_argument("--no-prune", action="store_true", help="measure the loaded tables only (step 1)")
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     defaults = Settings()
@@ -276,14 +277,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loaded_sizes = load(full.engine, tenant=tenant, rows=args.rows)
         print("measuring both tables, in turns", flush=True)
         loaded = compared(measure([empty, full], requests=args.requests))
-        print("pruning them under a submit load", flush=True)
-        pruning = prune_under_load(
-            full, baseline_s=args.baseline_s, window_s=args.window_s, pause_s=pause_s, batch_rows=batch_rows
-        )
-        finish_queued(full)
-        after_sizes = sizes(full.engine)
-        print("measuring both tables again, in turns", flush=True)
-        pruned = compared(measure([empty, full], requests=args.requests))
+        pruning: dict[str, Any] | None = None
+        pruned: dict[str, Any] | None = None
+        after_sizes: dict[str, Any] | None = None
+        if not args.no_prune:
+            print("pruning them under a submit load", flush=True)
+            pruning = prune_under_load(
+                full, baseline_s=args.baseline_s, window_s=args.window_s, pause_s=pause_s, batch_rows=batch_rows
+            )
+            finish_queued(full)
+            after_sizes = sizes(full.engine)
+            print("measuring both tables again, in turns", flush=True)
+            pruned = compared(measure([empty, full], requests=args.requests))
         for each in (empty, full):
             each.http.close()
             each.engine.dispose()
@@ -306,10 +311,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def show(report: dict[str, Any]) -> None:
     print(f"{'ms, one at a time':24} {'submit p50/p99':>16} {'list p50/p99':>16} {'claim p50/p99':>16}")
     for phase, label in (("loaded", f"{report['rows']:,} rows"), ("pruned", "pruned")):
+        if report[phase] is None:  # --no-prune
+            continue
         for name in ("empty", "full"):
             row = report[phase][name]
             cells = [f"{row[m]['p50']:.2f}/{row[m]['p99']:.2f}" for m in ("submit_ms", "list_ms", "claim_ms")]
             print(f"{(label if name == 'full' else 'empty beside it'):24} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}")
+    if report["pruning"] is None:
+        return
     pruning, done = report["pruning"], report["pruning"]["pruned"]
     b, d, q = (pruning[f"submit_{w}_ms"] for w in ("before", "while_pruning", "while_paused"))
     print(
