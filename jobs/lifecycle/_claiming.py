@@ -107,12 +107,13 @@ def cancel_requested(session: Session, *, job_ids: Sequence[uuid.UUID]) -> set[u
 
 def extend_leases(session: Session, *, job_ids: Sequence[uuid.UUID], attempts: Sequence[int], lease_s: float) -> int:
     """A worker's heartbeat for jobs it still runs (fenced by attempt). Returns how many held."""
+    # status COLLATE "C": the jobs are found by primary key, not by the running jobs' index (_finishing.py)
     result = session.execute(
         text(
             """
             UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease_s)
             FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
-            WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.status = 'running'
+            WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.status COLLATE "C" = 'running'
             """
         ),
         {"ids": uuid_array(job_ids), "attempts": int_array(attempts), "lease_s": lease_s},

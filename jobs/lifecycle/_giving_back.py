@@ -18,6 +18,7 @@ RETRY_MAX_S = 300.0  # doubling per attempt up to this, times a random 0.5-1.5 (
 LEASE_EXPIRED = "lease expired"
 
 
+# status COLLATE "C": the jobs are found by primary key, not by the running jobs' index (_finishing.py)
 _GIVE_BACK_SQL = text(
     """
     UPDATE jobs SET
@@ -39,7 +40,7 @@ _GIVE_BACK_SQL = text(
         lease_expires_at = NULL,
         updated_at = now()
     FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS v(id, attempt)
-    WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.status = 'running'
+    WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.status COLLATE "C" = 'running'
     RETURNING jobs.id, jobs.kind, jobs.priority, jobs.status
     """
 )

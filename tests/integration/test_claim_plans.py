@@ -4,16 +4,19 @@ connection's life: it is never prepared, so each is planned for its values (jobs
 
 Prepared, PostgreSQL switched this very sequence of claims to a generic plan after five runs:
 two sequential scans of ``jobs``, 90 ms a claim at 200,000 queued rows against 2 ms (found by
-``bench soak``, where a bulk run drained 30 times slower than after a reconnect)."""
+``bench soak``, where a bulk run drained 30 times slower than after a reconnect).
+
+The statements that end or renew a claim's jobs find them by primary key, however many dead
+entries the running jobs' index holds (jobs/lifecycle/_finishing.py)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import lifecycle
@@ -22,6 +25,7 @@ from jobs.migrate import upgrade
 from tests.services import Services, fresh_database
 
 KIND = "text-classification"
+CLAIM = 256  # a bulk run's claim
 
 
 @pytest.fixture
@@ -105,3 +109,62 @@ def test_only_the_reconciler_plans_every_statement(engine: Engine, services: Ser
             assert conn.execute(text("SHOW statement_timeout")).scalar() == "123456ms"
     finally:
         reconciler.dispose()
+
+
+def statement_of(engine: Engine, call: Callable[[Session], object]) -> tuple[str, Any]:
+    """The one statement on ``jobs`` that ``call`` sends, as sent (its effect rolled back)."""
+    sent: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "UPDATE jobs" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", grab)
+    try:
+        with Session(engine) as session:
+            call(session)
+            session.rollback()
+    finally:
+        event.remove(engine, "before_cursor_execute", grab)
+    [found] = sent
+    return found
+
+
+@pytest.mark.parametrize("step", ["finish", "give_back", "extend_leases"])
+def test_ending_or_renewing_a_claim_reads_its_rows_not_the_running_index(engine: Engine, step: str) -> None:
+    """Finished jobs leave dead entries in the running jobs' partial index until a vacuum. The
+    statements that end or renew a claim by id must find its rows by primary key: with
+    ``status = 'running'`` matching that index, finishing 256 jobs read every entry it held
+    (31,000 in bench fairness, a quarter of a bulk run's PostgreSQL time)."""
+    tenant = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE jobs SET (autovacuum_enabled = false)"))  # the dead entries stay
+        conn.execute(text("INSERT INTO tenants (id, name, webhook_secret) VALUES (:id, 'plans', 's')"), {"id": tenant})
+    queue(engine, tenant, 40 * CLAIM, priority=2)
+    sessions = make_sessionmaker(engine)
+    for _ in range(39):  # 9,984 jobs claimed and finished
+        with sessions.begin() as session:
+            taken = lifecycle.claim(session, job_ids=[], kind=KIND, worker="w", lease_s=30, fill_to=CLAIM)
+            lifecycle.finish(session, outcomes=[lifecycle.Outcome(c.id, c.attempt, {"ok": 1}) for c in taken])
+    with sessions.begin() as session:
+        running = lifecycle.claim(session, job_ids=[], kind=KIND, worker="w", lease_s=30, fill_to=CLAIM)
+    ids, attempts = [c.id for c in running], [c.attempt for c in running]
+    outcomes = [lifecycle.Outcome(c.id, c.attempt, {"ok": 1}) for c in running]
+    calls: dict[str, Callable[[Session], object]] = {
+        "finish": lambda s: lifecycle.finish(s, outcomes=outcomes),
+        "give_back": lambda s: lifecycle.give_back(s, job_ids=ids, attempts=attempts, reason="test"),
+        "extend_leases": lambda s: lifecycle.extend_leases(s, job_ids=ids, attempts=attempts, lease_s=30),
+    }
+    statement, parameters = statement_of(engine, calls[step])
+    with engine.connect() as conn:
+        [[explained]] = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}", parameters).all()
+        conn.rollback()
+    plan = explained[0]["Plan"] if isinstance(explained, list) else explained["Plan"]
+    updated = next(n for n in nodes(plan) if n.get("Operation") == "Update")
+    assert updated["Actual Rows"] == CLAIM or step == "extend_leases"  # UPDATE without RETURNING counts none
+    scans = [
+        n for n in nodes(plan) if n.get("Relation Name") == "jobs" or str(n.get("Index Name", "")).startswith("jobs")
+    ]
+    assert scans
+    assert all(n.get("Index Name") != "jobs_running_lease" for n in scans), scans
+    assert max(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= CLAIM, scans
