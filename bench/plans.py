@@ -22,35 +22,34 @@ from typing import Any
 from sqlalchemy import text
 
 from jobs import keys, store
-from jobs.db import make_engine, make_sessionmaker, single_statements
+from jobs.db import make_engine, make_sessionmaker, writing
 from jobs.migrate import upgrade
 from tests.services import fresh_database, start_services
 
 
 def one_mode(database_url: str, *, plan_each_statement: bool, statements: int) -> dict[str, float]:
     engine = make_engine(database_url, pool_size=1, plan_each_statement=plan_each_statement)
-    sessions = single_statements(make_sessionmaker(engine))
+    sessions = make_sessionmaker(engine)
     try:
         with sessions.begin() as session:
             tenant = keys.ensure_tenant(session, name=f"plans-{uuid.uuid4().hex[:8]}")
         ids: list[uuid.UUID] = []
         started = time.perf_counter()
-        for _ in range(statements):
-            with sessions() as session:
-                job = store.NewJob(
-                    kind="text-classification",
-                    model="m",
-                    profile="demo",
-                    input={"text": "x"},
-                    priority=5,
-                    metadata={},
-                    max_attempts=3,
-                )  # fmt: skip (each has its own id)
-                [(row, _)] = store.insert_jobs(session, jobs=[(tenant, job)])
-                ids.append(row.id)
+        for _ in range(statements):  # as the API accepts one job: one statement, committed on its own
+            job = store.NewJob(
+                kind="text-classification",
+                model="m",
+                profile="demo",
+                input={"text": "x"},
+                priority=5,
+                metadata={},
+                max_attempts=3,
+            )  # fmt: skip (each has its own id)
+            [(row, _)] = store.accept_jobs(sessions, jobs=[(tenant, job)])
+            ids.append(row.id)
         inserted = time.perf_counter()
         for job_id in ids:
-            with sessions() as session:
+            with writing(sessions, one_statement=True) as session:  # no BEGIN, no COMMIT
                 session.execute(text("SELECT status, output FROM jobs WHERE id = :id"), {"id": job_id}).all()
         read = time.perf_counter()
     finally:

@@ -41,7 +41,7 @@ from bench.latency import percentile, summary
 from bench.loadgen import Client
 from bench.stack import MLQ, Stack, running_stack
 from jobs import lifecycle
-from jobs.db import make_engine, make_sessionmaker, single_statements
+from jobs.db import make_engine, make_sessionmaker
 from jobs.settings import Settings
 
 RESULTS = Path(__file__).with_name("results")
@@ -108,15 +108,15 @@ class Side:
 
     def claim(self) -> float:
         """As the runner claims: its message's ids, filled from the queue; finished at once."""
-        statements = single_statements(self.sessions)
         started = time.perf_counter()
-        with statements.begin() as session:
-            taken = lifecycle.claim(session, job_ids=[self.ids.pop()], kind=KIND, worker="bench", lease_s=60, fill_to=1)
+        taken = lifecycle.claim_jobs(
+            self.sessions, job_ids=[self.ids.pop()], kind=KIND, worker="bench", lease_s=60, fill_to=1
+        )
         ms = (time.perf_counter() - started) * 1000
-        with statements.begin() as session:
-            lifecycle.finish(
-                session, outcomes=[lifecycle.Outcome(c.id, c.attempt, output={"label": "x"}) for c in taken]
-            )
+        lifecycle.record(
+            self.sessions,
+            outcomes=[lifecycle.Outcome(c.id, c.attempt, output={"label": "x"}, follow_up=c.follow_up) for c in taken],
+        )
         return ms
 
 

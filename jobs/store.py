@@ -17,9 +17,10 @@ from typing import Any
 
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.artifacts import StoredArtifact
+from jobs.db import writing
 from jobs.ids import new_id
 from jobs.status import JobStatus
 from jobs.tables import Artifact, Batch, File, Job
@@ -148,6 +149,23 @@ def insert_jobs(session: Session, *, jobs: Sequence[tuple[uuid.UUID, NewJob]]) -
         else:  # only a job with a key can be missing: ON CONFLICT on (tenant, key) is the one skip
             out.append((earlier[(tenant_id, job.idempotency_key)], False))
     return out
+
+
+def accept_jobs(
+    sessions: sessionmaker[Session],
+    *,
+    jobs: Sequence[tuple[uuid.UUID, NewJob]],
+    files: Sequence[Sequence[StoredArtifact]] = (),
+) -> list[tuple[JobRow, bool]]:
+    """:func:`insert_jobs` in a write of its own, with ``files[i]``, the input files already
+    stored for ``jobs[i]``, recorded for each job it created: one statement (committed on its
+    own) when no job brings files, else one transaction."""
+    brought = list(files) or [()] * len(jobs)
+    with writing(sessions, one_statement=not any(brought)) as session:
+        rows = insert_jobs(session, jobs=jobs)
+        made = [(row.id, f) for (row, created), fs in zip(rows, brought, strict=True) if created for f in fs]
+        add_artifacts(session, rows=made)
+    return rows
 
 
 def insert_job(session: Session, *, tenant_id: uuid.UUID, job: NewJob) -> tuple[JobRow, bool]:

@@ -28,7 +28,6 @@ from starlette.concurrency import run_in_threadpool
 
 from jobs import keys, metrics, store
 from jobs.artifacts import ArtifactStore, StoredArtifact
-from jobs.db import single_statements
 from jobs.errors import Conflict, InvalidField, OverLimit
 from jobs.settings import Settings
 from producer.publish import Publisher
@@ -69,7 +68,6 @@ class Intake:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.statements = single_statements(sessions)
         self.publisher = publisher
         self.limiter = limiter
         self.artifacts = artifacts
@@ -126,12 +124,12 @@ class Intake:
     def _insert(self, group: list[Submission]) -> list[Answer]:
         answers: list[Answer | None] = list(self._refusals(group))
         admitted = [i for i, a in enumerate(answers) if a is None]
-        # One statement, unless files are recorded with the jobs: then one transaction.
-        sessions = self.sessions if any(group[i].files for i in admitted) else self.statements
         try:
-            with sessions.begin() as session:
-                rows = store.insert_jobs(session, jobs=[(group[i].principal.tenant_id, group[i].job) for i in admitted])
-                _add_files(session, [(group[i], rows[n]) for n, i in enumerate(admitted)])
+            rows = store.accept_jobs(
+                self.sessions,
+                jobs=[(group[i].principal.tenant_id, group[i].job) for i in admitted],
+                files=[group[i].files for i in admitted],
+            )
         except DataError:  # a value PostgreSQL refuses: find whose, one job at a time
             return self._one_by_one(group, answers, admitted)
         for n, i in enumerate(admitted):
@@ -141,9 +139,9 @@ class Intake:
     def _one_by_one(self, group: list[Submission], answers: list[Answer | None], admitted: list[int]) -> list[Answer]:
         for i in admitted:
             try:
-                with self.sessions.begin() as session:
-                    row = store.insert_jobs(session, jobs=[(group[i].principal.tenant_id, group[i].job)])[0]
-                    _add_files(session, [(group[i], row)])
+                [row] = store.accept_jobs(
+                    self.sessions, jobs=[(group[i].principal.tenant_id, group[i].job)], files=[group[i].files]
+                )
                 answers[i] = _checked(group[i], row)
             except DataError as exc:
                 log.info("job refused by PostgreSQL: %s", exc.orig)
@@ -228,10 +226,6 @@ class Intake:
             if overdue or len(self._unpublished[key]) >= PUBLISH_AFTER_IDS:
                 ids = self._unpublished.pop(key)
                 self.publisher.publish(kind=key[0], job_ids=ids, priority=key[1])
-
-
-def _add_files(session: Session, pairs: list[tuple[Submission, tuple[store.JobRow, bool]]]) -> None:
-    store.add_artifacts(session, rows=[(row.id, f) for s, (row, created) in pairs if created for f in s.files])
 
 
 def _checked(submission: Submission, answer: tuple[store.JobRow, bool]) -> Answer:

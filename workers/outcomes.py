@@ -34,7 +34,9 @@ class Done:
     prediction: Prediction
 
     def outcome(self) -> lifecycle.Outcome:
-        return lifecycle.Outcome(job_id=self.job.id, attempt=self.job.attempt, output=self.prediction.output)
+        return lifecycle.Outcome(
+            job_id=self.job.id, attempt=self.job.attempt, output=self.prediction.output, follow_up=self.job.follow_up
+        )
 
 
 @dataclass
@@ -45,7 +47,11 @@ class Failed:
 
     def outcome(self) -> lifecycle.Outcome:
         return lifecycle.Outcome(
-            job_id=self.job.id, attempt=self.job.attempt, error_code=self.code, error_message=self.message
+            job_id=self.job.id,
+            attempt=self.job.attempt,
+            error_code=self.code,
+            error_message=self.message,
+            follow_up=self.job.follow_up,
         )
 
 

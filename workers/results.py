@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import lifecycle, metrics, store
+from jobs import lifecycle, metrics
 from jobs.artifacts import StoredArtifact
 from jobs.backoff import backoff_s
 from jobs.errors import Cancelled
@@ -42,38 +42,30 @@ class RunReport:
 
 def write_results(
     sessions: sessionmaker[Session],
-    statements: sessionmaker[Session],
     outcomes: list[Done | Failed],
     stored: list[tuple[uuid.UUID, StoredArtifact]],
     retry: list[tuple[lifecycle.Claimed, str]],
     *,
     lease_s: float,
 ) -> tuple[set[uuid.UUID], list[Done | Failed]]:
-    """Write a claim's results in one transaction. While PostgreSQL is away (a restart, a
-    failover) the write is tried again with backoff for up to ``STORE_WAIT_S`` (or a lease), so
-    computed results are not thrown away; the attempt fence makes a late write harmless. Returns
-    the ids written and the outcomes as stored (a result PostgreSQL refused becomes a
-    ``result_not_storable`` failure)."""
+    """Write a claim's results together (``lifecycle.record``). While PostgreSQL is away (a
+    restart, a failover) the write is tried again with backoff for up to ``STORE_WAIT_S`` (or a
+    lease), so computed results are not thrown away; the attempt fence makes a late write
+    harmless. Returns the ids written and the outcomes as stored (a result PostgreSQL refused
+    becomes a ``result_not_storable`` failure)."""
     deadline = time.monotonic() + max(lease_s, STORE_WAIT_S)
     tries = 0
     storing_failures = False
-    # The finish statement alone (it carries its NOTIFY) needs no transaction; files,
-    # jobs given back, webhooks and bulk-run bookkeeping are written with it in one.
-    alone = not stored and not retry and len(outcomes) <= lifecycle.NOTIFY_IDS_PER_MESSAGE
-    chosen = statements if alone and not any(o.job.follow_up for o in outcomes) else sessions
     while True:
         try:
-            with chosen.begin() as session:
-                written = set(lifecycle.finish(session, outcomes=[o.outcome() for o in outcomes]))
-                store.add_artifacts(session, rows=[(job_id, a) for job_id, a in stored if job_id in written])
-                if retry:
-                    lifecycle.give_back(
-                        session,
-                        job_ids=[c.id for c, _ in retry],
-                        attempts=[c.attempt for c, _ in retry],
-                        reason=retry[0][1],
-                    )
-            return written, outcomes
+            finished = lifecycle.record(
+                sessions,
+                outcomes=[o.outcome() for o in outcomes],
+                artifacts=stored,
+                given_back=[(c.id, c.attempt) for c, _ in retry],
+                reason=retry[0][1] if retry else "",
+            )
+            return set(finished), outcomes
         except Exception as exc:
             if isinstance(exc, DBAPIError) and not is_transient_db_error(exc) and not storing_failures:
                 # PostgreSQL refused the results themselves (a value it cannot store). Find the
@@ -84,7 +76,7 @@ def write_results(
                     for index, one in enumerate(outcomes):
                         mine = [a for a in stored if a[0] == one.job.id]
                         again = retry if index == 0 else []
-                        done, result = write_results(sessions, statements, [one], mine, again, lease_s=lease_s)
+                        done, result = write_results(sessions, [one], mine, again, lease_s=lease_s)
                         written |= done
                         kept += result
                     return written, kept

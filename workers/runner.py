@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import lifecycle, metrics, store
 from jobs.artifacts import ArtifactStore, StoredArtifact
-from jobs.db import single_statements
 from jobs.errors import (
     Cancelled,
     InvalidInput,
@@ -88,7 +87,6 @@ class Runner:
     ) -> None:
         self.fill = fill  # fill each claim with other queued jobs of the kind (micro-batching)
         self.sessions = sessions
-        self.statements = single_statements(sessions)  # for the claim and a lone result write
         self.loaded = LoadedModels(
             models=models, data_dir=data_dir, memory_budget_bytes=memory_budget_bytes, allow_unpinned=allow_unpinned
         )
@@ -126,16 +124,14 @@ class Runner:
 
     def _run_claim(self, adapter: Adapter[Any], ids: list[uuid.UUID], size: int, report: RunReport) -> None:
         kind = adapter.kind
-        with self.statements.begin() as session:  # one statement (and a read of file locations)
-            claimed = lifecycle.claim(
-                session, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s,
-                fill_to=size if self.fill else 0,
-            )  # fmt: skip
-            files = (
-                store.artifact_uris(session, job_ids=[c.id for c in claimed])
-                if has_files(claimed, kind=get_kind(kind))
-                else {}
-            )
+        claimed = lifecycle.claim_jobs(
+            self.sessions, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s,
+            fill_to=size if self.fill else 0,
+        )  # fmt: skip
+        files: dict[tuple[uuid.UUID, str], str] = {}
+        if has_files(claimed, kind=get_kind(kind)):
+            with self.sessions() as session:
+                files = store.artifact_uris(session, job_ids=[c.id for c in claimed])
         report.claimed += len(claimed)
         if not claimed:
             return
@@ -175,7 +171,7 @@ class Runner:
         retry: list[tuple[lifecycle.Claimed, str]],
     ) -> tuple[set[uuid.UUID], list[Done | Failed]]:
         """A claim's results written (workers/results.py)."""
-        return write_results(self.sessions, self.statements, outcomes, stored, retry, lease_s=self.lease_s)
+        return write_results(self.sessions, outcomes, stored, retry, lease_s=self.lease_s)
 
     def give_up(self, culprits: Sequence[lifecycle.Claimed], *, code: str, message: str, exit_code: int) -> None:
         """Record the jobs this process can no longer run, then exit so Celery replaces it.
@@ -213,15 +209,17 @@ class Runner:
 
     def fail_unrunnable(self, *, kind: str, job_ids: list[uuid.UUID], error: PermanentError) -> RunReport:
         log.error("jobs %s: cannot load the %s model: %s", ",".join(map(str, job_ids)), kind, error)
-        with self.statements.begin() as session:  # one statement (and a read of file locations)
-            claimed = lifecycle.claim(session, job_ids=job_ids, kind=kind, worker=self.worker, lease_s=self.lease_s)
-            lifecycle.finish(
-                session,
-                outcomes=[
-                    lifecycle.Outcome(job_id=c.id, attempt=c.attempt, error_code=error.code, error_message=str(error))
-                    for c in claimed
-                ],
-            )
+        claimed = lifecycle.claim_jobs(
+            self.sessions, job_ids=job_ids, kind=kind, worker=self.worker, lease_s=self.lease_s
+        )
+        message = str(error)
+        lifecycle.record(
+            self.sessions,
+            outcomes=[
+                lifecycle.Outcome(c.id, c.attempt, error_code=error.code, error_message=message, follow_up=c.follow_up)
+                for c in claimed
+            ],
+        )
         return RunReport(claimed=len(claimed), failed=len(claimed))
 
     def process(

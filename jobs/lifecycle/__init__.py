@@ -1,7 +1,9 @@
 """Every change of a job's status, with what goes with it, in one place.
 
-- claim: queued → running, with a lease the worker renews (``extend_leases``);
-- finish: running → succeeded, failed or cancelled (a cancel asked while it ran);
+- claim: queued → running, with a lease the worker renews (``extend_leases``); ``claim_jobs``
+  in a write of its own;
+- finish: running → succeeded, failed or cancelled (a cancel asked while it ran); ``record``
+  writes a claim's results whole (outcomes, files, jobs given back);
 - give back: running → queued after a transient error, due again after a backoff, or
   failed with ``max_attempts_exceeded`` once every attempt is used (``give_back``); an
   expired lease is given back the same way (``expired_leases``), each lost attempt recorded
@@ -17,11 +19,13 @@ write only lands for the attempt that claimed the row, so a redelivered message 
 store a second result. Keyword-only beyond the session, free of HTTP and Celery.
 
 The package's modules, one per change: ``_claiming``, ``_finishing``, ``_giving_back``,
-``_cancelling``, and ``_ending`` (what goes with every end). Callers use the names below.
+``_cancelling``, ``_ending`` (what goes with every end) and ``_recording`` (a claim's results
+together). Callers use the names below; ``claim_jobs`` and ``record`` take the sessions and
+decide themselves whether their write is one statement (autocommit) or a transaction.
 """
 
 from jobs.lifecycle._cancelling import cancel_batch, cancel_job
-from jobs.lifecycle._claiming import CLAIM_SQL, Claimed, cancel_requested, claim, extend_leases
+from jobs.lifecycle._claiming import CLAIM_SQL, Claimed, cancel_requested, claim, claim_jobs, extend_leases
 from jobs.lifecycle._ending import NOTIFY_IDS_PER_MESSAGE, notify_finished
 from jobs.lifecycle._finishing import Outcome, finish, outcome_rows
 from jobs.lifecycle._giving_back import (
@@ -33,9 +37,10 @@ from jobs.lifecycle._giving_back import (
     expired_leases,
     give_back,
 )
+from jobs.lifecycle._recording import record
 
 __all__ = [
     "CLAIM_SQL", "LEASE_EXPIRED", "NOTIFY_IDS_PER_MESSAGE", "RETRY_BASE_S", "RETRY_MAX_S", "Claimed", "GivenBack",
-    "Outcome", "Waiting", "cancel_batch", "cancel_job", "cancel_requested", "claim", "expired_leases",
-    "extend_leases", "finish", "give_back", "notify_finished", "outcome_rows",
+    "Outcome", "Waiting", "cancel_batch", "cancel_job", "cancel_requested", "claim", "claim_jobs",
+    "expired_leases", "extend_leases", "finish", "give_back", "notify_finished", "outcome_rows", "record",
 ]  # fmt: skip

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.db import planned_afresh
+from jobs.db import planned_afresh, writing
 from jobs.pgvalues import int_array, uuid_array
 from jobs.tables import Job
 
@@ -95,6 +95,20 @@ def claim(
     with planned_afresh(session):  # its best plan depends on the queue's size (jobs/db.py)
         rows = session.execute(CLAIM_SQL, values).all()
     return [Claimed(*r) for r in rows]  # RETURNING lists Claimed's fields in its order
+
+
+def claim_jobs(
+    sessions: sessionmaker[Session],
+    *,
+    job_ids: Sequence[uuid.UUID],
+    kind: str,
+    worker: str,
+    lease_s: float,
+    fill_to: int = 0,
+) -> list[Claimed]:
+    """:func:`claim` in a write of its own: one statement, committed on its own."""
+    with writing(sessions, one_statement=True) as session:
+        return claim(session, job_ids=job_ids, kind=kind, worker=worker, lease_s=lease_s, fill_to=fill_to)
 
 
 def cancel_requested(session: Session, *, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:

@@ -26,6 +26,7 @@ class Outcome:
     output: BaseModel | dict[str, Any] | None = None  # a kind's output schema (the runner) or plain JSON
     error_code: str | None = None
     error_message: str | None = None
+    follow_up: bool = True  # its end writes more than its row (Claimed.follow_up): a webhook, a bulk run's
 
 
 # Rows are found by primary key, whatever the queue's state: the statements that end or renew a

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import lifecycle
-from jobs.db import make_engine, make_sessionmaker, single_statements
+from jobs.db import make_engine, make_sessionmaker
 from jobs.migrate import upgrade
 from tests.services import Services, fresh_database
 
@@ -57,8 +57,7 @@ def queue(engine: Engine, tenant: uuid.UUID, n: int, *, priority: int) -> None:
 
 
 def claim(sessions: sessionmaker[Session], fill_to: int) -> int:
-    with sessions.begin() as session:
-        taken = lifecycle.claim(session, job_ids=[uuid.uuid4()], kind=KIND, worker="w", lease_s=30, fill_to=fill_to)
+    taken = lifecycle.claim_jobs(sessions, job_ids=[uuid.uuid4()], kind=KIND, worker="w", lease_s=30, fill_to=fill_to)
     return len(taken)
 
 
@@ -72,7 +71,7 @@ def test_the_claim_is_planned_for_its_values_as_the_queue_grows(engine: Engine) 
     tenant = uuid.uuid4()
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO tenants (id, name, webhook_secret) VALUES (:id, 'plans', 's')"), {"id": tenant})
-    sessions = single_statements(make_sessionmaker(engine))  # pool_size 1: every claim on one connection
+    sessions = make_sessionmaker(engine)  # pool_size 1: every claim on one connection
     for _ in range(40):  # interactive traffic: a small queue, claimed as it comes
         queue(engine, tenant, 80, priority=5)
         assert [claim(sessions, 16) for _ in range(5)] == [16, 16, 16, 16, 16]

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import lifecycle
 from jobs.kinds import TextGenerationOutput
 from jobs.modelsfile import load_models_file
 from models.base import Adapter, Prediction, StopSignal
@@ -24,18 +23,20 @@ __all__ = ["runner"]  # the fixture, shared with test_runner
 
 
 @pytest.fixture
-def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
-    """How many claim and finish statements the runner sends (the real ones run)."""
+def statements() -> Iterator[dict[str, int]]:
+    """How many claim and finish statements reach PostgreSQL (counted as they are sent)."""
     counted = {"claim": 0, "finish": 0}
-    for name in counted:
-        real = getattr(lifecycle, name)
+    marks = {"claim": "WITH own AS (", "finish": "WITH done AS ("}  # the statements' first lines
 
-        def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
-            counted[_name] += 1
-            return _real(*args, **kwargs)
+    def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        for name, mark in marks.items():
+            counted[name] += mark in statement
 
-        monkeypatch.setattr(lifecycle, name, counting)
-    yield counted
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        yield counted
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
 
 
 def test_a_bulk_runs_message_is_one_claim_and_one_result_write_in_calls_of_max_batch_size(

@@ -68,3 +68,37 @@ def test_no_python_file_is_over_400_lines() -> None:
         str(p.relative_to(ROOT)): n for p in paths if p.exists() and (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert over == {}
+
+
+def choices_of_commit_mode(path: Path) -> list[str]:
+    """Where ``path`` picks how a write commits: ``jobs.db.writing``, an AUTOCOMMIT isolation level."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "jobs.db"
+            and any(a.name == "writing" for a in node.names)
+        ):
+            found.append(f"imports writing (line {node.lineno})")
+        elif isinstance(node, ast.Constant) and node.value == "AUTOCOMMIT":
+            found.append(f"AUTOCOMMIT (line {node.lineno})")
+        elif isinstance(node, ast.keyword) and node.arg == "autocommit":
+            found.append(f"autocommit= (line {node.lineno})")
+    return found
+
+
+def test_only_the_lifecycle_and_the_store_choose_how_a_write_commits() -> None:
+    """One statement commits on its own, several in a transaction: which one a write is, only
+    the code that writes it knows (``jobs.lifecycle.claim_jobs`` / ``record``,
+    ``jobs.store.accept_jobs``). The worker and the API pass their sessions and never choose.
+    The API's waiter listens on a connection of its own in autocommit (LISTEN needs it): the
+    one exception, and it writes nothing."""
+    allowed = {"producer/waiter.py"}
+    found = {
+        str(path.relative_to(ROOT)): choices
+        for folder in ("producer", "workers", "mlq")
+        for path in (ROOT / folder).rglob("*.py")
+        if (choices := choices_of_commit_mode(path)) and str(path.relative_to(ROOT)) not in allowed
+    }
+    assert found == {}
+    assert choices_of_commit_mode(ROOT / "jobs" / "lifecycle" / "_recording.py")  # the check sees a choice
