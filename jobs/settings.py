@@ -53,10 +53,12 @@ class Settings(BaseSettings):
     # its own (`mlq keys limits --retention-days`). 30: a month of results to fetch and audit.
     retention_days: int = Field(default=30, ge=0)
     prune_every_s: float = Field(default=3600.0, ge=0)  # how often the active reconciler prunes; 0: never
-    # jobs deleted per transaction: each holds its row locks for milliseconds, never a table's. Smaller
-    # ones raise submit p99 less (python -m bench retention, 2 busy cores: 250 rows +6 % and +18 %,
-    # 1,000 rows +10 % to +38 %) and still prune about 4,000 jobs a second
-    prune_batch_rows: int = Field(default=250, ge=1)
+    # jobs deleted per transaction: each holds its row locks for milliseconds, never a table's. A
+    # submit that meets a prune's transaction waits about as long as it runs, so small ones keep
+    # submit p99 near where it was: python -m bench retention on 2 cores, p99 while pruning over
+    # p99 while the prune was stopped, 250 rows x1.96, 100 x1.48, 50 x1.25, 25 x1.22; 50 still
+    # prunes ~920 jobs a second (3.3 million an hour) with the 0.05 s pause (bench/README.md)
+    prune_batch_rows: int = Field(default=50, ge=1)
     prune_pause_s: float = Field(default=0.05, ge=0)  # between a prune's transactions: the hot path goes first
 
     allow_hosts: list[str] = Field(default_factory=list)  # internal hosts/networks URLs and webhooks may reach
