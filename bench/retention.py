@@ -14,10 +14,14 @@ moves p50 by 3x within minutes):
    transactions of ``MLQ_PRUNE_BATCH_ROWS`` jobs, ``MLQ_PRUNE_PAUSE_S`` between them) removes
    every generated row; the prune is stopped (SIGSTOP) every other ``--window-s``, so
    submits while it runs are compared with submits in its pauses under the same other load,
-   and with ``--baseline-s`` of submits before it started. Target: p99 at most 20 % more;
+   and with ``--baseline-s`` of submits before it started. Target: p99 at most 20 % more.
+   ``--measure-s``: measured this long, then the prune is ended (SIGTERM) and what it left is
+   pruned by another with no pause and nothing beside it (5,000,000 rows at the default pause
+   take about 1.5 hours here, 3 with the stopped windows);
 3. ``pruned``: as 1, on the pruned table before it is vacuumed.
 
-python -m bench retention [--rows 5000000] [--requests 400] [--baseline-s 30] [--window-s 1] [--no-prune]
+python -m bench retention [--rows 5000000] [--requests 400] [--baseline-s 30] [--window-s 1] [--measure-s 0]
+    [--no-prune]
 """
 
 from __future__ import annotations
@@ -180,44 +184,71 @@ def submits_while(side: Side, *, seconds: float) -> list[float]:
 
 
 def submits_beside(
-    side: Side, proc: subprocess.Popen[str], *, window_s: float
+    side: Side, proc: subprocess.Popen[str], *, window_s: float, measure_s: float
 ) -> tuple[list[float], list[float], float]:
-    """Submit one after another until ``proc`` exits, stopping it (SIGSTOP) every other
-    ``window_s``: submits while it runs and while it is stopped, under the same other load."""
+    """Submit one after another until ``proc`` exits (or ``measure_s`` passed, when not 0),
+    stopping it (SIGSTOP) every other ``window_s``: submits while it runs and while it is
+    stopped, under the same other load. ``proc`` is left running."""
     running: list[float] = []
     paused: list[float] = []
     pruning, switch_at, stopped_s = True, time.monotonic() + window_s, 0.0
-    while proc.poll() is None:
+    deadline = time.monotonic() + measure_s if measure_s else float("inf")
+    while proc.poll() is None and time.monotonic() < deadline:
         if time.monotonic() >= switch_at:
             pruning, switch_at = not pruning, time.monotonic() + window_s
             os.kill(proc.pid, signal.SIGCONT if pruning else signal.SIGSTOP)
             stopped_s += 0 if pruning else window_s
         (running if pruning else paused).append(side.submit())
+    if not pruning:
+        os.kill(proc.pid, signal.SIGCONT)
     return running, paused, stopped_s
 
 
+def generated_left(side: Side) -> int:
+    with side.engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM jobs WHERE worker = 'bench-worker'")).scalar_one())
+
+
+def prune_the_rest(side: Side, env: dict[str, str]) -> dict[str, Any]:
+    """What the measured prune left, pruned with no pause and no submits beside it."""
+    with open(RESULTS / "logs" / "retention-prune-rest.log", "w") as err:
+        out = subprocess.run(
+            [MLQ, "prune"], env={**env, "MLQ_PRUNE_PAUSE_S": "0"}, stdout=subprocess.PIPE, stderr=err, text=True,
+            check=True,
+        ).stdout  # fmt: skip
+    done = json.loads(out)
+    return {**done, "pause_s": 0, "rows_per_s": round(done["jobs"] / max(0.001, done["seconds"]))}
+
+
 def prune_under_load(
-    side: Side, *, baseline_s: float, window_s: float, pause_s: float, batch_rows: int
+    side: Side, *, baseline_s: float, window_s: float, pause_s: float, batch_rows: int, measure_s: float
 ) -> dict[str, Any]:
     side.http.close()
     before = submits_while(side, seconds=baseline_s)
     env = {**side.stack.env, "MLQ_RETENTION_DAYS": "30", "MLQ_PRUNE_PAUSE_S": str(pause_s), "MLQ_LOG_LEVEL": "INFO"}
-    started = time.monotonic()
+    started, left = time.monotonic(), generated_left(side)
+    rest = None
     with open(RESULTS / "logs" / "retention-prune.log", "w") as err:
         proc = subprocess.Popen([MLQ, "prune"], env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-        during, paused, stopped_s = submits_beside(side, proc, window_s=window_s)
+        during, paused, stopped_s = submits_beside(side, proc, window_s=window_s, measure_s=measure_s)
+        ran_s = time.monotonic() - started - stopped_s
+        if proc.poll() is None:  # --measure-s: the measured part is over
+            proc.terminate()
         out, _ = proc.communicate()
-    if proc.returncode != 0:
+    if proc.returncode not in (0, -signal.SIGTERM):
         raise RuntimeError(f"mlq prune exited {proc.returncode}; see {RESULTS / 'logs' / 'retention-prune.log'}")
-    pruned = json.loads(out)
+    pruned = {"jobs": left - generated_left(side), "seconds": round(ran_s, 1), **(json.loads(out) if out else {})}
+    if generated_left(side):
+        rest = prune_the_rest(side, env)
     p99 = {name: percentile(values, 0.99) for name, values in (("before", before), ("during", during),
                                                                  ("paused", paused))}  # fmt: skip
     return {
-        "pruned": pruned,
+        "pruned": pruned,  # while measured (--measure-s: a part, ended by SIGTERM)
+        "rest": rest,  # what it left, pruned with no pause and nothing beside it
         "prune_pause_s": pause_s,
         "wall_s": round(time.monotonic() - started, 1),
         "prune_batch_rows": batch_rows,
-        "rows_per_s": round(pruned["jobs"] / max(0.001, pruned["seconds"] - stopped_s)),  # while not stopped
+        "rows_per_s": round(pruned["jobs"] / max(0.001, ran_s)),  # while not stopped
         "submit_before_ms": {**summary(before), "n": len(before)},
         "submit_while_pruning_ms": {**summary(during), "n": len(during)},
         "submit_while_paused_ms": {**summary(paused), "n": len(paused)},
@@ -258,6 +289,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pause-s", type=float, default=None, help="MLQ_PRUNE_PAUSE_S (default: the setting's)")
     parser.add_argument("--batch-rows", type=int, default=None, help="MLQ_PRUNE_BATCH_ROWS (default: the setting's)")
     parser.add_argument("--no-prune", action="store_true", help="measure the loaded tables only (step 1)")
+    parser.add_argument(
+        "--measure-s", type=float, default=0,
+        help="measure submits beside the prune this long, then prune the rest with no pause (0: the whole prune)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     defaults = Settings()
@@ -283,8 +318,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.no_prune:
             print("pruning them under a submit load", flush=True)
             pruning = prune_under_load(
-                full, baseline_s=args.baseline_s, window_s=args.window_s, pause_s=pause_s, batch_rows=batch_rows
-            )
+                full, baseline_s=args.baseline_s, window_s=args.window_s, pause_s=pause_s, batch_rows=batch_rows,
+                measure_s=args.measure_s,
+            )  # fmt: skip
             finish_queued(full)
             after_sizes = sizes(full.engine)
             print("measuring both tables again, in turns", flush=True)
@@ -329,6 +365,9 @@ def show(report: dict[str, Any]) -> None:
         f"x{pruning['p99_pruning_over_paused']} over stopped, x{pruning['p99_pruning_over_before']} over before "
         f"(target <= x{P99_TARGET})"
     )
+    if pruning["rest"]:
+        rest = pruning["rest"]
+        print(f"then the other {rest['jobs']:,} with no pause and nothing beside: {rest['rows_per_s']:,} rows/s")
 
 
 if __name__ == "__main__":

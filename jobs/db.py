@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from sqlalchemy import URL, Engine, create_engine
@@ -110,10 +110,18 @@ def planned_afresh(session: Session) -> Iterator[None]:
         driver.prepare_threshold = before  # type: ignore[union-attr]
 
 
-def make_engine(url: str, *, pool_size: int = 10, plan_each_statement: bool = False) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    plan_each_statement: bool = False,
+    server_settings: Mapping[str, str] | None = None,
+) -> Engine:
+    """``server_settings``: PostgreSQL settings for every connection (``-c name=value``)."""
     parsed = make_url(normalize_url(url))
     given = parsed.query.get("options")  # a URL's own ?options=-c ... (search_path, say) are kept
     wanted = [*_values(given or ""), PLAN_EACH_STATEMENT if plan_each_statement else ""]
+    wanted += [f"-c {name}={value}" for name, value in (server_settings or {}).items()]
     options = " ".join(o for o in wanted if o)
     return create_engine(
         parsed.difference_update_query(["options"]),
@@ -140,9 +148,10 @@ def writing(sessions: sessionmaker[Session], *, one_statement: bool) -> Iterator
 
     A transaction of one statement costs BEGIN and COMMIT as round trips of their own: 0.74 ms
     against 0.37 ms for an INSERT here, measured with psycopg. Whether a write is one statement
-    is known only to the code that writes it, so only ``jobs/lifecycle`` and ``jobs/store``
-    call this (a claim, a claim's results, a group of accepted jobs); their callers pass the
-    sessions and never choose (tests/unit/test_layers.py checks).
+    is known only to the code that writes it, so only ``jobs/lifecycle``, ``jobs/store`` and
+    ``jobs/retention`` call this (a claim, a claim's results, a group of accepted jobs, a
+    prune's steps); their callers pass the sessions and never choose (tests/unit/test_layers.py
+    checks).
     """
     with sessions.begin() as session:
         if one_statement:  # the connection is taken here, before any statement, in autocommit

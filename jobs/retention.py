@@ -28,20 +28,30 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.artifacts import ArtifactStore
+from jobs.db import make_engine, writing
 
 log = logging.getLogger("mlq.retention")
 
 BATCHES_PER_PAGE = 100  # bulk runs looked at per query
-# A prune's commits do not wait for the disk: one lost in a crash is done again by the next
-# prune, and submits' commits do not queue behind thousands of its flushes.
-ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
-# The runs' page is costed by its jobs' walks: PostgreSQL would compile it (JIT), 0.3 s of a
-# query that takes milliseconds.
-NO_JIT = text("SET LOCAL jit = off")
+# The prune's own connection (``prune_engine``), for the prune's statements:
+# - one plan each, made once: each walks an index from a cursor and deletes what it found by
+#   ctid and id, whatever the values. Planned afresh (as the reconciler plans), planning the
+#   jobs' statement cost 3.5 ms of PostgreSQL's CPU in a 5 ms transaction of 50 rows, which
+#   submits beside it waited for (bench retention; tests/integration/test_retention_plans.py);
+# - commits that do not wait for the disk: one lost in a crash is done again by the next prune,
+#   and submits' commits do not queue behind thousands of its flushes;
+# - no JIT: the runs' page is costed by its jobs' walks, and PostgreSQL would compile it, 0.3 s
+#   of a query that takes milliseconds.
+# Each statement is a transaction of its own (``writing(one_statement=True)``): one round trip.
+PRUNE_CONNECTION = {"plan_cache_mode": "force_generic_plan", "synchronous_commit": "off", "jit": "off"}
+# Each prune starts by dropping the plans its connection kept, so they are made for the tables
+# as they are then (PostgreSQL scales their row counts to their size on disk now): a plan made
+# when the table held a few rows is not kept for the millions a month of retention brings.
+FRESH_PLANS = text("DISCARD PLANS")
 BEGINNING = (datetime(1, 1, 1, tzinfo=UTC), uuid.UUID(int=0))  # a cursor before every row
 
 
@@ -188,6 +198,11 @@ UNUSED_UPLOADS = text(
 )
 
 
+def prune_engine(url: str) -> Engine:
+    """A connection of the prune's own (``PRUNE_CONNECTION``), beside the reconciler's."""
+    return make_engine(url, pool_size=1, server_settings=PRUNE_CONNECTION)
+
+
 def tenants_to_prune(session: Session, *, retention_days: int) -> list[tuple[uuid.UUID, datetime]]:
     """Each tenant whose jobs expire, with its cutoff on PostgreSQL's clock: its own
     ``retention_days``, else the deployment's; 0 keeps them forever."""
@@ -205,7 +220,8 @@ def tenants_to_prune(session: Session, *, retention_days: int) -> list[tuple[uui
 
 
 class Pruner:
-    """Prunes what retention has passed, in transactions of at most ``batch_rows`` jobs."""
+    """Prunes what retention has passed, in transactions of at most ``batch_rows`` jobs.
+    ``sessions``: of ``prune_engine`` in a deployment (any work; those make it cheap)."""
 
     def __init__(
         self,
@@ -228,6 +244,7 @@ class Pruner:
         started = time.monotonic()
         done = Pruned()
         with self.sessions.begin() as session:
+            session.execute(FRESH_PLANS)
             tenants = tenants_to_prune(session, retention_days=self.retention_days)
         for tenant_id, cutoff in tenants:
             mine = Pruned()
@@ -253,8 +270,7 @@ class Pruner:
         done = Pruned()
 
         def each(params: dict[str, Any]) -> Any:
-            with self.sessions.begin() as session:
-                session.execute(ASYNC_COMMIT)
+            with writing(self.sessions, one_statement=True) as session:
                 row = session.execute(UNUSED_UPLOADS, {**params, "n": self.batch_rows}).one()
             done.transactions += 1
             self._remove_stored(row.stored)
@@ -278,8 +294,7 @@ class Pruner:
         done = Pruned()
         after_at, after_id = BEGINNING
         while True:
-            with self.sessions.begin() as session:
-                session.execute(NO_JIT)
+            with writing(self.sessions, one_statement=True) as session:
                 page = session.execute(
                     PRUNABLE_BATCHES,
                     {"tenant": tenant_id, "cutoff": cutoff, "after_at": after_at, "after_id": after_id,
@@ -300,8 +315,7 @@ class Pruner:
             if row.taken < self.batch_rows:
                 break
             after_index = row.batch_index
-        with self.sessions.begin() as session:
-            session.execute(ASYNC_COMMIT)
+        with writing(self.sessions, one_statement=True) as session:
             gone = session.execute(DELETE_BATCH, {"batch": batch_id}).one()
         done.transactions += 1
         self._remove_stored(gone.stored)
@@ -312,8 +326,7 @@ class Pruner:
             log.info("bulk run %s pruned: %d jobs, %d files", batch_id, done.jobs - jobs_before, gone.files)
 
     def _delete_jobs(self, statement: Any, params: dict[str, Any], done: Pruned) -> Any:
-        with self.sessions.begin() as session:
-            session.execute(ASYNC_COMMIT)
+        with writing(self.sessions, one_statement=True) as session:
             row = session.execute(statement, {**params, "n": self.batch_rows}).one()
         done.transactions += 1
         self._remove_stored(row.artifact_jobs)

@@ -280,11 +280,11 @@ def prune(
     with their artifacts and webhook rows, and finished bulk runs whole. Prints what it removed
     as one line of JSON. The reconciler does the same every MLQ_PRUNE_EVERY_S."""
     from jobs.artifacts import LocalArtifactStore
-    from jobs.db import make_engine, make_sessionmaker
-    from jobs.retention import Pruner
+    from jobs.db import make_sessionmaker
+    from jobs.retention import Pruner, prune_engine
 
     settings = get_settings()
-    engine = make_engine(settings.require_database_url(), pool_size=1, plan_each_statement=True)  # as the reconciler
+    engine = prune_engine(settings.require_database_url())
     try:
         pruner = Pruner(
             make_sessionmaker(engine), artifacts=LocalArtifactStore(settings.artifacts_path),

@@ -216,15 +216,17 @@ def reconcile(
     Run one per deployment (`mlq standalone` runs it); extra ones wait as standbys."""
     from jobs.artifacts import LocalArtifactStore
     from jobs.db import make_engine, make_sessionmaker
-    from jobs.retention import Pruner
+    from jobs.retention import Pruner, prune_engine
     from workers.app import app
     from workers.pruning import PruneSchedule
     from workers.reconciler import Reconciler
 
     settings = get_settings()
+    # the advisory lock's connection and the rounds' statements; the prune has one of its own
     engine = make_engine(settings.require_database_url(), pool_size=2, plan_each_statement=True)
     pruner = Pruner(
-        make_sessionmaker(engine), artifacts=LocalArtifactStore(settings.artifacts_path),
+        make_sessionmaker(prune_engine(settings.require_database_url())),
+        artifacts=LocalArtifactStore(settings.artifacts_path),
         retention_days=settings.retention_days, batch_rows=settings.prune_batch_rows, pause_s=settings.prune_pause_s,
     )  # fmt: skip
     reconciler = Reconciler(
