@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -25,6 +25,7 @@ STICKY_DEVICE_ERRORS = (  # CUDA errors after which the process's context cannot
     "CUDA error: an illegal instruction",
     "uncorrectable ECC error",
 )
+T = TypeVar("T")
 NOT_TEXT = frozenset({"id", "artifact", "url", "base64", "role", "language", "task"})  # input keys that are no prose
 
 
@@ -81,6 +82,17 @@ def has_files(claimed: Sequence[lifecycle.Claimed], *, kind: KindSpec) -> bool:
     """Whether any of these stored inputs names a file (its location is then read)."""
     names = binary_fields(kind.input_model)
     return bool(names) and any(c.input.get(name) for c in claimed for name in names)
+
+
+def cut_to_find_fault(together: Sequence[T], *, halves: bool) -> list[list[T]]:
+    """Items that failed together, cut so that what can succeed does and only the culprit fails,
+    each part tried again by the caller (and cut again if it fails again): in halves (a bisection:
+    an out-of-memory call may fit at half the size; one refused row among hundreds is found in a
+    few writes), or one item each (a model error: the culprit alone, in the fewest model runs)."""
+    if halves:
+        half = len(together) // 2
+        return [list(together[:half]), list(together[half:])]
+    return [[one] for one in together]
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -18,7 +18,7 @@ from jobs.artifacts import StoredArtifact
 from jobs.backoff import backoff_s
 from jobs.errors import Cancelled
 from jobs.logs import job_fields
-from workers.outcomes import RESULT_NOT_STORABLE, Done, Failed, is_transient_db_error
+from workers.outcomes import RESULT_NOT_STORABLE, Done, Failed, cut_to_find_fault, is_transient_db_error
 from workers.watch import ids_of
 
 log = logging.getLogger("mlq.runner")
@@ -69,14 +69,15 @@ def write_results(
         except Exception as exc:
             if isinstance(exc, DBAPIError) and not is_transient_db_error(exc) and not storing_failures:
                 # PostgreSQL refused the results themselves (a value it cannot store). Find the
-                # job whose result it is, one write each, so the others keep theirs; fail that
-                # one saying so, rather than leave it running to be retried into the same wall.
+                # job whose result it is by halves, so the others keep theirs; fail that one
+                # saying so, rather than leave it running to be retried into the same wall.
                 if len(outcomes) > 1:
                     written, kept = set(), []
-                    for index, one in enumerate(outcomes):
-                        mine = [a for a in stored if a[0] == one.job.id]
+                    for index, part in enumerate(cut_to_find_fault(outcomes, halves=True)):
+                        ids = {o.job.id for o in part}
+                        mine = [a for a in stored if a[0] in ids]
                         again = retry if index == 0 else []
-                        done, result = write_results(sessions, [one], mine, again, lease_s=lease_s)
+                        done, result = write_results(sessions, part, mine, again, lease_s=lease_s)
                         written |= done
                         kept += result
                     return written, kept

@@ -48,6 +48,7 @@ from workers.loaded import LoadedModels
 from workers.outcomes import (
     Done,
     Failed,
+    cut_to_find_fault,
     has_files,
     is_out_of_memory,
     is_sticky_device_error,
@@ -325,9 +326,7 @@ class Runner:
             return
         transient = isinstance(error, RetryableError)
         if len(ready) > 1 and (isinstance(error, OutOfMemory) or not transient):
-            half = len(ready) // 2
-            parts = [ready[:half], ready[half:]] if isinstance(error, OutOfMemory) else [[p] for p in ready]
-            for part in parts:
+            for part in cut_to_find_fault(ready, halves=isinstance(error, OutOfMemory)):
                 self._predict(adapter, part, outcomes, retry, stop=stop)
         elif transient:
             retry.extend((job, f"{error.code}: {error}") for job, _ in ready)  # type: ignore[attr-defined]
