@@ -358,7 +358,7 @@ def show(report: dict[str, Any]) -> None:
     pruning, done = report["pruning"], report["pruning"]["pruned"]
     b, d, q = (pruning[f"submit_{w}_ms"] for w in ("before", "while_pruning", "while_paused"))
     print(
-        f"pruned {done['jobs']:,} jobs in {done['transactions']:,} transactions of {pruning['prune_batch_rows']} rows, "
+        f"pruned {done['jobs']:,} jobs in transactions of {pruning['prune_batch_rows']} rows, "
         f"{pruning['prune_pause_s']}s pause between ({pruning['rows_per_s']:,} rows/s); "
         f"submit p99: {b['p99']:.2f} ms before (n={b['n']}), "
         f"{d['p99']:.2f} ms while pruning (n={d['n']}), {q['p99']:.2f} ms while it was stopped (n={q['n']}): "

@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     # jobs deleted per transaction: each holds its row locks for milliseconds, never a table's. A
     # submit that meets a prune's transaction waits about as long as it runs, so small ones keep
     # submit p99 near where it was: python -m bench retention on 2 cores, p99 while pruning over
-    # p99 while the prune was stopped, 250 rows x1.96, 100 x1.48, 50 x1.25, 25 x1.22; 50 still
+    # p99 while the prune was stopped, 250 rows x1.96, 100 x1.48, 50 x1.25, 25 x1.22 with every
+    # transaction planned afresh; 50 x1.07-1.08 with one plan per prune (jobs/retention.py). 50
     # prunes ~920 jobs a second (3.3 million an hour) with the 0.05 s pause (bench/README.md)
     prune_batch_rows: int = Field(default=50, ge=1)
     prune_pause_s: float = Field(default=0.05, ge=0)  # between a prune's transactions: the hot path goes first
