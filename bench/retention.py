@@ -196,11 +196,12 @@ def submits_beside(
     while proc.poll() is None and time.monotonic() < deadline:
         if time.monotonic() >= switch_at:
             pruning, switch_at = not pruning, time.monotonic() + window_s
-            os.kill(proc.pid, signal.SIGCONT if pruning else signal.SIGSTOP)
-            stopped_s += 0 if pruning else window_s
+            proc.send_signal(signal.SIGCONT if pruning else signal.SIGSTOP)
+            stopped_s += window_s if pruning else 0  # a stop counts once it ends
         (running if pruning else paused).append(side.submit())
     if not pruning:
-        os.kill(proc.pid, signal.SIGCONT)
+        stopped_s += time.monotonic() - (switch_at - window_s)
+        proc.send_signal(signal.SIGCONT)
     return running, paused, stopped_s
 
 
@@ -226,7 +227,8 @@ def prune_under_load(
     side.http.close()
     before = submits_while(side, seconds=baseline_s)
     env = {**side.stack.env, "MLQ_RETENTION_DAYS": "30", "MLQ_PRUNE_PAUSE_S": str(pause_s), "MLQ_LOG_LEVEL": "INFO"}
-    started, left = time.monotonic(), generated_left(side)
+    left = generated_left(side)
+    started = time.monotonic()
     rest = None
     with open(RESULTS / "logs" / "retention-prune.log", "w") as err:
         proc = subprocess.Popen([MLQ, "prune"], env=env, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -237,7 +239,7 @@ def prune_under_load(
         out, _ = proc.communicate()
     if proc.returncode not in (0, -signal.SIGTERM):
         raise RuntimeError(f"mlq prune exited {proc.returncode}; see {RESULTS / 'logs' / 'retention-prune.log'}")
-    pruned = {"jobs": left - generated_left(side), "seconds": round(ran_s, 1), **(json.loads(out) if out else {})}
+    pruned = {"jobs": left - generated_left(side), **(json.loads(out) if out else {}), "seconds": round(ran_s, 1)}
     if generated_left(side):
         rest = prune_the_rest(side, env)
     p99 = {name: percentile(values, 0.99) for name, values in (("before", before), ("during", during),
@@ -294,6 +296,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="measure submits beside the prune this long, then prune the rest with no pause (0: the whole prune)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.measure_s and args.measure_s < 10 * args.window_s:
+        parser.error("--measure-s must be at least ten windows (--window-s), to have submits on both sides")
     RESULTS.mkdir(exist_ok=True)
     defaults = Settings()
     pause_s = defaults.prune_pause_s if args.pause_s is None else args.pause_s
