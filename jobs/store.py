@@ -11,7 +11,7 @@ import base64
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -66,9 +66,24 @@ class JobRow:
     started_at: datetime | None
     finished_at: datetime | None
 
+    @classmethod
+    def of(cls, job: Job) -> JobRow:
+        return cls(**{f.name: getattr(job, f.name) for f in fields(cls)})
 
-# The statements that build JobRow values list its columns in its order (written out: SQL
-# text is never assembled from pieces, tests/security/test_static.py).
+    @classmethod
+    def queued(cls, job: NewJob, *, tenant_id: uuid.UUID, created_at: datetime) -> JobRow:
+        """The row ``job`` was inserted as: what it was given, and the table's defaults."""
+        return cls(
+            id=job.id, tenant_id=tenant_id, kind=job.kind, model=job.model, profile=job.profile,
+            status=JobStatus.queued.value, priority=job.priority, input=job.input, output=None, error_code=None,
+            error_message=None, attempt=0, history=[], metadata_=job.metadata, webhook_url=job.webhook_url,
+            created_at=created_at, started_at=None, finished_at=None,
+        )  # fmt: skip
+
+
+# The group insert returns what the API does not know of its rows (their creation time), not
+# their columns: the rest is what it sent (JobRow.queued). The waiter's read of finished rows
+# (producer/waiter.py) is the one statement that lists JobRow's columns.
 _INSERT_JOBS_SQL = text(
     """
     WITH v AS (
@@ -93,17 +108,7 @@ _INSERT_JOBS_SQL = text(
            p.base + p.step * row_number() OVER (PARTITION BY v.tenant_id, v.kind, v.priority ORDER BY v.n)
     FROM v JOIN places p ON p.tenant_id = v.tenant_id AND p.kind = v.kind AND p.priority = v.priority
     ON CONFLICT ON CONSTRAINT jobs_tenant_idempotency_key DO NOTHING
-    RETURNING id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message,
-           attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at
-    """
-)
-_EARLIER_JOBS_SQL = text(
-    """
-    SELECT idempotency_key,
-           id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message,
-           attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at
-    FROM jobs
-    WHERE (tenant_id, idempotency_key) IN (SELECT * FROM unnest(CAST(:tenants AS uuid[]), CAST(:keys AS text[])))
+    RETURNING id, created_at
     """
 )
 
@@ -132,20 +137,16 @@ def insert_jobs(session: Session, *, jobs: Sequence[tuple[uuid.UUID, NewJob]]) -
         }
         for n, (t, j) in enumerate(jobs)
     ]
-    created = {
-        row.id: row for row in (JobRow(*r) for r in session.execute(_INSERT_JOBS_SQL, {"rows": json.dumps(rows)}))
-    }
+    created = {r.id: r.created_at for r in session.execute(_INSERT_JOBS_SQL, {"rows": json.dumps(rows)})}
     replayed = [(t, j.idempotency_key) for t, j in jobs if j.id not in created and j.idempotency_key is not None]
     earlier: dict[tuple[uuid.UUID, str | None], JobRow] = {}
-    if replayed:
-        keys = {"tenants": [t for t, _ in replayed], "keys": [k for _, k in replayed]}
-        found = session.execute(_EARLIER_JOBS_SQL, keys)
-        keyed = [(r[0], JobRow(*r[1:])) for r in found]  # (the Idempotency-Key, the earlier job)
-        earlier = {(row.tenant_id, key): row for key, row in keyed}
+    if replayed:  # a retried submission: rare, and read through the ORM
+        found = session.execute(select(Job).where(tuple_(Job.tenant_id, Job.idempotency_key).in_(replayed)))
+        earlier = {(job.tenant_id, job.idempotency_key): JobRow.of(job) for job in found.scalars()}
     out = []
     for tenant_id, job in jobs:
         if job.id in created:
-            out.append((created[job.id], True))
+            out.append((JobRow.queued(job, tenant_id=tenant_id, created_at=created[job.id]), True))
         else:  # only a job with a key can be missing: ON CONFLICT on (tenant, key) is the one skip
             out.append((earlier[(tenant_id, job.idempotency_key)], False))
     return out

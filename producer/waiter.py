@@ -35,7 +35,7 @@ FALLBACK_POLL_S = 1.0  # how often a waiter re-reads its row while the listener 
 READ_TIMEOUT_S = 5.0  # the longest the reader waits for finished rows; then waiters read their own
 
 
-_READ_FINISHED = sql.SQL(  # JobRow's columns in its order, as in jobs/store.py
+_READ_FINISHED = sql.SQL(  # JobRow's columns, by name (class_row): the one statement that lists them
     "SELECT id, tenant_id, kind, model, profile, status, priority, input, output, error_code, error_message, "
     "attempt, history, metadata AS metadata_, webhook_url, created_at, started_at, finished_at "
     "FROM jobs WHERE id = ANY(%s) AND status IN ('succeeded', 'failed', 'cancelled')"

@@ -179,7 +179,8 @@ def test_finish_wakes_long_polls_with_one_notification(
 
 
 def test_job_rows_carry_the_same_values_as_the_orm_row(sessions: sessionmaker[Session], tenant: uuid.UUID) -> None:
-    """insert_jobs (and the waiter) build JobRow from columns listed by hand: their order must be JobRow's."""
+    """insert_jobs answers with what it was given and the table's defaults (JobRow.queued), and an
+    Idempotency-Key's replay with the earlier row (JobRow.of): each must be the row as stored."""
     import dataclasses
 
     with sessions.begin() as session:
@@ -191,6 +192,16 @@ def test_job_rows_carry_the_same_values_as_the_orm_row(sessions: sessionmaker[Se
         assert created and job is not None
         for name in (f.name for f in dataclasses.fields(store.JobRow)):
             assert getattr(row, name) == getattr(job, name), name
+    with sessions.begin() as session:
+        [(first, made), (again, replayed)] = store.insert_jobs(
+            session, jobs=[(tenant, new_job(idempotency_key="k-rows")), (tenant, new_job(idempotency_key="k-rows"))]
+        )
+    assert (made, replayed) == (True, False) and again == first  # the same key twice in one group
+    with sessions() as session:
+        job = session.get(Job, first.id)
+        assert job is not None
+        for name in (f.name for f in dataclasses.fields(store.JobRow)):
+            assert getattr(again, name) == getattr(job, name), name
 
 
 def plan_nodes(plan: dict[str, object]) -> list[dict[str, object]]:
