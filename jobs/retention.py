@@ -45,8 +45,8 @@ BATCHES_PER_PAGE = 100  # bulk runs looked at per query
 # - commits that wait for the disk, as every other write's: a step's files leave the artifact
 #   store after its commit, and a commit that had not reached the disk could be lost in a crash
 #   after its files went (rows without files). Waiting adds the disk's flush to each step (2-3.5
-#   ms here, not CPU); with 250 rows and every step planned it changed neither submit p99 beside
-#   the prune nor its rate (bench retention: x2.00 against x1.96, 4,020 jobs/s against 4,131);
+#   ms here, not CPU) and changes neither submit p99 beside the prune nor its rate (bench
+#   retention, 50 rows, kept plans: x1.066-1.077 against x1.068-1.079, 928-931 jobs/s);
 # - no JIT: the runs' page is costed by its jobs' walks, and PostgreSQL would compile it, 0.3 s
 #   of a query that takes milliseconds.
 # Each statement is a transaction of its own (``writing(one_statement=True)``): one round trip.
