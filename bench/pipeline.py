@@ -11,6 +11,8 @@ Celery no-op task in the same run.
 - mlq-bulk: one ``POST /v1/batches`` of ``--lines`` lines; accepted -> all finished.
 - mlq-single: ``--singles`` jobs from ``--clients`` keep-alive clients, each ``POST
   /v1/jobs?wait=60``.
+- mlq-bulk-free, mlq-single-free: the same with a classifier that costs nothing
+  (``bench/free_model.py``): mlq's own ceiling, what is left where the model is free (a GPU).
 
 Both mlq modes run the defaults a user gets (``mlq worker --kinds text-classification``: one
 pool process; the API's settings as shipped) and report CPU per job of every process by role,
@@ -32,6 +34,7 @@ import httpx
 import redis
 from sqlalchemy import text
 
+from bench import free_model
 from bench.loadgen import post_json
 from bench.report import cpu_by_role
 from bench.stack import running_stack
@@ -109,6 +112,9 @@ def per_job(before: dict[str, float], after: dict[str, float], n: int) -> dict[s
 
 def on_mlq(mode: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
     defaults = {"MLQ_MODELS": "demo", "MLQ_LOG_LEVEL": "INFO"}  # the log level a user gets, not the stack's WARNING
+    if mode.endswith("-free"):  # the models file names bench/free_model.py's adapter, imported from ROOT
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        defaults.update(MLQ_MODELS=str(free_model.models_file(DATA_DIR)), PYTHONPATH=path)
     with running_stack(
         kinds=KIND, data_dir=DATA_DIR, log_dir=LOG_DIR / mode, extra_env=defaults, worker_args=("--loglevel", "INFO")
     ) as stack:
@@ -119,7 +125,7 @@ def on_mlq(mode: str, texts: list[str], args: argparse.Namespace) -> dict[str, A
         engine = make_engine(stack.database_url, pool_size=1)
         cpu_before = cpu_by_role()
         started = time.time()
-        if mode == "mlq-bulk":
+        if mode.startswith("mlq-bulk"):
             lines = "\n".join(json.dumps({"custom_id": str(i), "input": {"text": t}}) for i, t in enumerate(texts))
             answer = httpx.post(
                 f"{stack.url}/v1/batches",
@@ -158,6 +164,7 @@ def on_mlq(mode: str, texts: list[str], args: argparse.Namespace) -> dict[str, A
         "seconds": float(last) - started,
         "accepted_s": accepted_s,
         "cpu_ms_per_job": per_job(cpu_before, cpu_after, len(texts)),
+        "model_costs": not mode.endswith("-free"),
     }
 
 
@@ -173,14 +180,14 @@ def report(results: list[dict[str, Any]]) -> str:
         rate = r["items"] / r["seconds"]
         cpu = r["cpu_ms_per_job"]
         total = sum(v for k, v in cpu.items() if k != "benchmark client")
-        outside = total - (model_ms if r["mode"] != "celery-noop" else 0.0)
+        outside = total - (model_ms if r.get("model_costs") else 0.0)
         accepted = f", accepted in {r['accepted_s']:.2f} s" if r.get("accepted_s") else ""
         lines.append(
-            f"{r['mode']:12} {r['items']:>6} in {r['seconds']:6.2f} s = {rate:7.0f}/s "
+            f"{r['mode']:15} {r['items']:>6} in {r['seconds']:6.2f} s = {rate:7.0f}/s "
             f"({rate / noop_rate:5.2f}x the Celery no-op){accepted}; CPU ms a job, all but the client: "
             f"{total:.3f}, outside the model: {outside:.3f}"
         )
-        lines.append("             " + ", ".join(f"{role} {ms}" for role, ms in cpu.items()))
+        lines.append(" " * 16 + ", ".join(f"{role} {ms}" for role, ms in cpu.items()))
     return "\n".join(lines)
 
 
@@ -190,7 +197,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--singles", type=int, default=2_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--noops", type=int, default=2_000)
-    parser.add_argument("--modes", default="celery-noop,model,mlq-bulk,mlq-single")
+    parser.add_argument("--modes", default="celery-noop,model,mlq-bulk,mlq-single,mlq-bulk-free,mlq-single-free")
     args = parser.parse_args(argv)
     for folder in (RESULTS, DATA_DIR, LOG_DIR):
         folder.mkdir(parents=True, exist_ok=True)
@@ -202,9 +209,11 @@ def main(argv: list[str]) -> None:
             results.append(celery_noop(args.noops))
         elif mode == "model":
             results.append(model_alone(texts[: args.lines]))
-        elif mode == "mlq-bulk":
+        elif mode.startswith("mlq-bulk"):
             results.append(on_mlq(mode, texts[: args.lines], args))
-        elif mode == "mlq-single":
+        elif mode.startswith("mlq-single"):
             results.append(on_mlq(mode, texts[: args.singles], args))
+        else:
+            parser.error(f"--modes: unknown mode {mode!r}")
     (RESULTS / "pipeline.json").write_text(json.dumps(results, indent=2))
     print(report(results))
