@@ -7,7 +7,6 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import DBAPIError
@@ -18,6 +17,7 @@ from jobs.artifacts import StoredArtifact
 from jobs.backoff import backoff_s
 from jobs.errors import Cancelled
 from jobs.logs import job_fields
+from workers.hooks import Claim, Hook
 from workers.outcomes import RESULT_NOT_STORABLE, Done, Failed, cut_to_find_fault, is_transient_db_error
 from workers.watch import ids_of
 
@@ -38,6 +38,36 @@ class RunReport:
     failed: int = 0
     released: int = 0
     discarded: list[uuid.UUID] = field(default_factory=list)  # outcomes a newer attempt superseded
+
+    def add(self, claim: Claim) -> None:
+        """Count a stored claim's jobs."""
+        for o in claim.outcomes:
+            if o.job.id not in claim.written:
+                self.discarded.append(o.job.id)
+            elif isinstance(o, Done):
+                self.succeeded += 1
+            else:
+                self.failed += 1  # cancelled ones too
+        self.released += len(claim.retry)
+
+
+class ClaimMetrics(Hook):
+    """A claim's metrics and logs: queue wait and size when it starts; once stored, its jobs
+    counted and timed, one log line for its successes (their ids at DEBUG), one for each
+    failure, one for each result a newer attempt superseded; the process's memory."""
+
+    def __init__(self, *, worker: str) -> None:
+        self.worker = worker
+
+    def started(self, claim: Claim) -> None:
+        wait = metrics.QUEUE_WAIT.labels(claim.kind, claim.model)
+        for job in claim.jobs:
+            wait.observe(job.waited_s)
+        metrics.BATCH_SIZE.labels(claim.kind).observe(len(claim.jobs))
+
+    def ended(self, claim: Claim) -> None:
+        reported(claim, worker=self.worker)
+        metrics.record_process_memory()
 
 
 def write_results(
@@ -98,24 +128,13 @@ def write_results(
             tries += 1
 
 
-def reported(
-    outcomes: list[Done | Failed],
-    *,
-    kind: str,
-    model: str,
-    claimed: Sequence[lifecycle.Claimed],
-    written: set[uuid.UUID],
-    elapsed_s: float,
-    report: RunReport,
-    worker: str,
-) -> None:
-    """A claim's metrics and logs: one line for its successes (their ids at DEBUG), one
-    for each failure, one for each result a newer attempt superseded."""
+def reported(claim: Claim, *, worker: str) -> None:
+    """``ClaimMetrics.ended``: a stored claim's metrics and logs."""
+    kind, elapsed_s, size = claim.kind, claim.elapsed_s(), len(claim.jobs)
     finished: Counter[tuple[str, str, str]] = Counter()
     succeeded = []
-    for o in outcomes:
-        if o.job.id not in written:
-            report.discarded.append(o.job.id)
+    for o in claim.outcomes:
+        if o.job.id not in claim.written:
             log.warning("job %s attempt %d: result discarded, a newer attempt owns the job", o.job.id, o.job.attempt)
         elif isinstance(o, Done):
             succeeded.append(o.job)
@@ -126,16 +145,14 @@ def reported(
             log.info(
                 "job %s %s failed: %s: %s", o.job.id, kind, o.code, o.message,
                 extra=job_fields(job_id=o.job.id, kind=kind, tenant=o.job.tenant, attempt=o.job.attempt,
-                                 worker=worker, duration_s=round(elapsed_s, 4), batch_size=len(claimed),
+                                 worker=worker, duration_s=round(elapsed_s, 4), batch_size=size,
                                  error_code=o.code),
             )  # fmt: skip
     for (tenant, status, code), n in finished.items():
         metrics.JOBS_FINISHED.labels(kind, tenant, status, code).inc(n)
-    run_time = metrics.RUN_TIME.labels(kind, model)
+    run_time = metrics.RUN_TIME.labels(kind, claim.model)
     for _ in range(sum(finished.values())):
         run_time.observe(elapsed_s)
-    report.succeeded += len(succeeded)
-    report.failed += sum(n for (_, status, _), n in finished.items() if status != "succeeded")
     if succeeded:
         shared = {
             name: values.pop()
@@ -146,8 +163,8 @@ def reported(
             if len(values) == 1
         }
         log.info(
-            "%d %s jobs succeeded in %.3fs (claim of %d)", len(succeeded), kind, elapsed_s, len(claimed),
-            extra=job_fields(kind=kind, duration_s=round(elapsed_s, 4), batch_size=len(claimed),
+            "%d %s jobs succeeded in %.3fs (claim of %d)", len(succeeded), kind, elapsed_s, size,
+            extra=job_fields(kind=kind, duration_s=round(elapsed_s, 4), batch_size=size,
                              worker=worker, job_ids=[j.id for j in succeeded], **shared),
         )  # fmt: skip
         log.debug("succeeded: %s", ids_of(succeeded))

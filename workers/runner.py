@@ -9,16 +9,16 @@ Words: a *claim* is the jobs one worker takes at once (a bulk run's message, or 
 jobs filled up to ``max_batch_size``); a *model call* is one ``predict`` on some of them
 (``max_batch_size`` items at most); a *bulk run* is what a user submits as one file.
 
-Beside it: ``loaded`` (the process's models), ``watch`` (the thread that keeps leases and
-time limits), ``calls`` (a claim cut into model calls), ``outcomes`` (how attempts end,
-errors told apart), ``results`` (a claim's results written, counted and logged).
+Around it, hooks (workers/hooks.py: the claim's leases, its metrics and logs, the fault
+tests' hold). Beside it: ``loaded`` (the process's models), ``watch`` (the thread that keeps
+leases and time limits), ``calls`` (a claim cut into model calls), ``outcomes`` (how attempts
+end, errors told apart), ``results`` (a claim's results written, counted and logged).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +27,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import lifecycle, metrics, store
-from jobs.artifacts import ArtifactStore, StoredArtifact
+from jobs import lifecycle, store
+from jobs.artifacts import ArtifactStore
 from jobs.errors import (
     Cancelled,
     InvalidInput,
@@ -44,6 +44,7 @@ from jobs.modelsfile import ModelsConfig
 from jobs.schemas import Schema, binaries
 from models.base import Adapter, StopSignal
 from workers.calls import UNKNOWN_CALL_COST_TOKENS, budgeted
+from workers.hooks import HOLD_BEFORE_STORE, Call, Claim, HoldBeforeStore, Hook, Hooks
 from workers.loaded import LoadedModels
 from workers.outcomes import (
     Done,
@@ -55,23 +56,21 @@ from workers.outcomes import (
     validation_message,
     warn_unread,
 )
-from workers.results import RunReport, reported, write_results
-from workers.watch import Beside, Call
+from workers.results import ClaimMetrics, RunReport, write_results
+from workers.watch import Beside, KeepLeases, WatchCalls
 
 log = logging.getLogger("mlq.runner")
 
 
-# tests/faults only: while the file this names exists, a claim waits between predict and store
-HOLD_BEFORE_STORE = os.environ.get("MLQ_FAULT_HOLD_BEFORE_STORE", "")
 TIME_LIMIT_EXIT_CODE = 75  # a pool process that exits with this ran past a time limit
 DEVICE_ERROR_EXIT_CODE = 76  # ... or lost its GPU context (illegal memory access and the like)
 
 
 class Runner:
     """Runs one worker process's jobs: claim → prepare → predict → store, a claim at a time.
-    Around it: the loaded models (``loaded``), leases, time limits and cancel requests
-    (``beside``), the result write with its retries and the claim's metrics and logs
-    (workers/results.py)."""
+    Around each claim, ``hooks`` (its leases, its metrics and logs); beside it, the loaded
+    models (``loaded``) and the thread that keeps leases, time limits and cancel requests
+    (``beside``); the result write with its retries is workers/results.py."""
 
     def __init__(
         self,
@@ -95,9 +94,15 @@ class Runner:
         self.worker = worker
         self.lease_s = lease_s
         self.beside = Beside(sessions, lease_s=lease_s)  # leases, time limits and cancel requests
-        # the claim running now and its outcomes so far: what give_up records when the process must exit
-        self._claimed: Sequence[lifecycle.Claimed] = ()
-        self._outcomes: list[Done | Failed] = []
+        hooks: list[Hook] = [
+            KeepLeases(self.beside),
+            WatchCalls(self.beside, on_hard_limit=self._over_time_limit),
+            ClaimMetrics(worker=worker),
+        ]
+        if HOLD_BEFORE_STORE:
+            hooks.append(HoldBeforeStore(HOLD_BEFORE_STORE))
+        self.hooks = Hooks(hooks)
+        self._running: Claim | None = None  # the claim running now: what give_up records when the process must exit
 
     def adapter(self, kind: str) -> Adapter[Any]:
         """The loaded adapter of ``kind`` (workers/loaded.py)."""
@@ -124,6 +129,24 @@ class Runner:
         return report
 
     def _run_claim(self, adapter: Adapter[Any], ids: list[uuid.UUID], size: int, report: RunReport) -> None:
+        claim = self._claim(adapter, ids, size)
+        report.claimed += len(claim.jobs)
+        if not claim.jobs:
+            return
+        self.hooks.started(claim)
+        self._running = claim
+        try:
+            with self.hooks.around(claim):
+                self.process(adapter, claim)
+                self.hooks.before_store(claim)
+                self._store(claim)
+        finally:
+            self._running = None
+        self.hooks.ended(claim)
+        report.add(claim)
+
+    def _claim(self, adapter: Adapter[Any], ids: list[uuid.UUID], size: int) -> Claim:
+        """Claim these jobs (filled up to ``size`` with other queued ones), with their stored files."""
         kind = adapter.kind
         claimed = lifecycle.claim_jobs(
             self.sessions, job_ids=ids, kind=kind, worker=self.worker, lease_s=self.lease_s,
@@ -133,56 +156,31 @@ class Runner:
         if has_files(claimed, kind=get_kind(kind)):
             with self.sessions() as session:
                 files = store.artifact_uris(session, job_ids=[c.id for c in claimed])
-        report.claimed += len(claimed)
-        if not claimed:
-            return
-        model = adapter.spec.model
-        for job in claimed:
-            metrics.QUEUE_WAIT.labels(kind, model).observe(job.waited_s)
-        metrics.BATCH_SIZE.labels(kind).observe(len(claimed))
-        started = time.perf_counter()
-        self._claimed, self._outcomes = claimed, []
-        try:
-            with self.beside.claim(claimed):
-                outcomes, retry = self.process(adapter, claimed, files=files)
-                if HOLD_BEFORE_STORE:
-                    hold_before_store(HOLD_BEFORE_STORE, claimed)
-                stored = [
-                    (
-                        o.job.id,
-                        self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type),
-                    )
-                    for o in outcomes
-                    if isinstance(o, Done)
-                    for b in o.prediction.blobs
-                ]
-                written, outcomes = self._store(outcomes, stored, retry)
-        finally:
-            self._claimed, self._outcomes = (), []
-        elapsed_s = time.perf_counter() - started
-        reported(outcomes, kind=kind, model=model, claimed=claimed, written=written, elapsed_s=elapsed_s,
-                 report=report, worker=self.worker)  # fmt: skip
-        report.released += len(retry)
-        metrics.record_process_memory()
+        return Claim(spec=adapter.spec, jobs=claimed, files=files)
 
-    def _store(
-        self,
-        outcomes: list[Done | Failed],
-        stored: list[tuple[uuid.UUID, StoredArtifact]],
-        retry: list[tuple[lifecycle.Claimed, str]],
-    ) -> tuple[set[uuid.UUID], list[Done | Failed]]:
-        """A claim's results written (workers/results.py)."""
-        return write_results(self.sessions, outcomes, stored, retry, lease_s=self.lease_s)
+    def _store(self, claim: Claim) -> None:
+        """The claim's files put in the artifact store, then its results written together
+        (workers/results.py)."""
+        stored = [
+            (o.job.id, self.artifacts.put(job_id=o.job.id, name=b.name, data=b.data, content_type=b.content_type))
+            for o in claim.outcomes
+            if isinstance(o, Done)
+            for b in o.prediction.blobs
+        ]
+        claim.written, claim.outcomes = write_results(
+            self.sessions, claim.outcomes, stored, claim.retry, lease_s=self.lease_s
+        )
 
     def give_up(self, culprits: Sequence[lifecycle.Claimed], *, code: str, message: str, exit_code: int) -> None:
         """Record the jobs this process can no longer run, then exit so Celery replaces it.
         A lone culprit fails with ``code``; several go back to the queue, and, having lost an
         attempt, run alone next time, so only the one at fault fails. The rest of the claim is
         recorded too: results already computed (without files) are written, the others go back."""
+        claimed, outcomes = (self._running.jobs, self._running.outcomes) if self._running else (culprits, [])
         mine = {c.id for c in culprits}
-        done = [o for o in self._outcomes if not (isinstance(o, Done) and o.prediction.blobs)]
+        done = [o for o in outcomes if not (isinstance(o, Done) and o.prediction.blobs)]
         recorded = mine | {o.job.id for o in done}
-        others = [c for c in self._claimed if c.id not in recorded]
+        others = [c for c in claimed if c.id not in recorded]
         try:
             with self.sessions.begin() as session:
                 lifecycle.finish(session, outcomes=[o.outcome() for o in done if o.job.id not in mine])
@@ -208,6 +206,11 @@ class Runner:
         finally:
             os._exit(exit_code)
 
+    def _over_time_limit(self, claim: Claim, call: Call) -> None:
+        """A model call past its kind's hard time limit (``WatchCalls``): its jobs recorded, the process replaced."""
+        over = f"ran longer than the time limit of {claim.spec.time_limit_s:.0f}s for this kind"
+        self.give_up(call.jobs, code="timed_out", message=over, exit_code=TIME_LIMIT_EXIT_CODE)
+
     def fail_unrunnable(self, *, kind: str, job_ids: list[uuid.UUID], error: PermanentError) -> RunReport:
         log.error("jobs %s: cannot load the %s model: %s", ",".join(map(str, job_ids)), kind, error)
         claimed = lifecycle.claim_jobs(
@@ -223,31 +226,18 @@ class Runner:
         )
         return RunReport(claimed=len(claimed), failed=len(claimed))
 
-    def process(
-        self,
-        adapter: Adapter[Any],
-        claimed: Sequence[lifecycle.Claimed],
-        *,
-        files: dict[tuple[uuid.UUID, str], str] | None = None,
-    ) -> tuple[list[Done | Failed], list[tuple[lifecycle.Claimed, str]]]:
-        """Prepare the jobs, predict on the good ones in calls. Returns outcomes and jobs to retry."""
-        outcomes: list[Done | Failed] = []
-        ready = self._prepared(adapter, claimed, files=files or {}, outcomes=outcomes)
-        self._outcomes = outcomes  # what a process that must exit records first (give_up)
-        retry: list[tuple[lifecycle.Claimed, str]] = []
+    def process(self, adapter: Adapter[Any], claim: Claim) -> None:
+        """Prepare the claim's jobs, predict on the good ones in calls: ``claim.outcomes``
+        (what a process that must exit records first, ``give_up``) and ``claim.retry``."""
+        outcomes, retry = claim.outcomes, claim.retry
+        ready = self._prepared(adapter, claim.jobs, files=claim.files, outcomes=outcomes)
         call_cost = self.loaded.call_costs.get(adapter.kind, UNKNOWN_CALL_COST_TOKENS)
         for group in budgeted(adapter, ready, call_cost_tokens=call_cost):
             call = Call(jobs=[job for job, _ in group], interruptible=adapter.interruptible)
-
-            def hard_limit(jobs: Sequence[lifecycle.Claimed] = call.jobs) -> None:
-                over = f"ran longer than the time limit of {adapter.spec.time_limit_s:.0f}s for this kind"
-                self.give_up(jobs, code="timed_out", message=over, exit_code=TIME_LIMIT_EXIT_CODE)
-
-            with self.beside.call(call, spec=adapter.spec, on_hard_limit=hard_limit):
+            with self.hooks.around_call(claim, call):
                 self._predict(adapter, group, outcomes, retry, stop=call.stop)
         if adapter.spec.languages:
             warn_unread(outcomes, languages=adapter.spec.languages, model=adapter.spec.model)
-        return outcomes, retry
 
     def _prepared(
         self,
@@ -335,13 +325,3 @@ class Runner:
             log.error("job %s: model raised %s", job.id, error, exc_info=error)
             code = error.code if isinstance(error, MlqError) else ModelError.code
             outcomes.append(Failed(job, code, f"{type(error).__name__}: {error}"))
-
-
-def hold_before_store(path: str, claimed: Sequence[lifecycle.Claimed]) -> None:
-    """The fault tests' hold: while ``path`` exists, wait (predictions made, nothing stored),
-    having written the claim's job ids to ``path``.held."""
-    if os.path.exists(path):
-        Path(f"{path}.part").write_text("\n".join(str(c.id) for c in claimed))
-        os.replace(f"{path}.part", f"{path}.held")
-        while os.path.exists(path):
-            time.sleep(0.05)

@@ -20,28 +20,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import lifecycle
 from jobs.errors import Cancelled, TimedOut
 from jobs.modelsfile import ModelSpec
-from models.base import StopSignal
+from workers.hooks import Call, Claim, Hook
 
 log = logging.getLogger("mlq.runner")
 
 CANCEL_POLL_S = 1.0  # how often a running generation looks for a cancel request
-
-
-@dataclass
-class Call:
-    """One model call of a claim: its jobs and the signal that stops it between steps."""
-
-    jobs: Sequence[lifecycle.Claimed]
-    interruptible: bool
-    stop: StopSignal = field(default_factory=StopSignal)
 
 
 @dataclass
@@ -159,3 +150,26 @@ class Beside:
                     lifecycle.extend_leases(session, job_ids=ids, attempts=attempts, lease_s=self.lease_s)
         except Exception as exc:  # the next round tries again; the lease has slack
             log.warning("jobs %s: lease renewal failed: %s", ids_of(claimed), exc)
+
+
+class KeepLeases(Hook):
+    """The runner's hook that keeps a claim's leases while it runs (``Beside.claim``)."""
+
+    def __init__(self, beside: Beside) -> None:
+        self.beside = beside
+
+    def around(self, claim: Claim) -> AbstractContextManager[None]:
+        return self.beside.claim(claim.jobs)
+
+
+class WatchCalls(Hook):
+    """The runner's hook that watches each model call's time limits and cancel requests
+    (``Beside.call``); past the hard limit, ``on_hard_limit(claim, call)`` records the call's
+    jobs and exits the process."""
+
+    def __init__(self, beside: Beside, *, on_hard_limit: Callable[[Claim, Call], None]) -> None:
+        self.beside = beside
+        self.on_hard_limit = on_hard_limit
+
+    def around_call(self, claim: Claim, call: Call) -> AbstractContextManager[None]:
+        return self.beside.call(call, spec=claim.spec, on_hard_limit=lambda: self.on_hard_limit(claim, call))
