@@ -8,7 +8,6 @@ model costs next to nothing. A worker loads it through the models file's ``adapt
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from jobs.kinds import LabelScore, TextClassificationInput, TextClassificationOutput
 from models.base import Adapter, Prediction, StopSignal
@@ -16,13 +15,13 @@ from models.base import Adapter, Prediction, StopSignal
 KIND = "text-classification"
 
 
-class FreeClassifier(Adapter[TextClassificationInput]):
+class FreeClassifier(Adapter[TextClassificationInput, TextClassificationInput]):
     kind = KIND
 
     def load_weights(self, device: str) -> None:
         """Nothing to load."""
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
+    def predict(self, batch: list[TextClassificationInput], *, stop: StopSignal | None = None) -> list[Prediction]:
         return [
             Prediction(TextClassificationOutput(label="free", score=1.0, labels=[LabelScore(label="free", score=1.0)]))
             for _ in batch

@@ -45,7 +45,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
 )
 
-_adapter: Adapter[Any] | None = None
+_adapter: Adapter[Any, Any] | None = None
 _redis: redis.Redis | None = None
 
 

@@ -22,13 +22,14 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from jobs.errors import Cancelled, TimedOut
 from jobs.modelsfile import ModelSpec
 from jobs.schemas import Schema
 
-In = TypeVar("In", bound=Schema)
+In = TypeVar("In", bound=Schema)  # what a job's input is, validated (jobs.kinds)
+Prepared = TypeVar("Prepared")  # what prepare makes of it, and predict takes
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ class StopSignal:
             raise self._error
 
 
-class Adapter(ABC, Generic[In]):
-    """One kind's model code. Subclasses set ``kind`` and implement load and predict."""
+class Adapter(ABC, Generic[In, Prepared]):
+    """One kind's model code, ``Adapter[Input, Prepared]``. Subclasses set ``kind`` and
+    implement load and predict."""
 
     kind: ClassVar[str]
     interruptible: ClassVar[bool] = False  # predict looks at its stop signal between steps
@@ -107,11 +109,12 @@ class Adapter(ABC, Generic[In]):
     def load_weights(self, device: str) -> None:
         """Each adapter's own loading, onto ``device`` (``self.device`` is set already)."""
 
-    def prepare(self, item: In) -> Any:
-        """Per-item decoding and checks; raise jobs.errors.InvalidInput for a bad item."""
-        return item
+    def prepare(self, item: In) -> Prepared:
+        """Per-item decoding and checks; raise jobs.errors.InvalidInput for a bad item. By
+        default the item itself, for adapters whose ``Prepared`` is their input."""
+        return cast(Prepared, item)
 
-    def prepare_many(self, items: list[In]) -> list[Any]:
+    def prepare_many(self, items: list[In]) -> list[Prepared]:
         """``prepare`` for a claim's items at once (a tokenizer encodes a list faster than its
         texts one by one). Raising makes the runner prepare the items one by one, so a bad
         one fails alone."""
@@ -136,10 +139,10 @@ class Adapter(ABC, Generic[In]):
         tensors = {id(t): t for m in modules.values() for t in [*m.parameters(), *m.buffers()]}
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
-    def size(self, prepared: Any) -> int:
+    def size(self, prepared: Prepared) -> int:
         """A prepared item's size in ``budget_unit`` (tokens, pixels)."""
         return 1
 
     @abstractmethod
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
+    def predict(self, batch: list[Prepared], *, stop: StopSignal | None = None) -> list[Prediction]:
         """Run the model on prepared items; return one Prediction per item, in order."""

@@ -16,7 +16,7 @@ from models.generation import Request, check_fits, generate, use_padding
 from models.loading import torch_dtype
 
 
-class ChatAdapter(Adapter[ChatInput]):
+class ChatAdapter(Adapter[ChatInput, Request]):
     kind = "chat"
     interruptible = True
 
@@ -65,8 +65,8 @@ class ChatAdapter(Adapter[ChatInput]):
         check_fits(self.model, prompt_tokens=len(input_ids), max_new_tokens=item.max_new_tokens)
         return Request(input_ids=input_ids, options=item)
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
-        requests: list[Request] = batch
+    def predict(self, batch: list[Request], *, stop: StopSignal | None = None) -> list[Prediction]:
+        requests = batch
         return [
             Prediction(
                 ChatOutput(

@@ -12,7 +12,7 @@ from models.tokens import Tokenized, padded, tokenized, tokenized_many
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256 tokens; longer input is truncated
 
 
-class EmbeddingAdapter(Adapter[EmbeddingInput]):
+class EmbeddingAdapter(Adapter[EmbeddingInput, Tokenized]):
     kind = "embedding"
     budget_unit = "tokens"
 
@@ -58,8 +58,8 @@ class EmbeddingAdapter(Adapter[EmbeddingInput]):
         """Tokens the text takes in a batch (after truncation)."""
         return len(prepared.ids)
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
-        prepared: list[Tokenized] = batch
+    def predict(self, batch: list[Tokenized], *, stop: StopSignal | None = None) -> list[Prediction]:
+        prepared = batch
         vectors = self._pooled(padded(self.tokenizer, prepared, device=self.device), normalize=False)
         predictions = []
         for vector, one in zip(vectors, prepared, strict=True):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image
 
@@ -20,7 +19,7 @@ class PreparedImage:
     top_k: int
 
 
-class ImageClassificationAdapter(Adapter[ImageClassificationInput]):
+class ImageClassificationAdapter(Adapter[ImageClassificationInput, PreparedImage]):
     kind = "image-classification"
     budget_unit = "pixels"  # decoded images are held whole until the processor resizes them
 
@@ -44,7 +43,7 @@ class ImageClassificationAdapter(Adapter[ImageClassificationInput]):
         )
         return PreparedImage(image=image, top_k=item.top_k)
 
-    def size(self, prepared: Any) -> int:
+    def size(self, prepared: PreparedImage) -> int:
         width, height = prepared.image.size
         return int(width * height)
 
@@ -59,8 +58,8 @@ class ImageClassificationAdapter(Adapter[ImageClassificationInput]):
         scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
         return [dict(zip(self.labels, row.tolist(), strict=True)) for row in scores.cpu()]
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
-        items: list[PreparedImage] = batch
+    def predict(self, batch: list[PreparedImage], *, stop: StopSignal | None = None) -> list[Prediction]:
+        items = batch
         scored = self.classify([item.image for item in items])
         return [self._prediction(scores, item.top_k) for scores, item in zip(scored, items, strict=True)]
 

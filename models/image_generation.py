@@ -13,7 +13,7 @@ from models.loading import torch_dtype
 PNG = "image/png"
 
 
-class ImageGenerationAdapter(Adapter[ImageGenerationInput]):
+class ImageGenerationAdapter(Adapter[ImageGenerationInput, ImageGenerationInput]):
     kind = "image-generation"
     interruptible = True
 
@@ -26,8 +26,8 @@ class ImageGenerationAdapter(Adapter[ImageGenerationInput]):
         ).to(device)
         self.pipeline.set_progress_bar_config(disable=True)
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
-        items: list[ImageGenerationInput] = batch
+    def predict(self, batch: list[ImageGenerationInput], *, stop: StopSignal | None = None) -> list[Prediction]:
+        items = batch
         signal = stop or StopSignal()
         return [self.generate(item, stop=signal) for item in items]  # sizes and steps differ per item: one call each
 

@@ -9,13 +9,16 @@ map to categories (``options.image_labels``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import ModelNotConfigured
 from jobs.kinds import ImageClassificationInput, ModerationInput, ModerationOutput
 from jobs.modelsfile import ModelSpec
 from models.base import Adapter, Prediction, StopSignal
 from models.embedding import EmbeddingAdapter
+
+if TYPE_CHECKING:
+    from models.image_classification import PreparedImage  # imported when an image model is configured
 
 DEFAULT_THRESHOLD = 0.4  # all-MiniLM-L6-v2: unrelated English text scores below 0.3 here
 DEFAULT_CATEGORIES: dict[str, list[str]] = {
@@ -31,7 +34,7 @@ DEFAULT_CATEGORIES: dict[str, list[str]] = {
 }
 
 
-class ModerationAdapter(Adapter[ModerationInput]):
+class ModerationAdapter(Adapter[ModerationInput, "ModerationInput | PreparedImage"]):
     kind = "moderation"
 
     def load_weights(self, device: str) -> None:
@@ -70,7 +73,7 @@ class ModerationAdapter(Adapter[ModerationInput]):
         classifier.load(device)
         return classifier
 
-    def prepare(self, item: ModerationInput) -> Any:
+    def prepare(self, item: ModerationInput) -> ModerationInput | PreparedImage:
         if item.image is None:
             return item
         if self.images is None:
@@ -79,7 +82,9 @@ class ModerationAdapter(Adapter[ModerationInput]):
             raise InvalidInput("image moderation is not configured here: the models file has no image_model")
         return self.images.prepare(ImageClassificationInput(image=item.image, top_k=1000))
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
+    def predict(
+        self, batch: list[ModerationInput | PreparedImage], *, stop: StopSignal | None = None
+    ) -> list[Prediction]:
         texts = [(i, item.text or "") for i, item in enumerate(batch) if isinstance(item, ModerationInput)]
         results: list[dict[str, float]] = [{} for _ in batch]
         if texts:

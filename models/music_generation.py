@@ -22,7 +22,7 @@ ARTIFACT = "audio.wav"
 CONTENT_TYPE = "audio/wav"
 
 
-class MusicGenerationAdapter(Adapter[MusicGenerationInput]):
+class MusicGenerationAdapter(Adapter[MusicGenerationInput, MusicGenerationInput]):
     kind = "music-generation"
     interruptible = True
 
@@ -55,7 +55,7 @@ class MusicGenerationAdapter(Adapter[MusicGenerationInput]):
             )
         return item
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
+    def predict(self, batch: list[MusicGenerationInput], *, stop: StopSignal | None = None) -> list[Prediction]:
         signal = stop or StopSignal()
         return [self.generate(item, stop=signal) for item in batch]
 

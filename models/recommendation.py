@@ -49,7 +49,7 @@ class ItemCache:
             self.vectors.popitem(last=False)
 
 
-class RecommendationAdapter(Adapter[RecommendationInput]):
+class RecommendationAdapter(Adapter[RecommendationInput, RecommendationInput]):
     kind = "recommendation"
 
     def load_weights(self, device: str) -> None:
@@ -77,10 +77,10 @@ class RecommendationAdapter(Adapter[RecommendationInput]):
                 found[key] = vector
         return [found[k] for k in keys]
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
+    def predict(self, batch: list[RecommendationInput], *, stop: StopSignal | None = None) -> list[Prediction]:
         import torch
 
-        items: list[RecommendationInput] = batch
+        items = batch
         lines = [item.user.interests + item.user.recent for item in items]
         flat = [line for group in lines for line in group]
         line_vectors = [self.encoder.embed(flat[s : s + self.chunk]) for s in range(0, len(flat), self.chunk)]

@@ -29,7 +29,7 @@ ADAPTERS: dict[str, str] = {
 }
 
 
-def adapter_class(kind: str, *, path: str | None = None) -> type[Adapter[Any]]:
+def adapter_class(kind: str, *, path: str | None = None) -> type[Adapter[Any, Any]]:
     """The adapter class of ``kind``: mlq's, or the ``module:Class`` a models file names."""
     if path is None and kind not in ADAPTERS:
         raise KeyError(f"no adapter for kind {kind!r}; adapters exist for: {', '.join(ADAPTERS)}")
@@ -41,7 +41,7 @@ def adapter_class(kind: str, *, path: str | None = None) -> type[Adapter[Any]]:
     return cls
 
 
-def create_adapter(spec: ModelSpec, *, data_dir: Path, allow_unpinned: bool = False) -> Adapter[Any]:
+def create_adapter(spec: ModelSpec, *, data_dir: Path, allow_unpinned: bool = False) -> Adapter[Any, Any]:
     """An adapter for ``spec`` with its weights located (builtin models are built now); a hub
     model loads only at a pinned commit unless ``allow_unpinned``."""
 

@@ -218,7 +218,7 @@ def family(model_type: str) -> str:
     )
 
 
-class SpeechRecognitionAdapter(Adapter[SpeechRecognitionInput]):
+class SpeechRecognitionAdapter(Adapter[SpeechRecognitionInput, Clip]):
     kind = "speech-recognition"
 
     def __init__(self, spec: ModelSpec, **located: Any) -> None:
@@ -260,8 +260,8 @@ class SpeechRecognitionAdapter(Adapter[SpeechRecognitionInput]):
         )
         return Clip(samples=samples, language=language, task=item.task)
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
-        clips: list[Clip] = batch
+    def predict(self, batch: list[Clip], *, stop: StopSignal | None = None) -> list[Prediction]:
+        clips = batch
         rate = self.recognizer.sampling_rate_hz
         overlap = int(min(self.overlap_s, self.window_s / 4) * rate)
         windows = split(clips, window=int(self.window_s * rate), overlap=overlap)

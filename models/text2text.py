@@ -13,7 +13,7 @@ from models.generation import Request, check_fits, generate, use_padding
 from models.loading import torch_dtype
 
 
-class Text2TextAdapter(Adapter[Text2TextInput]):
+class Text2TextAdapter(Adapter[Text2TextInput, Request]):
     kind = "text2text-generation"
     interruptible = True
 
@@ -34,8 +34,8 @@ class Text2TextAdapter(Adapter[Text2TextInput]):
         check_fits(self.model, prompt_tokens=len(input_ids), max_new_tokens=item.max_new_tokens)
         return Request(input_ids=input_ids, options=item, num_beams=item.num_beams)
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
-        requests: list[Request] = batch
+    def predict(self, batch: list[Request], *, stop: StopSignal | None = None) -> list[Prediction]:
+        requests = batch
         return [
             Prediction(
                 Text2TextOutput(

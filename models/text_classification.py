@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from jobs.kinds import LabelScore, TextClassificationInput, TextClassificationOutput
 from models.base import Adapter, Prediction, StopSignal
 from models.loading import torch_dtype
@@ -12,7 +10,7 @@ from models.tokens import Tokenized, padded, tokenized, tokenized_many
 MAX_TOKENS = 512  # longer texts are truncated; max_text_chars in the models file bounds them first
 
 
-class TextClassificationAdapter(Adapter[TextClassificationInput]):
+class TextClassificationAdapter(Adapter[TextClassificationInput, Tokenized]):
     kind = "text-classification"
     budget_unit = "tokens"
 
@@ -38,10 +36,10 @@ class TextClassificationAdapter(Adapter[TextClassificationInput]):
         """Tokens the text takes in a batch (after truncation)."""
         return len(prepared.ids)
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
+    def predict(self, batch: list[Tokenized], *, stop: StopSignal | None = None) -> list[Prediction]:
         import torch
 
-        prepared: list[Tokenized] = batch
+        prepared = batch
         with torch.inference_mode():
             logits = self.model(**padded(self.tokenizer, prepared, device=self.device)).logits.float()
         scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)

@@ -10,7 +10,7 @@ from models.generation import Request, check_fits, generate, use_padding
 from models.loading import torch_dtype
 
 
-class TextGenerationAdapter(Adapter[TextGenerationInput]):
+class TextGenerationAdapter(Adapter[TextGenerationInput, Request]):
     kind = "text-generation"
     interruptible = True
 
@@ -32,8 +32,8 @@ class TextGenerationAdapter(Adapter[TextGenerationInput]):
         check_fits(self.model, prompt_tokens=len(input_ids), max_new_tokens=item.max_new_tokens)
         return Request(input_ids=input_ids, options=item, continues_prompt=True)
 
-    def predict(self, batch: list[Any], *, stop: StopSignal | None = None) -> list[Prediction]:
-        requests: list[Request] = batch
+    def predict(self, batch: list[Request], *, stop: StopSignal | None = None) -> list[Prediction]:
+        requests = batch
         return [
             Prediction(
                 TextGenerationOutput(

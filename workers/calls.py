@@ -24,7 +24,7 @@ CALIBRATION_ITEMS = 8  # the larger call: this many items of CALIBRATION_WORDS w
 CALIBRATION_WORDS = 32
 
 
-def call_cost_tokens(adapter: Adapter[Any]) -> float:
+def call_cost_tokens(adapter: Adapter[Any, Any]) -> float:
     """What one more model call costs, in padded tokens, for a loaded text adapter: one
     lone short text and a call of 8 texts of about 32 tokens, timed (fastest of three);
     the fixed part of a call over the cost of a token. UNKNOWN_CALL_COST_TOKENS for
@@ -52,7 +52,7 @@ def call_cost_tokens(adapter: Adapter[Any]) -> float:
     return min(UNKNOWN_CALL_COST_TOKENS, fixed_s / per_token_s)
 
 
-def _fastest(adapter: Adapter[Any], items: list[Any]) -> float:
+def _fastest(adapter: Adapter[Any, Any], items: list[Any]) -> float:
     times = []
     for _ in range(CALIBRATION_TRIES):
         started = time.perf_counter()
@@ -62,7 +62,7 @@ def _fastest(adapter: Adapter[Any], items: list[Any]) -> float:
 
 
 def budgeted(
-    adapter: Adapter[Any], ready: list[tuple[J, Any]], *, call_cost_tokens: float = UNKNOWN_CALL_COST_TOKENS
+    adapter: Adapter[Any, Any], ready: list[tuple[J, Any]], *, call_cost_tokens: float = UNKNOWN_CALL_COST_TOKENS
 ) -> list[list[tuple[J, Any]]]:
     """A claim's prepared items, ``(job, item)`` pairs, as model calls.
 

@@ -29,7 +29,7 @@ class LoadedModels:
         self.allow_unpinned = allow_unpinned  # hub models at a moving revision (models/loading.py)
         self.models = models
         self.data_dir = data_dir
-        self.adapters: dict[str, Adapter[Any]] = {}
+        self.adapters: dict[str, Adapter[Any, Any]] = {}
         self.memory_budget_bytes = memory_budget_bytes  # 0: keep every model loaded
         self.footprints: dict[str, int] = {}
         self.call_costs: dict[str, float] = {}  # kind -> a model call's cost in padded tokens (workers.calls)
@@ -45,7 +45,7 @@ class LoadedModels:
             raise ModelNotConfigured(f"the models file {self.models.source} has no model for {kind!r}")
         return spec
 
-    def get(self, kind: str) -> Adapter[Any]:
+    def get(self, kind: str) -> Adapter[Any, Any]:
         """The loaded adapter of ``kind``, loading it on first use (and, over the memory
         budget, unloading the models used longest ago first). Each kind loads once, and one
         at a time: the preload thread and a job may ask at the same time."""

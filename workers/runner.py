@@ -104,7 +104,7 @@ class Runner:
         self.hooks = Hooks(hooks)
         self._running: Claim | None = None  # the claim running now: what give_up records when the process must exit
 
-    def adapter(self, kind: str) -> Adapter[Any]:
+    def adapter(self, kind: str) -> Adapter[Any, Any]:
         """The loaded adapter of ``kind`` (workers/loaded.py)."""
         return self.loaded.get(kind)
 
@@ -128,7 +128,7 @@ class Runner:
             self._run_claim(adapter, ids[start : start + size], size, report)
         return report
 
-    def _run_claim(self, adapter: Adapter[Any], ids: list[uuid.UUID], size: int, report: RunReport) -> None:
+    def _run_claim(self, adapter: Adapter[Any, Any], ids: list[uuid.UUID], size: int, report: RunReport) -> None:
         claim = self._claim(adapter, ids, size)
         report.claimed += len(claim.jobs)
         if not claim.jobs:
@@ -145,7 +145,7 @@ class Runner:
         self.hooks.ended(claim)
         report.add(claim)
 
-    def _claim(self, adapter: Adapter[Any], ids: list[uuid.UUID], size: int) -> Claim:
+    def _claim(self, adapter: Adapter[Any, Any], ids: list[uuid.UUID], size: int) -> Claim:
         """Claim these jobs (filled up to ``size`` with other queued ones), with their stored files."""
         kind = adapter.kind
         claimed = lifecycle.claim_jobs(
@@ -226,7 +226,7 @@ class Runner:
         )
         return RunReport(claimed=len(claimed), failed=len(claimed))
 
-    def process(self, adapter: Adapter[Any], claim: Claim) -> None:
+    def process(self, adapter: Adapter[Any, Any], claim: Claim) -> None:
         """Prepare the claim's jobs, predict on the good ones in calls: ``claim.outcomes``
         (what a process that must exit records first, ``give_up``) and ``claim.retry``."""
         outcomes, retry = claim.outcomes, claim.retry
@@ -241,7 +241,7 @@ class Runner:
 
     def _prepared(
         self,
-        adapter: Adapter[Any],
+        adapter: Adapter[Any, Any],
         claimed: Sequence[lifecycle.Claimed],
         *,
         files: dict[tuple[uuid.UUID, str], str],
@@ -284,7 +284,7 @@ class Runner:
 
     def _predict(
         self,
-        adapter: Adapter[Any],
+        adapter: Adapter[Any, Any],
         ready: list[tuple[lifecycle.Claimed, Any]],
         outcomes: list[Done | Failed],
         retry: list[tuple[lifecycle.Claimed, str]],

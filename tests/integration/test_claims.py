@@ -68,7 +68,7 @@ def test_a_message_larger_than_batch_chunk_size_is_claimed_in_parts(
     assert report.succeeded == 25 and statements == {"claim": 3, "finish": 3}  # 10 + 10 + 5
 
 
-class Paced(Adapter[Any]):
+class Paced(Adapter[Any, Any]):
     """A generation that takes 0.4 s a call, looking for a stop request every 10 ms."""
 
     kind = "text-generation"

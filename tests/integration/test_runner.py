@@ -68,7 +68,7 @@ def test_real_classifier_batch_succeeds_and_a_redelivery_is_a_no_op(
     assert abs(sum(label["score"] for label in first.output["labels"]) - 1) < 1e-4
 
 
-class Flaky(Adapter[Any]):
+class Flaky(Adapter[Any, Any]):
     """A model that raises on the word 'boom', asks for memory on 'oom', and emits a blob."""
 
     kind = "embedding"
@@ -194,7 +194,7 @@ def test_soft_time_limit_stops_a_real_generation_between_tokens_and_the_process_
     assert runner.run(kind="text-generation", job_ids=[next_job]).succeeded == 1  # same process, next job
 
 
-class SlowGeneration(Adapter[Any]):
+class SlowGeneration(Adapter[Any, Any]):
     """Generates one token per 10 ms for 60 s unless asked to stop (looks like a long diffusion run)."""
 
     kind = "text-generation"
@@ -235,7 +235,7 @@ def test_cancel_reaches_a_running_generation_between_steps(runner: Runner, sessi
 
 
 @contextlib.contextmanager
-def model_calls(adapter: Adapter[Any]) -> Iterator[list[list[int]]]:
+def model_calls(adapter: Adapter[Any, Any]) -> Iterator[list[list[int]]]:
     """The sizes of the items of each model call the adapter makes meanwhile."""
     calls: list[list[int]] = []
     predict = adapter.predict
@@ -310,7 +310,7 @@ def test_a_memory_budget_unloads_the_least_recently_used_model(sessions: session
     )
 
 
-class Unstorable(Adapter[Any]):
+class Unstorable(Adapter[Any, Any]):
     """For the text 'nan', an output PostgreSQL refuses: a NaN, which jsonb cannot hold."""
 
     kind = "embedding"

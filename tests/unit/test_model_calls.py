@@ -59,7 +59,7 @@ def test_the_cuts_are_the_cheapest_of_all_possible_cuts() -> None:
         assert all(not most or len(call) <= most for call in found)
 
 
-class Timed(Adapter[Any]):
+class Timed(Adapter[Any, Any]):
     """A text model whose call takes 10 ms plus 0.2 ms per padded token (a word is a token,
     plus two special ones): a call costs as much as 50 tokens."""
 

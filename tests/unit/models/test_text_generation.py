@@ -20,7 +20,7 @@ from models.text_generation import TextGenerationAdapter
 from models.tiny import ensure_built
 
 
-def loaded(cls: type[Adapter[Any]], name: str, data_dir: Path, **options: Any) -> Any:
+def loaded(cls: type[Adapter[Any, Any]], name: str, data_dir: Path, **options: Any) -> Any:
     spec = ModelSpec(kind=cls.kind, model=f"builtin:{name}", options=options)
     adapter = cls(spec, source=str(ensure_built(name, data_dir=data_dir)))
     adapter.load("cpu")
@@ -56,7 +56,7 @@ def chat(data_dir: Path) -> ChatAdapter:
     return adapter
 
 
-def run(adapter: Adapter[Any], *inputs: dict[str, Any]) -> list[Any]:
+def run(adapter: Adapter[Any, Any], *inputs: dict[str, Any]) -> list[Any]:
     """Validate like the API, prepare and predict like the runner; check outputs against the schema."""
     kind = get_kind(adapter.kind)
     items = [adapter.prepare(kind.validate_input(data)) for data in inputs]
@@ -79,7 +79,7 @@ SAMPLED = {"temperature": 0.9, "top_p": 0.95, "top_k": 40, "seed": 11, "max_new_
 GREEDY = {"temperature": 0, "max_new_tokens": 10}
 
 
-def inputs_for(adapter: Adapter[Any], text: str, **options: Any) -> dict[str, Any]:
+def inputs_for(adapter: Adapter[Any, Any], text: str, **options: Any) -> dict[str, Any]:
     if isinstance(adapter, ChatAdapter):
         return {"messages": [{"role": "user", "content": text}], **options}
     if isinstance(adapter, Text2TextAdapter):
@@ -88,12 +88,12 @@ def inputs_for(adapter: Adapter[Any], text: str, **options: Any) -> dict[str, An
 
 
 @pytest.fixture(params=["gpt2", "t5", "chat"])
-def adapter(request: pytest.FixtureRequest) -> Adapter[Any]:
-    found: Adapter[Any] = request.getfixturevalue(request.param)
+def adapter(request: pytest.FixtureRequest) -> Adapter[Any, Any]:
+    found: Adapter[Any, Any] = request.getfixturevalue(request.param)
     return found
 
 
-def test_greedy_is_deterministic_and_bounded(adapter: Adapter[Any]) -> None:
+def test_greedy_is_deterministic_and_bounded(adapter: Adapter[Any, Any]) -> None:
     first, second = run(
         adapter, inputs_for(adapter, "今天的天气很好", **GREEDY), inputs_for(adapter, "今天的天气很好", **GREEDY)
     )
@@ -102,7 +102,7 @@ def test_greedy_is_deterministic_and_bounded(adapter: Adapter[Any]) -> None:
     assert first.prompt_tokens >= 1
 
 
-def test_same_seed_same_sample_other_seed_other_sample(adapter: Adapter[Any]) -> None:
+def test_same_seed_same_sample_other_seed_other_sample(adapter: Adapter[Any, Any]) -> None:
     data = inputs_for(adapter, "the quick brown fox", **SAMPLED)
     (first,) = run(adapter, data)
     (again,) = run(adapter, data)
@@ -112,14 +112,14 @@ def test_same_seed_same_sample_other_seed_other_sample(adapter: Adapter[Any]) ->
     assert any(text_of(other) != text_of(first) for other in others)  # the seed really drives sampling
 
 
-def test_a_sample_does_not_depend_on_its_batch(adapter: Adapter[Any]) -> None:
+def test_a_sample_does_not_depend_on_its_batch(adapter: Adapter[Any, Any]) -> None:
     sampled = inputs_for(adapter, "a new phone", **SAMPLED)
     (alone,) = run(adapter, sampled)
     batch = run(adapter, inputs_for(adapter, "订单", **GREEDY), sampled, inputs_for(adapter, "news", **SAMPLED))
     assert batch[1] == alone
 
 
-def test_batch_of_three_keeps_order(adapter: Adapter[Any]) -> None:
+def test_batch_of_three_keeps_order(adapter: Adapter[Any, Any]) -> None:
     prompts = ["这是一条新闻标题", "breaking news: the market closed higher today", "team"]
     batch = run(adapter, *(inputs_for(adapter, p, **GREEDY) for p in prompts))
     singles = [run(adapter, inputs_for(adapter, p, **GREEDY))[0] for p in prompts]
@@ -128,7 +128,7 @@ def test_batch_of_three_keeps_order(adapter: Adapter[Any]) -> None:
     assert batch == singles
 
 
-def test_stop_string_cuts_the_text_and_stops(adapter: Adapter[Any]) -> None:
+def test_stop_string_cuts_the_text_and_stops(adapter: Adapter[Any, Any]) -> None:
     (full,) = run(adapter, inputs_for(adapter, "the film festival", **SAMPLED))
     text = text_of(full)
     stop = next(
