@@ -9,10 +9,11 @@ Words: a *claim* is the jobs one worker takes at once (a bulk run's message, or 
 jobs filled up to ``max_batch_size``); a *model call* is one ``predict`` on some of them
 (``max_batch_size`` items at most); a *bulk run* is what a user submits as one file.
 
-Around it, hooks (workers/hooks.py: the claim's leases, its metrics and logs, the fault
-tests' hold). Beside it: ``loaded`` (the process's models), ``watch`` (the thread that keeps
-leases and time limits), ``calls`` (a claim cut into model calls), ``outcomes`` (how attempts
-end, errors told apart), ``results`` (a claim's results written, counted and logged).
+Around it, hooks (workers/hooks.py: the claim's leases, each model call's time limits and
+cancel requests, the claim's metrics and logs, the fault tests' hold). Beside it: ``loaded``
+(the process's models), ``watch`` (the thread that keeps leases and time limits), ``calls``
+(a claim cut into model calls), ``outcomes`` (how attempts end, errors told apart),
+``results`` (a claim's results written, counted and logged).
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ DEVICE_ERROR_EXIT_CODE = 76  # ... or lost its GPU context (illegal memory acces
 
 class Runner:
     """Runs one worker process's jobs: claim → prepare → predict → store, a claim at a time.
-    Around each claim, ``hooks`` (its leases, its metrics and logs); beside it, the loaded
-    models (``loaded``) and the thread that keeps leases, time limits and cancel requests
-    (``beside``); the result write with its retries is workers/results.py."""
+    Around each claim, ``hooks`` (its leases, its calls' time limits and cancel requests, its
+    metrics and logs); beside it, the loaded models (``loaded``) and the thread that keeps
+    leases, time limits and cancel requests (``beside``); the result write with its retries
+    is workers/results.py."""
 
     def __init__(
         self,
