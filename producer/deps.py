@@ -101,6 +101,11 @@ async def get_principal(
     state: StateDep,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],  # documents the scheme in OpenAPI
 ) -> keys.Principal:
+    """The caller's principal, as a dependency (it documents the key's scheme in OpenAPI)."""
+    return await principal_of_request(request, state)
+
+
+async def principal_of_request(request: Request, state: State) -> keys.Principal:
     """The caller's principal: checked by the gate already for requests with a body."""
     checked: keys.Principal | None = request.scope.get("state", {}).get(PRINCIPAL)
     if checked is not None:
@@ -108,10 +113,15 @@ async def get_principal(
     return await principal_of(state, request.headers.get("authorization"))
 
 
+def require_scope(principal: keys.Principal, scope: str) -> None:
+    """403 unless the key has ``scope``."""
+    if scope not in principal.scopes:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"this API key lacks the {scope!r} scope")
+
+
 def require(scope: str) -> Callable[..., Awaitable[keys.Principal]]:
     async def check(principal: Annotated[keys.Principal, Depends(get_principal)]) -> keys.Principal:
-        if scope not in principal.scopes:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this API key lacks the {scope!r} scope")
+        require_scope(principal, scope)
         return principal
 
     return check

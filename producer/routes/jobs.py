@@ -20,6 +20,7 @@ from jobs.status import TERMINAL, JobStatus
 from producer.deps import ReaderDep, SessionDep, State, StateDep, SubmitterDep
 from producer.errors import invalid, located, responses
 from producer.intake import Submission
+from producer.routes.submit_route import SubmitRoute
 from producer.schemas import JobPage, JobView, SubmitJob
 from producer.submit import body_error, json_field, prepared
 
@@ -33,7 +34,6 @@ NOT_FOUND = "no such job"  # also for another tenant's job: its existence is not
 WaitQuery = Annotated[float, Query(ge=0, description="Seconds to wait for the job to finish (at most max_wait_s).")]
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobView, responses=responses(400, 409, 413, 429))
 async def submit_job(
     body: SubmitJob,
     state: StateDep,
@@ -57,6 +57,17 @@ async def submit_job(
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return view
+
+
+router.add_api_route(  # served by SubmitRoute's lean handler: the single job's hot path (issue #15)
+    "",
+    submit_job,
+    methods=["POST"],
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobView,
+    responses=responses(400, 409, 413, 429),
+    route_class_override=SubmitRoute,
+)
 
 
 async def accepted_and_awaited(state: State, submission: Submission, *, wait_s: float) -> tuple[JobView, bool]:
