@@ -170,10 +170,12 @@ def on_mlq(mode: str, texts: list[str], args: argparse.Namespace) -> dict[str, A
 
 def report(results: list[dict[str, Any]]) -> str:
     noop = next(r for r in results if r["mode"] == "celery-noop")
-    model = next(r for r in results if r["mode"] == "model")
-    model_ms = model["cpu_ms_per_item"]
+    model = next((r for r in results if r["mode"] == "model"), None)  # not run: "outside the model" is not known
+    model_ms = model["cpu_ms_per_item"] if model else float("nan")
     noop_rate = noop["items"] / noop["seconds"]
-    lines = [f"model alone: {model_ms:.3f} CPU ms an item (in-process, {model['torch_threads']} torch threads)"]
+    lines = []
+    if model:
+        lines.append(f"model alone: {model_ms:.3f} CPU ms an item (in-process, {model['torch_threads']} torch threads)")
     for r in results:
         if "seconds" not in r:
             continue
