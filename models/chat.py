@@ -66,7 +66,6 @@ class ChatAdapter(Adapter[ChatInput, Request]):
         return Request(input_ids=input_ids, options=item)
 
     def predict(self, batch: list[Request], *, stop: StopSignal | None = None) -> list[Prediction]:
-        requests = batch
         return [
             Prediction(
                 ChatOutput(
@@ -76,5 +75,5 @@ class ChatAdapter(Adapter[ChatInput, Request]):
                     completion_tokens=done.completion_tokens,
                 )
             )
-            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=stop)
+            for done in generate(self.model, self.tokenizer, batch, device=self.device, stop=stop)
         ]

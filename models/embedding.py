@@ -59,10 +59,9 @@ class EmbeddingAdapter(Adapter[EmbeddingInput, Tokenized]):
         return len(prepared.ids)
 
     def predict(self, batch: list[Tokenized], *, stop: StopSignal | None = None) -> list[Prediction]:
-        prepared = batch
-        vectors = self._pooled(padded(self.tokenizer, prepared, device=self.device), normalize=False)
+        vectors = self._pooled(padded(self.tokenizer, batch, device=self.device), normalize=False)
         predictions = []
-        for vector, one in zip(vectors, prepared, strict=True):
+        for vector, one in zip(vectors, batch, strict=True):
             if one.item.normalize:
                 vector = vector / vector.norm().clamp(min=1e-12)
             values = vector.tolist()

@@ -59,9 +59,8 @@ class ImageClassificationAdapter(Adapter[ImageClassificationInput, PreparedImage
         return [dict(zip(self.labels, row.tolist(), strict=True)) for row in scores.cpu()]
 
     def predict(self, batch: list[PreparedImage], *, stop: StopSignal | None = None) -> list[Prediction]:
-        items = batch
-        scored = self.classify([item.image for item in items])
-        return [self._prediction(scores, item.top_k) for scores, item in zip(scored, items, strict=True)]
+        scored = self.classify([item.image for item in batch])
+        return [self._prediction(scores, item.top_k) for scores, item in zip(scored, batch, strict=True)]
 
     def _prediction(self, scores: dict[str, float], top_k: int) -> Prediction:
         ranked = sorted(scores.items(), key=lambda pair: pair[1], reverse=True)[:top_k]

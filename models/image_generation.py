@@ -27,9 +27,8 @@ class ImageGenerationAdapter(Adapter[ImageGenerationInput, ImageGenerationInput]
         self.pipeline.set_progress_bar_config(disable=True)
 
     def predict(self, batch: list[ImageGenerationInput], *, stop: StopSignal | None = None) -> list[Prediction]:
-        items = batch
         signal = stop or StopSignal()
-        return [self.generate(item, stop=signal) for item in items]  # sizes and steps differ per item: one call each
+        return [self.generate(item, stop=signal) for item in batch]  # sizes and steps differ per item: one call each
 
     def generate(self, item: ImageGenerationInput, *, stop: StopSignal) -> Prediction:
         """Run the pipeline for one item; the same seed gives the same PNGs on the same device."""

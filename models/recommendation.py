@@ -80,13 +80,12 @@ class RecommendationAdapter(Adapter[RecommendationInput, RecommendationInput]):
     def predict(self, batch: list[RecommendationInput], *, stop: StopSignal | None = None) -> list[Prediction]:
         import torch
 
-        items = batch
-        lines = [item.user.interests + item.user.recent for item in items]
+        lines = [item.user.interests + item.user.recent for item in batch]
         flat = [line for group in lines for line in group]
         line_vectors = [self.encoder.embed(flat[s : s + self.chunk]) for s in range(0, len(flat), self.chunk)]
         all_lines = torch.cat(line_vectors) if line_vectors else torch.empty(0)
         predictions, offset = [], 0
-        for item, group in zip(items, lines, strict=True):
+        for item, group in zip(batch, lines, strict=True):
             user = torch.nn.functional.normalize(all_lines[offset : offset + len(group)].mean(dim=0), dim=0)
             offset += len(group)
             candidates = torch.stack(self.item_vectors([c.text for c in item.items]))

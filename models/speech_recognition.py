@@ -261,11 +261,10 @@ class SpeechRecognitionAdapter(Adapter[SpeechRecognitionInput, Clip]):
         return Clip(samples=samples, language=language, task=item.task)
 
     def predict(self, batch: list[Clip], *, stop: StopSignal | None = None) -> list[Prediction]:
-        clips = batch
         rate = self.recognizer.sampling_rate_hz
         overlap = int(min(self.overlap_s, self.window_s / 4) * rate)
-        windows = split(clips, window=int(self.window_s * rate), overlap=overlap)
-        texts = self.recognizer.transcribe(clips, windows)
+        windows = split(batch, window=int(self.window_s * rate), overlap=overlap)
+        texts = self.recognizer.transcribe(batch, windows)
         return [
             Prediction(
                 SpeechRecognitionOutput(
@@ -275,5 +274,5 @@ class SpeechRecognitionAdapter(Adapter[SpeechRecognitionInput, Clip]):
                     chunks=count_windows(windows, i),
                 )
             )
-            for i, (clip, text) in enumerate(zip(clips, texts, strict=True))
+            for i, (clip, text) in enumerate(zip(batch, texts, strict=True))
         ]

@@ -35,12 +35,11 @@ class Text2TextAdapter(Adapter[Text2TextInput, Request]):
         return Request(input_ids=input_ids, options=item, num_beams=item.num_beams)
 
     def predict(self, batch: list[Request], *, stop: StopSignal | None = None) -> list[Prediction]:
-        requests = batch
         return [
             Prediction(
                 Text2TextOutput(
                     text=done.text, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens
                 )
             )
-            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=stop)
+            for done in generate(self.model, self.tokenizer, batch, device=self.device, stop=stop)
         ]

@@ -39,11 +39,10 @@ class TextClassificationAdapter(Adapter[TextClassificationInput, Tokenized]):
     def predict(self, batch: list[Tokenized], *, stop: StopSignal | None = None) -> list[Prediction]:
         import torch
 
-        prepared = batch
         with torch.inference_mode():
-            logits = self.model(**padded(self.tokenizer, prepared, device=self.device)).logits.float()
+            logits = self.model(**padded(self.tokenizer, batch, device=self.device)).logits.float()
         scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
-        return [self._prediction(row.tolist(), p.item.top_k) for row, p in zip(scores, prepared, strict=True)]
+        return [self._prediction(row.tolist(), p.item.top_k) for row, p in zip(scores, batch, strict=True)]
 
     def _prediction(self, scores: list[float], top_k: int | None) -> Prediction:
         ranked = sorted(zip(self.labels, scores, strict=True), key=lambda pair: pair[1], reverse=True)

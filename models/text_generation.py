@@ -33,7 +33,6 @@ class TextGenerationAdapter(Adapter[TextGenerationInput, Request]):
         return Request(input_ids=input_ids, options=item, continues_prompt=True)
 
     def predict(self, batch: list[Request], *, stop: StopSignal | None = None) -> list[Prediction]:
-        requests = batch
         return [
             Prediction(
                 TextGenerationOutput(
@@ -43,5 +42,5 @@ class TextGenerationAdapter(Adapter[TextGenerationInput, Request]):
                     completion_tokens=done.completion_tokens,
                 )
             )
-            for done in generate(self.model, self.tokenizer, requests, device=self.device, stop=stop)
+            for done in generate(self.model, self.tokenizer, batch, device=self.device, stop=stop)
         ]
