@@ -102,10 +102,10 @@ async def get_principal(
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],  # documents the scheme in OpenAPI
 ) -> keys.Principal:
     """The caller's principal, as a dependency (it documents the key's scheme in OpenAPI)."""
-    return await principal_of_request(request, state)
+    return await principal_of_request(request, state=state)
 
 
-async def principal_of_request(request: Request, state: State) -> keys.Principal:
+async def principal_of_request(request: Request, *, state: State) -> keys.Principal:
     """The caller's principal: checked by the gate already for requests with a body."""
     checked: keys.Principal | None = request.scope.get("state", {}).get(PRINCIPAL)
     if checked is not None:
@@ -113,7 +113,7 @@ async def principal_of_request(request: Request, state: State) -> keys.Principal
     return await principal_of(state, request.headers.get("authorization"))
 
 
-def require_scope(principal: keys.Principal, scope: str) -> None:
+def require_scope(principal: keys.Principal, *, scope: str) -> None:
     """403 unless the key has ``scope``."""
     if scope not in principal.scopes:
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"this API key lacks the {scope!r} scope")
@@ -121,7 +121,7 @@ def require_scope(principal: keys.Principal, scope: str) -> None:
 
 def require(scope: str) -> Callable[..., Awaitable[keys.Principal]]:
     async def check(principal: Annotated[keys.Principal, Depends(get_principal)]) -> keys.Principal:
-        require_scope(principal, scope)
+        require_scope(principal, scope=scope)
         return principal
 
     return check

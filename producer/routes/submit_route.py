@@ -29,31 +29,43 @@ from fastapi.routing import APIRoute
 
 from producer.deps import principal_of_request, require_scope
 
-PARAMETERS = ("body", "state", "principal", "response", "idempotency_key", "wait")  # submit_job's, in order
+PARAMETERS = ("body", "state", "principal", "response", "idempotency_key", "wait")  # submit_job's
+DEPENDENCIES = ("state", "principal")  # the parameters FastAPI would solve as dependencies: nothing else
 SCOPE = "submit"
+EMPTY = object()  # no body at all (a JSON ``null`` is a body, and refused as one)
 
 
 class SubmitRoute(APIRoute):
-    """An APIRoute whose handler reads ``submit_job``'s parameters directly (see the module)."""
+    """An APIRoute whose handler reads ``submit_job``'s parameters directly (see the module).
+
+    It reads only what the endpoint declares: a dependency added to the router or to its
+    ``include_router``, or an app's ``dependency_overrides``, would not apply to this route;
+    a parameter or dependency added to ``submit_job`` is refused here at import."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         declared = tuple(inspect.signature(self.endpoint).parameters)
-        if declared != PARAMETERS:  # a parameter added to submit_job must be read here too
-            raise TypeError(f"SubmitRoute reads the parameters {PARAMETERS}; {self.endpoint.__name__} has {declared}")
-        assert self.body_field is not None and self.response_field is not None
+        solved = tuple(d.name for d in self.dependant.dependencies)
+        if declared != PARAMETERS or solved != DEPENDENCIES:  # a new one must be read here too
+            raise TypeError(
+                f"SubmitRoute reads the parameters {PARAMETERS} (dependencies {DEPENDENCIES}); "
+                f"{self.endpoint.__name__} has {declared} (dependencies {solved})"
+            )
+        if self.body_field is None or self.response_field is None:
+            raise TypeError(f"SubmitRoute serves an endpoint with a body and a response model, not {self.endpoint}")
         body_field, answer_field = self.body_field, self.response_field
         [wait_field] = self.dependant.query_params
         [key_field] = self.dependant.header_params
         endpoint, status_code = self.endpoint, self.status_code or 200
 
         async def handle(request: Request) -> Response:
-            body = parsed_body(await request.body(), request.headers.get("content-type"))
-            principal = await principal_of_request(request, request.app.state.mlq)
-            require_scope(principal, SCOPE)
-            wait, errors = param(wait_field, request.query_params)
-            key, wrong = param(key_field, request.headers)
+            body = await read_body(request)
+            state = request.app.state.mlq
+            principal = await principal_of_request(request, state=state)
+            require_scope(principal, scope=SCOPE)
+            wait, errors = param(wait_field, given=request.query_params)
+            key, wrong = param(key_field, given=request.headers)
             errors += wrong
-            if body is None:
+            if body is EMPTY:
                 errors.append({"type": "missing", "loc": ("body",), "msg": "Field required", "input": None})
             else:
                 body, wrong = body_field.validate(body, {}, loc=("body",))
@@ -62,7 +74,9 @@ class SubmitRoute(APIRoute):
                 raise RequestValidationError(errors)
             extra = Response()  # the endpoint's headers (Idempotent-Replayed), as FastAPI makes it
             del extra.headers["content-length"]
-            view = await endpoint(body, request.app.state.mlq, principal, extra, key, wait)
+            view = await endpoint(
+                body=body, state=state, principal=principal, response=extra, idempotency_key=key, wait=wait
+            )
             answer = Response(answer_field.serialize_json(view), status_code=status_code, media_type="application/json")
             answer.headers.raw.extend(extra.headers.raw)
             return answer
@@ -70,24 +84,37 @@ class SubmitRoute(APIRoute):
         return handle
 
 
-def parsed_body(data: bytes, content_type: str | None) -> Any:
+async def read_body(request: Request) -> Any:
     """The body as FastAPI reads it: JSON when the content type says so, the bytes otherwise,
-    None when empty; 422 for broken JSON, 400 for bytes that cannot be decoded at all."""
-    if not data:
-        return None
-    media = (content_type or "").partition(";")[0].strip().lower()
-    if not (media == "application/json" or (media.startswith("application/") and media.endswith("+json"))):
-        return data  # refused by the body's validation, as FastAPI refuses it
+    EMPTY when there is none; 422 for broken JSON, 400 for anything else that goes wrong
+    (bytes no JSON decoder reads, nesting too deep, a client gone mid-body). The gate's 413
+    passes through."""
     try:
+        data = await request.body()
+        if not data:
+            return EMPTY
+        if not is_json(request.headers.get("content-type")):
+            return data  # refused by the body's validation, as FastAPI refuses it
         return json.loads(data)
     except json.JSONDecodeError as exc:
         error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}}
         raise RequestValidationError([{**error, "ctx": {"error": exc.msg}}]) from exc
-    except ValueError as exc:  # not UTF-8, UTF-16 or UTF-32
+    except HTTPException:
+        raise
+    except Exception as exc:
         raise HTTPException(400, "There was an error parsing the body") from exc
 
 
-def param(field: ModelField, given: Mapping[str, str]) -> tuple[Any, list[Any]]:
+def is_json(content_type: str | None) -> bool:
+    """``application/json`` or ``application/*+json``, read as ``email.message`` reads a content
+    type (FastAPI's way): parameters dropped, case ignored, anything without exactly one ``/``
+    taken as ``text/plain``."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    main, _, sub = media.partition("/")
+    return media.count("/") == 1 and main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def param(field: ModelField, *, given: Mapping[str, str]) -> tuple[Any, list[Any]]:
     """A query or header parameter validated by FastAPI's own field for it, or its default."""
     raw = given.get(field.alias)
     if raw is None:

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 
 from jobs.settings import Settings
 from producer.app import create_app
+from producer.deps import get_state
 from producer.errors import responses
 from producer.routes import submit_route
 from producer.routes.jobs import submit_job
@@ -48,7 +49,9 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("not UTF-8", {"content": b"\xff", "headers": JSON}),
     ("NUL", {"content": b"\x00", "headers": JSON}),
     ("a list", {"json": [1, 2]}),
-    ("null", {"json": None}),
+    ("JSON null", {"content": b"null", "headers": JSON}),
+    ("nested too deep", {"content": b"[" * 100_000, "headers": JSON}),
+    ("two slashes", {"content": RAW, "headers": {"Content-Type": "application/x/y+json"}}),
     ("unknown field", {"json": {**JOB, "x": 1}}),
     ("unknown kind", {"json": {**JOB, "kind": "nope"}}),
     ("bad input", {"json": {**JOB, "input": {"text": 5}}}),
@@ -87,16 +90,16 @@ def client(app: FastAPI, settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The bodies SubmitRoute's handler read: proof that it, not FastAPI's, served a request."""
-    read: list[bytes] = []
-    parsed = submit_route.parsed_body
+def lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The requests SubmitRoute's handler read: proof that it, not FastAPI's, served them."""
+    read: list[str] = []
+    real = submit_route.read_body
 
-    def counted(data: bytes, content_type: str | None) -> Any:
-        read.append(data)
-        return parsed(data, content_type)
+    async def counted(request: Request) -> Any:
+        read.append(request.url.path)
+        return await real(request)
 
-    monkeypatch.setattr(submit_route, "parsed_body", counted)
+    monkeypatch.setattr(submit_route, "read_body", counted)
     return read
 
 
@@ -110,7 +113,7 @@ def seen(answer: Any, *replace: str) -> tuple[int, str, dict[str, str]]:
 
 @pytest.mark.parametrize(("case", "request_"), CASES, ids=[c for c, _ in CASES])
 def test_each_answer_is_fastapis(
-    client: TestClient, lean_calls: list[bytes], case: str, request_: dict[str, Any]
+    client: TestClient, lean_calls: list[str], case: str, request_: dict[str, Any]
 ) -> None:
     plain = seen(client.post(PLAIN, **request_))
     lean = seen(client.post("/v1/jobs", **request_))
@@ -118,7 +121,7 @@ def test_each_answer_is_fastapis(
     assert len(lean_calls) == (case not in ("no key", "unknown key"))  # those the gate refuses first
 
 
-def test_an_idempotency_key_replays_and_conflicts_alike(client: TestClient, lean_calls: list[bytes]) -> None:
+def test_an_idempotency_key_replays_and_conflicts_alike(client: TestClient, lean_calls: list[str]) -> None:
     answers: dict[str, list[tuple[int, str, dict[str, str]]]] = {}
     for path in (PLAIN, "/v1/jobs"):
         word = f"same-{uuid.uuid4().hex}"  # each route its own key: the second would replay the first's job
@@ -132,13 +135,14 @@ def test_an_idempotency_key_replays_and_conflicts_alike(client: TestClient, lean
     assert len(lean_calls) == 3
 
 
-def test_the_scopes_are_checked_alike(client: TestClient, settings: Settings) -> None:
+def test_the_scopes_are_checked_alike(client: TestClient, settings: Settings, lean_calls: list[str]) -> None:
     reader = create_key(settings, f"reader-{uuid.uuid4().hex[:6]}", scopes="read")
     submitter = create_key(settings, f"submitter-{uuid.uuid4().hex[:6]}", scopes="submit")
     for key, params, status in ((reader, {}, 403), (submitter, {"wait": "1"}, 403), (submitter, {}, 202)):
         headers = {"Authorization": f"Bearer {key}"}
         plain, lean = (seen(client.post(p, json=JOB, params=params, headers=headers)) for p in (PLAIN, "/v1/jobs"))
         assert lean == plain and lean[0] == status, (params, lean)
+    assert len(lean_calls) == 3
 
 
 def test_the_openapi_operation_is_fastapis(client: TestClient) -> None:
@@ -157,3 +161,8 @@ def test_a_parameter_it_does_not_read_is_refused_at_import() -> None:
 
     with pytest.raises(TypeError, match="more"):
         SubmitRoute("/v1/jobs", submit_job, methods=["POST"])
+
+
+def test_a_dependency_it_does_not_solve_is_refused_at_import() -> None:
+    with pytest.raises(TypeError, match="dependencies"):
+        SubmitRoute("/v1/jobs", submit_job, methods=["POST"], dependencies=[Depends(get_state)])
