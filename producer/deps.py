@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Header, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
@@ -25,6 +25,10 @@ from producer.ratelimit import RateLimiter
 from producer.waiter import Waiter
 
 KEY_CACHE_S = 5.0  # a revoked key stops working within this long
+
+# A client that sends the header with no value ("" from an unset variable) would otherwise
+# have every job after its first replay that first one: refused, naming the header.
+IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=255)]
 
 
 @dataclass

@@ -127,7 +127,7 @@ def speaks_openai(path: str) -> bool:
 def openai_param(loc: Sequence[Any]) -> str | None:
     """A location as OpenAI names a parameter: its name and the index of the item at fault,
     ``("body", "input", 2, "text")`` -> ``input[2]`` (pydantic's union tags are left out)."""
-    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path") else loc)
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
     if not parts:
         return None
     index = next((p for p in parts[1:] if isinstance(p, int) and not isinstance(p, bool)), None)

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any, BinaryIO, cast
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -22,7 +22,7 @@ from jobs.queues import BATCH_PRIORITY, MAX_BATCH_PRIORITY
 from jobs.status import JobStatus
 from producer import openai_batches
 from producer.batch_input import BatchRefused, Parser, parse_jsonl, parse_list
-from producer.deps import ReaderDep, State, StateDep, SubmitterDep
+from producer.deps import IdempotencyKey, ReaderDep, State, StateDep, SubmitterDep
 from producer.errors import MSG_CHARS, Invalid, cut, invalid, located, responses, safe_loc
 from producer.inputs import unstorable
 from producer.openai_schemas import OpenAIBatchRequest
@@ -175,7 +175,7 @@ async def create_batch(
     response: Response,
     kind: Annotated[str | None, Query(max_length=64, description="Batch-wide kind for lines that name none.")] = None,
     priority: Annotated[int, Query(ge=0, le=MAX_BATCH_PRIORITY)] = BATCH_PRIORITY,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> BatchView:
     """Accept a bulk run: every line is validated first; one bad line refuses the batch (422,
     with line numbers) and nothing is stored. Accepted items are stored with COPY and

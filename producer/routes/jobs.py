@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUpload
@@ -17,7 +17,7 @@ from jobs import lifecycle, store
 from jobs.keys import Principal
 from jobs.queues import DEFAULT_PRIORITY
 from jobs.status import TERMINAL, JobStatus
-from producer.deps import ReaderDep, SessionDep, State, StateDep, SubmitterDep
+from producer.deps import IdempotencyKey, ReaderDep, SessionDep, State, StateDep, SubmitterDep
 from producer.errors import invalid, located, responses
 from producer.intake import Submission
 from producer.routes.submit_route import SubmitRoute
@@ -39,7 +39,7 @@ async def submit_job(
     state: StateDep,
     principal: SubmitterDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
     wait: WaitQuery = 0,
 ) -> JobView:
     """Accept a job: validated, committed as ``queued``, then published. 202 means it is durable.
@@ -96,7 +96,7 @@ async def upload_job(
     state: StateDep,
     principal: SubmitterDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobView:
     """Multipart form: ``kind``, ``input`` (JSON, optional), ``priority``, ``metadata`` (JSON), and one
     file part per binary input field, named after it (e.g. ``audio=@clip.wav``)."""

@@ -51,7 +51,9 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 # an image job's fields by the names OpenAI's request gives them (the first: the one a failed job names)
 IMAGES = {"prompt": "prompt", "num_images": "n", "width": "size", "height": "size"}
 
-IdempotencyKey = Annotated[str | None, Header(max_length=240, description="Each input's job gets it, with #index.")]
+IdempotencyKey = Annotated[
+    str | None, Header(min_length=1, max_length=240, description="Each input's job gets it, with #index.")
+]
 
 
 @router.post("/embeddings", response_model=EmbeddingsAnswer, responses=openai_responses(404, 409, 413, 429, 500, 504))

@@ -131,6 +131,38 @@ def test_invalid_input_is_refused_naming_the_field_with_nothing_stored_or_publis
     assert jobs_stored() == before_rows + 1 and queued_messages(api_without_workers) == before_messages + 1
 
 
+def test_an_empty_idempotency_key_is_refused_naming_it_with_nothing_stored(
+    api_without_workers: Api, key: str, sessions: sessionmaker[Session]
+) -> None:
+    """An unset variable sent as ``Idempotency-Key: ""`` was a key: every later job of the
+    tenant that sent it replayed the first and never ran."""
+
+    def jobs_stored() -> int:
+        with sessions() as session:
+            return session.execute(select(func.count()).select_from(Job)).scalar_one()
+
+    empty = {"Idempotency-Key": ""}
+    line = b'{"input": {"text": "x"}}\n'
+    before = jobs_stored()
+    with api_without_workers.client(key) as http:
+        refused = [
+            http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "x"}}, headers=empty),
+            http.post("/v1/batches", params={"kind": "embedding"}, content=line,
+                      headers={**empty, "Content-Type": "application/jsonl"}),
+            http.post("/v1/embeddings", json={"model": "embedding", "input": "x"}, headers=empty),
+        ]  # fmt: skip
+        assert [r.status_code for r in refused] == [422, 422, 400], [r.text for r in refused]  # 400: OpenAI's
+        for answer in refused[:2]:
+            assert any(e["loc"] == ["header", "idempotency-key"] for e in answer.json()["detail"]), answer.text
+        assert refused[2].json()["error"]["param"] == "idempotency-key", refused[2].text
+        assert jobs_stored() == before
+        kept = http.post(
+            "/v1/jobs", json={"kind": "embedding", "input": {"text": "x"}}, headers={"Idempotency-Key": "k"}
+        )
+        assert kept.status_code == 202  # the same check sees a job with a key land, so it can fail
+    assert jobs_stored() == before + 1
+
+
 def test_cancel_a_queued_job_and_finished_ones_conflict(api_without_workers: Api, stack: Api, key: str) -> None:
     with api_without_workers.client(key) as http:
         job = http.post("/v1/jobs", json={"kind": "embedding", "input": {"text": "never run"}}).json()

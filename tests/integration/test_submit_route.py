@@ -39,6 +39,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("wait twice, the last counts", {"json": JOB, "params": [("wait", "soon"), ("wait", "0")]}),
     ("wait nan", {"json": JOB, "params": {"wait": "nan"}}),
     ("key too long", {"json": JOB, "headers": {"Idempotency-Key": "k" * 256}}),
+    ("key empty", {"json": JOB, "headers": {"Idempotency-Key": ""}}),
     ("three wrongs", {"json": {"kind": 5}, "params": {"wait": "-1"}, "headers": {"Idempotency-Key": "k" * 300}}),
     ("no body", {"content": b"", "headers": JSON}),
     ("no content type", {"content": RAW}),
