@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from jobs import store
-from jobs.errors import InvalidField, InvalidInput
+from jobs.errors import Conflict, InvalidField, InvalidInput
 from jobs.keys import Principal
 from jobs.status import JobStatus
 from producer.deps import State, StateDep, SubmitterDep
@@ -194,6 +194,9 @@ async def run_all(
                 status.HTTP_504_GATEWAY_TIMEOUT,
                 f"job {view.id} is still {view.status.value} after {wait_s:g}s; GET /v1/jobs/{view.id} has it later",
             )
+        if view.status == JobStatus.cancelled:  # by its tenant: no fault of the server's
+            again = "; its Idempotency-Key names it: send another key to run it again" if idempotency_key else ""
+            raise Conflict(f"job {view.id} was cancelled before it finished{again}")
         error = view.error
         if error is not None and error.code == InvalidInput.code:
             raise InvalidField(where, error.message or "invalid input")

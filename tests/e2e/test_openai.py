@@ -238,3 +238,21 @@ def test_images_come_as_base64_or_as_the_jobs_artifact(stack: Api, tenant_key: s
     with pytest.raises(openai.BadRequestError) as quality:
         client.images.generate(model="image-generation", prompt="x", quality="hd")
     assert quality.value.param == "quality"
+
+
+def test_a_call_whose_job_was_cancelled_is_a_409_not_a_server_error(api_without_workers: Api) -> None:
+    """Found by the fuzzer: a call whose Idempotency-Key named a job its tenant had cancelled
+    answered 500 ("ended cancelled"), as if the server had failed."""
+    key = create_key(api_without_workers.settings, f"openai-c-{uuid.uuid4().hex[:6]}")
+    headers = {"Idempotency-Key": f"cancelled-{uuid.uuid4().hex}"}
+    body = {"model": "embedding", "input": "x"}
+    with api_without_workers.client(key) as http:
+        waited = http.post("/v1/embeddings", json=body, headers=headers)  # no worker: 504 at once
+        assert waited.status_code == 504, waited.text
+        [job] = jobs_of(api_without_workers, key)
+        assert http.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+        again = http.post("/v1/embeddings", json=body, headers=headers)
+    assert again.status_code == 409, again.text
+    error = again.json()["error"]
+    assert f"job {job['id']} was cancelled" in error["message"] and "another key" in error["message"], error
+    assert error["type"] == "invalid_request_error"
