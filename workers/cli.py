@@ -79,6 +79,7 @@ def worker(
     if torch_threads is not None:
         os.environ[placement.THREADS_ENV] = str(torch_threads)
     os.environ.setdefault(placement.THREADS_ENV, str(placement.default_torch_threads(concurrency=concurrency)))
+    placement.let_waiting_threads_sleep()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer must not fork threads

@@ -16,6 +16,8 @@ from pathlib import Path
 # pool processes. On a machine shared with the API and PostgreSQL, fewer: OpenMP's waiting threads
 # spin on the cores those need (bench/README.md, single-job latency).
 THREADS_ENV = "MLQ_TORCH_THREADS"
+# How OpenMP's idle threads wait: read once, when torch loads libgomp in a pool process.
+WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 
 
 def pin_gpu(gpu: int | None) -> None:
@@ -48,6 +50,16 @@ def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
 def default_torch_threads(*, concurrency: int) -> int:
     """Torch threads per pool process: the usable cores shared among the pool processes."""
     return max(1, usable_cores() // concurrency)
+
+
+def let_waiting_threads_sleep() -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` for the pool processes, unless the environment sets it: an
+    OpenMP thread that waits for the next parallel region sleeps instead of spinning (GNU
+    OpenMP's default spins up to 300,000 turns after each region). A spinning thread takes the
+    core the API, PostgreSQL or the other pool processes need, and with the tiny classifier at
+    two threads it doubled the model's CPU for the same wall time (bench/README.md, #15). Set
+    before the pool forks: torch, and its OpenMP, load in each pool process after it."""
+    os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
 
 
 def configure_torch_threads() -> None:

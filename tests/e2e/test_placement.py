@@ -57,3 +57,34 @@ def test_one_worker_process_per_gpu(settings: Settings, services: Services) -> N
             publisher.close()
             api_proc.stop()
             supervisor.stop()
+
+
+def test_the_pool_s_openmp_threads_sleep_while_they_wait_unless_told_otherwise(
+    settings: Settings, services: Services
+) -> None:
+    """`mlq worker` gives its pool processes OMP_WAIT_POLICY=PASSIVE: a waiting OpenMP thread
+    sleeps at once rather than spin (GNU OpenMP's default: 300,000 turns) on a core the API or
+    PostgreSQL needs. A policy the operator set is kept. libgomp prints what it read
+    (OMP_DISPLAY_ENV=VERBOSE) when torch loads in the pool process."""
+    with stack_of_its_own(settings, services) as mine:
+        base = {k: v for k, v in process_env(mine, OMP_DISPLAY_ENV="VERBOSE").items() if k != "OMP_WAIT_POLICY"}
+        command = ["worker", "--kinds", "text-classification", "--concurrency", "1"]
+        workers = {  # what libgomp read: its wait policy and its spin count
+            ("'PASSIVE'", "'0'"): Proc("omp-default-worker", command, base),
+            ("'ACTIVE'", "'30000000000'"): Proc("omp-active-worker", command, {**base, "OMP_WAIT_POLICY": "ACTIVE"}),
+        }
+        try:
+            deadline = time.monotonic() + 180
+            for expected, proc in workers.items():
+                while "loaded text-classification model" not in (log := proc.log_path.read_text(errors="replace")):
+                    assert time.monotonic() < deadline and proc.alive(), proc.tail()
+                    time.sleep(0.2)
+                assert "OPENMP DISPLAY ENVIRONMENT BEGIN" in log, proc.tail()  # torch loaded in the pool
+
+                def read(name: str, log: str = log) -> set[str]:  # one line per OpenMP runtime loaded
+                    return {line.split("=", 1)[1].strip() for line in log.splitlines() if f"  {name} =" in line}
+
+                assert (read("OMP_WAIT_POLICY"), read("GOMP_SPINCOUNT")) == ({expected[0]}, {expected[1]}), proc.tail()
+        finally:
+            for proc in workers.values():
+                proc.stop()
