@@ -7,7 +7,7 @@ ways in one run, each on a fresh stack:
   worker never fills a slice with other queued jobs: the difference to the previous line is
   what micro-batching adds at idle.
 
-python -m bench latency [--jobs 500]
+python -m bench latency [--jobs 500] [--torch-threads 1]  (0: the worker's default threads)
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def one_mode(*, jobs: int, warmup: int, one_request: bool, batching: bool) -> dict[str, Any]:
-    # One torch thread for the tiny model: with two (one per core, `mlq worker`'s default at
-    # concurrency 1), OpenMP's waiting thread spins on the core the API and PostgreSQL need.
-    # Measured with stamps in the worker, 500 jobs: predict p50 2.8 -> 2.4 ms, p99 27 -> 4 ms,
-    # and the result write p50 4.0 -> 1.8 ms. A deployment sets it with MLQ_TORCH_THREADS.
-    extra_env: dict[str, str] = {"MLQ_TORCH_THREADS": "1"}
+def one_mode(*, jobs: int, warmup: int, one_request: bool, batching: bool, torch_threads: int) -> dict[str, Any]:
+    # One torch thread for the tiny model unless --torch-threads says otherwise (0: the worker's
+    # default, one per usable core at concurrency 1): measured with stamps in the worker before
+    # OpenMP's threads slept while waiting (OMP_WAIT_POLICY=PASSIVE, `mlq worker`'s default
+    # since #15), one thread instead of two took predict p99 27 -> 4 ms (bench/README.md).
+    extra_env: dict[str, str] = {"MLQ_TORCH_THREADS": str(torch_threads)} if torch_threads else {}
     if not batching:
         models = RESULTS / "latency-no-batching.toml"
         models.write_text(
@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(prog="python -m bench latency")
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument(
+        "--torch-threads", type=int, default=1, help="the worker's torch threads; 0: its default (the usable cores)"
+    )
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     modes = {
@@ -147,7 +150,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "post?wait": {"one_request": True, "batching": True},
         "post?wait, batching off": {"one_request": True, "batching": False},
     }
-    results = {name: one_mode(jobs=args.jobs, warmup=args.warmup, **mode) for name, mode in modes.items()}
+    results = {
+        name: one_mode(jobs=args.jobs, warmup=args.warmup, torch_threads=args.torch_threads, **mode)
+        for name, mode in modes.items()
+    }
     noop = celery_noop(jobs=args.jobs, warmup=args.warmup)
     on = results["post?wait"]["submit_to_succeeded_ms"]["p50"]
     off = results["post?wait, batching off"]["submit_to_succeeded_ms"]["p50"]
@@ -156,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "benchmark": "single-job latency, text-classification (tiny model), sequential",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "jobs": args.jobs,
+        "worker_torch_threads": args.torch_threads or "default",
         "modes": results,
         "batching_added_at_idle_p50_ms": round(on - off, 2),
         # the issue's anchor on its machine: a bare Celery round trip p50 4.9 ms, against a target of 15 ms
@@ -165,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "targets": {"p50_ms": 15, "p99_ms": 40, "batching_added_at_idle_ms": 2},
     }
     (RESULTS / "latency.json").write_text(json.dumps(report, indent=2))
+    print(f"worker torch threads: {args.torch_threads or 'the default (the usable cores)'}")
     print(f"{'mode':26} {'p50':>7} {'p90':>7} {'p99':>7} {'mean':>7}   in PostgreSQL p50/p99")
     for name, result in results.items():
         c, s = result["submit_to_succeeded_ms"], result["created_to_finished_in_db_ms"]

@@ -2,12 +2,15 @@
 millisecond an item in-process, so nearly all the time measured is mlq's; beside a bare
 Celery no-op task in the same run.
 
-    python -m bench pipeline [--lines 20000] [--singles 2000] [--clients 16] [--noops 2000]
+    python -m bench pipeline [--lines 20000] [--singles 2000] [--clients 16] [--noops 2000] [--modes ...]
 
 - celery-noop: ``--noops`` bare ``noop.delay()`` published, then each ``.get()``: JSON,
   Redis as broker and result backend, one prefork process (the floor of any Celery design).
 - model: the classifier's adapter in-process on the same texts, in calls of the kind's
-  ``max_batch_size``, one torch thread: what the model alone costs an item.
+  ``max_batch_size``, with a pool process's torch threads and OpenMP wait policy: what the
+  model alone costs an item.
+- http-floor: a bare FastAPI route under uvicorn (``bench/floor_app.py``) given the single
+  jobs' load: what one HTTP request costs any Python front before its own work.
 - mlq-bulk: one ``POST /v1/batches`` of ``--lines`` lines; accepted -> all finished.
 - mlq-single: ``--singles`` jobs from ``--clients`` keep-alive clients, each ``POST
   /v1/jobs?wait=60``.
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +45,7 @@ from bench.stack import running_stack
 from bench.throughput import CELERY, DATA_DIR, LOG_DIR, ROOT, sentences, stop, wait_for
 from jobs.db import make_engine
 from jobs.modelsfile import load_models_file
+from mlq.embedded import free_port
 from tests.services import fresh_redis_db, start_services
 
 KIND = "text-classification"
@@ -77,14 +82,50 @@ def celery_noop(n: int) -> dict[str, Any]:
     return {"mode": "celery-noop", "items": n, "seconds": seconds, "cpu_ms_per_job": cpu}
 
 
+def http_floor(texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """bench/floor_app.py under uvicorn as ``mlq api`` runs it, the single jobs' load (``?wait``
+    and the same bodies from ``--clients`` connections): CPU a request of a bare FastAPI route."""
+    import psutil
+
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "bench.floor_app:create_app", "--factory", "--port", str(port)]
+    with open(LOG_DIR / "http-floor.log", "wb") as log:
+        server = subprocess.Popen(
+            [*command, "--no-access-log", "--log-level", "warning"],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: _answers(f"http://127.0.0.1:{port}/docs"), timeout_s=60, what="the floor app")
+            bodies = [{"kind": KIND, "input": {"text": t}} for t in texts]
+            post_json(f"http://127.0.0.1:{port}", "/v1/jobs?wait=60", bodies[:200], key="-", connections=args.clients)
+            before, started = psutil.Process(server.pid).cpu_times(), time.time()
+            load = post_json(f"http://127.0.0.1:{port}", "/v1/jobs?wait=60", bodies, key="-", connections=args.clients)
+            seconds, after = time.time() - started, psutil.Process(server.pid).cpu_times()
+        finally:
+            stop(server)
+    server_ms = 1000 * (after.user + after.system - before.user - before.system) / len(texts)
+    cpu = {"uvicorn + FastAPI": round(server_ms, 3), "benchmark client": round(1000 * load.cpu_s / len(texts), 3)}
+    return {"mode": "http-floor", "items": len(texts), "seconds": seconds, "cpu_ms_per_job": cpu}
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def model_alone(texts: list[str]) -> dict[str, Any]:
-    """The adapter in this process with the torch threads a worker gets by default, calls of
-    max_batch_size: CPU ms an item for prepare and predict, as a worker runs them."""
+    """The adapter in this process with the torch threads and OpenMP wait policy a worker gets
+    by default, calls of max_batch_size: CPU ms an item for prepare and predict, as a worker runs them."""
+    from workers.placement import WAIT_POLICY_ENV, default_torch_threads, let_waiting_threads_sleep
+
+    assert "torch" not in sys.modules, "torch loaded before the model mode: its OpenMP read the wait policy already"
+    let_waiting_threads_sleep()  # as `mlq worker` does for its pool processes
     import torch
 
     from jobs.kinds import TextClassificationInput
     from models.registry import create_adapter
-    from workers.placement import default_torch_threads
 
     threads = default_torch_threads(concurrency=1)
     torch.set_num_threads(threads)
@@ -99,7 +140,13 @@ def model_alone(texts: list[str]) -> dict[str, Any]:
     for i in range(0, len(texts), size):
         adapter.predict(prepare([TextClassificationInput(text=t) for t in texts[i : i + size]]))
     cpu_ms = 1000 * (time.process_time() - started) / len(texts)
-    return {"mode": "model", "items": len(texts), "cpu_ms_per_item": cpu_ms, "torch_threads": threads}
+    return {
+        "mode": "model",
+        "items": len(texts),
+        "cpu_ms_per_item": cpu_ms,
+        "torch_threads": threads,
+        "omp_wait_policy": os.environ[WAIT_POLICY_ENV],
+    }
 
 
 def per_job(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
@@ -169,13 +216,16 @@ def on_mlq(mode: str, texts: list[str], args: argparse.Namespace) -> dict[str, A
 
 
 def report(results: list[dict[str, Any]]) -> str:
-    noop = next(r for r in results if r["mode"] == "celery-noop")
+    noop = next((r for r in results if r["mode"] == "celery-noop"), None)  # not run: no ratios
     model = next((r for r in results if r["mode"] == "model"), None)  # not run: "outside the model" is not known
     model_ms = model["cpu_ms_per_item"] if model else float("nan")
-    noop_rate = noop["items"] / noop["seconds"]
+    noop_rate = noop["items"] / noop["seconds"] if noop else float("nan")
     lines = []
     if model:
-        lines.append(f"model alone: {model_ms:.3f} CPU ms an item (in-process, {model['torch_threads']} torch threads)")
+        lines.append(
+            f"model alone: {model_ms:.3f} CPU ms an item (in-process, {model['torch_threads']} torch threads, "
+            f"OMP_WAIT_POLICY={model['omp_wait_policy']})"
+        )
     for r in results:
         if "seconds" not in r:
             continue
@@ -209,6 +259,8 @@ def main(argv: list[str]) -> None:
         print(f"{mode} …", flush=True)
         if mode == "celery-noop":
             results.append(celery_noop(args.noops))
+        elif mode == "http-floor":
+            results.append(http_floor(texts[: args.singles], args))
         elif mode == "model":
             results.append(model_alone(texts[: args.lines]))
         elif mode.startswith("mlq-bulk"):
