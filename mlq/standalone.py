@@ -72,7 +72,7 @@ class Stack:
         self._spawn("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)], logs)
         groups = load_models_file(self.settings.models).groups()
         # Every worker shares this machine with the others, the API and PostgreSQL: the cores are
-        # split among the workers, or their OpenMP threads spin on one another's cores.
+        # split among the workers, or their OpenMP threads take one another's cores.
         threads = str(max(1, usable_cores() // len(groups))) if groups else "1"
         for group, kinds in groups.items():
             port = free_port()  # one metrics port per worker: they share this machine

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # Torch threads per pool process; `mlq worker --torch-threads`, default the usable cores over the
-# pool processes. On a machine shared with the API and PostgreSQL, fewer: OpenMP's waiting threads
-# spin on the cores those need (bench/README.md, single-job latency).
+# pool processes. On a machine shared with the API and PostgreSQL, fewer can still help: a
+# parallel region waits for its slowest thread, and one of them may have lost its core to those
+# (bench/README.md, single-job latency).
 THREADS_ENV = "MLQ_TORCH_THREADS"
 # How OpenMP's idle threads wait: read once, when torch loads libgomp in a pool process.
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
